@@ -1,0 +1,2 @@
+"""smoothcore's built-in plugins (import name ``smoothcore_plugins``): registered through the same hooks as
+third-party plugins."""

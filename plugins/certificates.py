@@ -1,0 +1,73 @@
+"""Built-in certificates: the standard Monte-Carlo certificate (Cohen et al. 2019) and DSSN's exact one."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from smoothcore.certificates import ABSTAIN, EXACT, MONTE_CARLO, Certificate, Certified, Statistics, top_two
+from smoothcore.hookspecs import hookimpl
+from smoothcore.stats import clopper_pearson_lower
+
+
+def dssn_certificate(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact DSSN certificate from counts over all draws: prediction ``a = argmax c`` and radius
+    ``floor((c_a - c_b - [b < a]) / 2) / 255`` (float64), ``b`` the runner-up; ties go to the lowest index."""
+    counts = counts.long()
+    a, b = top_two(counts)
+    c_a = counts.gather(1, a.unsqueeze(1)).squeeze(1)
+    c_b = counts.gather(1, b.unsqueeze(1)).squeeze(1)
+    margin = c_a - c_b - (b < a).long()
+    return a, torch.div(margin, 2, rounding_mode="floor").double() / 255.0
+
+
+class StandardCertificate(Certificate):
+    """Cohen et al.: top class ``A`` from the selection counts, ``p_lower`` = two-sided Clopper-Pearson lower
+    bound of ``k = counts[A]`` out of ``n`` at ``alpha``; abstain when ``p_lower < 1/2``, else the noise's radius."""
+
+    name = "standard"
+    kind = MONTE_CARLO
+    description = "Clopper-Pearson lower bound on p_A, the noise's radius formula (Cohen et al. 2019)"
+
+    def applies_to(self, noise) -> bool:
+        return _has_radius(noise)
+
+    def certify(self, noise, stats: Statistics) -> Certified:
+        selection = stats.selection if stats.selection is not None else stats.counts
+        top = selection.argmax(dim=1)
+        k = stats.counts.gather(1, top.unsqueeze(1)).squeeze(1)
+        p_lower = np.asarray(clopper_pearson_lower(k.cpu().numpy(), stats.num_draws, stats.alpha), dtype=np.float64)
+        p_lower = torch.as_tensor(p_lower.reshape(-1))
+        certified = p_lower >= 0.5
+        prediction = torch.where(certified, top.cpu(), torch.full_like(top.cpu(), ABSTAIN))
+        radius = torch.where(certified, torch.as_tensor(noise.radius(p_lower), dtype=torch.float64), torch.nan)
+        return Certified(prediction, radius, noise.norm, p_lower=p_lower)
+
+
+class ExactCertificate(Certificate):
+    """The exact noise's own certificate from counts over every draw (DSSN: Levine & Feizi 2021)."""
+
+    name = "exact"
+    kind = EXACT
+    description = "deterministic certificate of an exact noise from counts over all its draws (DSSN: Levine & Feizi)"
+
+    def applies_to(self, noise) -> bool:
+        from smoothcore.noise import ExactNoise
+
+        return noise.exact and type(noise).certify_counts is not ExactNoise.certify_counts
+
+    def certify(self, noise, stats: Statistics) -> Certified:
+        prediction, radius = noise.certify_counts(stats.counts)
+        return Certified(prediction.cpu(), radius.cpu().double(), noise.norm)
+
+
+def _has_radius(noise) -> bool:
+    from smoothcore.noise import Noise
+
+    return type(noise).radius is not Noise.radius
+
+
+@hookimpl
+def register_certificates(register) -> None:
+    register("standard", StandardCertificate, description=StandardCertificate.description)
+    register("exact", ExactCertificate, description=ExactCertificate.description)

@@ -1,0 +1,144 @@
+"""Independent splitting noise (SSN) and its derandomized form (DSSN), Levine & Feizi (ICML 2021).
+
+Every pixel is replaced by the midpoint of the cell (of width ``w = 2 lambda``, clipped to [0, 1]) that holds
+it, the cells being cut at ``s + w Z`` for a per-pixel offset ``s``. SSN draws ``s ~ U[0, w)`` independently;
+DSSN fixes a per-pixel template ``t`` (from the seed) and enumerates the ``levels = floor(2 lambda 255)`` offsets
+``s = ((t + k) mod levels + 0.5) / 255`` for ``k = 0 .. levels - 1``. Arithmetic follows ../shared/SPEC.md
+(float32, the reference's order) so that draws are bit-identical to the reference implementation's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from smoothcore_plugins._radius import apply
+from smoothcore_plugins.certificates import dssn_certificate
+
+from smoothcore.errors import ConfigError, DataError
+from smoothcore.hookspecs import hookimpl
+from smoothcore.noise import ExactNoise, Noise, check_images, is_quantised, uniform_scale
+
+MAX_DSSN_DRAWS = 1_000_000
+
+
+class SplittingNoise(Noise):
+    """SSN: independent uniform offsets per pixel and draw. L1 radius ``2 lambda (p - 1/2)``."""
+
+    name = "ssn"
+    norm = "l1"
+
+    def __init__(self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu") -> None:
+        super().__init__(dim=dim, seed=seed, device=device)
+        self.sigma, self.lambd = uniform_scale(sigma, lambd)
+        self.width = 2.0 * self.lambd
+
+    def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        s = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * self.width
+        if self.lambd >= 0.5:
+            return ((x > s).to(x.dtype) + s.clamp(max=1.0)) / 2.0
+        w = self.width
+        u = s + w * torch.ceil((x - s) / w)
+        return (u.clamp(max=1.0) + (u - w).clamp(min=0.0)) / 2.0
+
+    def radius(self, p_lower):
+        return apply(p_lower, lambda p: 2.0 * self.lambd * (p - 0.5))
+
+    def params(self) -> dict[str, Any]:
+        return {"name": self.name, "sigma": self.sigma, "lambda": self.lambd, "seed": self.seed}
+
+
+def dssn_levels(lambd: float) -> int:
+    """Number of DSSN draws: ``floor(2 lambda 255)``."""
+    return int(math.floor(2.0 * lambd * 255.0))
+
+
+def dssn_template(seed: int, levels: int, dim: int) -> np.ndarray:
+    """The reference template: ``numpy.random.RandomState(seed).randint(levels, size=dim)``."""
+    return np.random.RandomState(seed).randint(levels, size=dim)
+
+
+class DerandomizedSplittingNoise(ExactNoise):
+    """DSSN: ``levels`` deterministic draws; exact certificate ``floor((c_a - c_b - [b < a]) / 2) / 255``."""
+
+    name = "dssn"
+    norm = "l1"
+
+    def __init__(self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu") -> None:
+        super().__init__(dim=dim, seed=seed, device=device)
+        self.sigma, self.lambd = uniform_scale(sigma, lambd)
+        levels = dssn_levels(self.lambd)
+        if levels < 1:
+            raise ConfigError(
+                f"dssn needs lambda >= 1/510 so that at least one 1/255 level fits in a cell; got lambda={self.lambd:.4g}"
+                f" (sigma={self.sigma:.4g})"
+            )
+        if levels > MAX_DSSN_DRAWS:
+            raise ConfigError(f"dssn with lambda={self.lambd:.4g} needs {levels} draws per image; at most {MAX_DSSN_DRAWS} are allowed")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"dssn seed must be in [0, 2^32), got {seed!r}")
+        self.levels = levels
+        self.num_draws = levels
+        self.width = levels / 255.0
+        self.template = torch.from_numpy(dssn_template(self.seed, levels, self.dim)).to(self.device)
+
+    def _template(self, device: torch.device) -> torch.Tensor:
+        if self.template.device != device:
+            self.template = self.template.to(device)
+        return self.template
+
+    def offsets(self, k: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Offsets ``s`` for draw indices ``k`` (any shape): ``(*k.shape, dim)`` float32."""
+        t = self._template(device)
+        return ((t + k.unsqueeze(-1)) % self.levels + 0.5) / 255.0
+
+    def _split(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Cell midpoints for flat images ``x`` (..., dim) and offsets ``s`` broadcastable to it (float32)."""
+        x = x.float()
+        if self.lambd >= 0.5:
+            return ((x > s).float() + s.clamp(max=1.0)) / 2.0
+        u = torch.ceil(255.0 * (x - s) / self.levels) * self.levels / 255.0 + s
+        return (u.clamp(max=1.0) + (u - self.levels / 255.0).clamp(min=0.0)) / 2.0
+
+    def draws(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        if not 0 <= start <= stop <= self.levels:
+            raise ConfigError(f"draw range [{start}, {stop}) is outside [0, {self.levels})")
+        batch = x.shape[0]
+        k = torch.arange(start, stop, device=x.device)
+        s = self.offsets(k, x.device)  # (K, dim)
+        out = self._split(x.reshape(batch, 1, -1), s.unsqueeze(0))
+        return out.reshape(batch, stop - start, *x.shape[1:]).to(x.dtype)
+
+    def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        batch = x.shape[0]
+        k = torch.randint(self.levels, (batch,), generator=generator, device=x.device)
+        s = self.offsets(k, x.device)  # (batch, dim)
+        return self._split(x.reshape(batch, -1), s).reshape(x.shape).to(x.dtype)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        check_images(x, self.dim)
+        if not is_quantised(x):
+            raise DataError(
+                "dssn certifies only images whose pixel values are multiples of 1/255; these inputs are not "
+                "quantised (resized or otherwise interpolated?)",
+                hint="the DSSN guarantee is for perturbations on the 1/255 grid; quantise inputs with "
+                "x = (x * 255).round() / 255 first, or use the ssn noise",
+            )
+
+    def certify_counts(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return dssn_certificate(counts)
+
+    def radius(self, p_lower):
+        # The same union bound as SSN, for users who estimate p_A by sampling DSSN draws.
+        return apply(p_lower, lambda p: 2.0 * (self.levels / 255.0 / 2.0) * (p - 0.5))
+
+    def params(self) -> dict[str, Any]:
+        return {"name": self.name, "sigma": self.sigma, "lambda": self.lambd, "levels": self.levels, "seed": self.seed}
+
+
+@hookimpl
+def register_noises(register) -> None:
+    register("ssn", SplittingNoise, description="independent splitting noise (Levine & Feizi 2021); L1, Monte-Carlo")
+    register("dssn", DerandomizedSplittingNoise, description="derandomized splitting noise; L1, exact and deterministic")

@@ -1,0 +1,62 @@
+"""smoothcore: certified L1 robustness by randomized and derandomized smoothing, as a plugin framework.
+
+Public API (names are fixed)::
+
+    noise(name, *, sigma=None, lambd=None, dim, seed=0, device="cpu")   # a registered noise
+    certify_counts(noise, counts) -> (prediction, radius)                 # exact certificate from counts
+    clopper_pearson_lower(k, n, alpha)                                    # two-sided Clopper-Pearson bound
+    SmoothedClassifier(model, noise, num_classes)                          # predict / certify
+    load_classifier(path, *, model=None, dataset=None)                     # any known checkpoint layout
+    load_denoiser(path)                                                    # denoiser checkpoints
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from smoothcore.certify import CertifyResult, PredictResult, SmoothedClassifier, certify_counts
+from smoothcore.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ExperimentError,
+    PluginError,
+    SmoothcoreError,
+    UnknownNameError,
+)
+from smoothcore.hookspecs import hookimpl
+from smoothcore.loading import load_classifier
+from smoothcore.models import stack
+from smoothcore.noise import ExactNoise, Noise
+from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
+
+__version__ = "0.1.0"
+
+
+def noise(name: str, *, sigma: float | None = None, lambd: float | None = None, dim: int, seed: int = 0,
+          device: str | torch.device = "cpu", **params: Any) -> Noise:
+    """The registered noise ``name`` (``uniform``, ``ssn``, ``dssn``, ``gaussian``, ``laplace``, or a plugin's).
+
+    ``sigma`` is the standard deviation (for the uniform family the half-width is ``lambd = sigma * sqrt(3)``;
+    give one of the two). ``dim`` is the number of pixel values per image; ``seed`` fixes DSSN's template.
+    """
+    from smoothcore.noise import make_noise
+
+    return make_noise(name, sigma=sigma, lambd=lambd, dim=dim, seed=seed, device=device, **params)
+
+
+def load_denoiser(path, **kwargs: Any):
+    """An eval-mode denoiser (noisy ``[0, 1]`` images -> denoised ones) from a denoised-smoothing or smoothcore
+    checkpoint."""
+    from smoothcore.denoise import load_denoiser as _load
+
+    return _load(path, **kwargs)
+
+
+__all__ = [
+    "CertifyResult", "CheckpointError", "ConfigError", "DataError", "ExactNoise", "ExperimentError", "Noise", "PluginError",
+    "PredictResult", "SmoothcoreError", "SmoothedClassifier", "UnknownNameError", "certify_counts", "clopper_pearson_lower",
+    "clopper_pearson_upper", "hookimpl", "load_classifier", "load_denoiser", "noise", "stack",
+]

@@ -1,0 +1,91 @@
+"""What a certificate is: a pure function from statistics of the base classifier under a noise to
+predictions and certified radii. Certificates are plugins (hook ``register_certificates``)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+
+from smoothcore.errors import ConfigError
+from smoothcore.noise import Noise
+
+MONTE_CARLO = "monte-carlo"
+EXACT = "exact"
+ABSTAIN = -1
+
+
+@dataclass
+class Statistics:
+    """What the engine measured for a batch of images.
+
+    ``counts``: ``(batch, classes)`` class counts of the base classifier over the estimation draws (Monte-Carlo:
+    ``num_draws = n`` fresh draws) or over every draw (exact noises). ``selection``: Monte-Carlo only, the counts of
+    the ``n0`` selection draws that choose the top class. ``x``: the clean images, for certificates that use them.
+    """
+
+    counts: torch.Tensor
+    num_draws: int
+    selection: torch.Tensor | None = None
+    alpha: float | None = None
+    x: torch.Tensor | None = None
+
+
+@dataclass
+class Certified:
+    """Per image: ``prediction`` (``-1`` = abstain), ``radius`` (float64, NaN where abstaining) in ``norm``,
+    ``p_lower`` (Monte-Carlo), and any further per-image columns a certificate reports in ``extra``."""
+
+    prediction: torch.Tensor
+    radius: torch.Tensor
+    norm: str
+    p_lower: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Certificate(ABC):
+    name: str = "certificate"
+    kind: str = MONTE_CARLO
+    description: str = ""
+
+    @abstractmethod
+    def applies_to(self, noise: Noise) -> bool:
+        """Whether this certificate is sound for ``noise``."""
+
+    @abstractmethod
+    def certify(self, noise: Noise, stats: Statistics) -> Certified: ...
+
+
+def top_two(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top class ``a`` and runner-up ``b`` of ``counts`` ``(batch, classes)``, ties to the lowest index."""
+    a = counts.argmax(dim=1)
+    masked = counts.clone()
+    masked.scatter_(1, a.unsqueeze(1), torch.iinfo(counts.dtype).min if not counts.is_floating_point() else -float("inf"))
+    b = masked.argmax(dim=1)
+    return a, b
+
+
+def get_certificate(name: str) -> Certificate:
+    from smoothcore.plugins import registry
+
+    return registry("certificate").get(name).factory()
+
+
+def certificates_for(noise: Noise) -> list[str]:
+    """Names of the registered certificates that apply to ``noise``."""
+    from smoothcore.plugins import registry
+
+    return [e.name for e in registry("certificate") if e.factory().applies_to(noise)]
+
+
+def default_certificate(noise: Noise) -> str:
+    return "exact" if noise.exact else "standard"
+
+
+def resolve_certificate(noise: Noise, name: str | None) -> Certificate:
+    cert = get_certificate(name or default_certificate(noise))
+    if not cert.applies_to(noise):
+        ok = ", ".join(certificates_for(noise)) or "(none)"
+        raise ConfigError(f"certificate {cert.name!r} does not apply to noise {noise.name!r}; certificates for it: {ok}")
+    return cert

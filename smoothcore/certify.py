@@ -1,0 +1,155 @@
+"""A smoothed classifier g(x) = argmax_c P(f(x + noise) = c), with Cohen et al.'s PREDICT and CERTIFY and the
+exact certificate of enumerable noises (DSSN)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import binomtest
+from torch import nn
+
+from smoothcore.certificates import ABSTAIN, Certified, Statistics, resolve_certificate, top_two
+from smoothcore.engine import Engine, image_generator
+from smoothcore.errors import ConfigError
+from smoothcore.noise import Noise
+
+
+@dataclass
+class CertifyResult:
+    """One entry per image. ``prediction``: the smoothed class, ``-1`` where it abstains. ``radius``: certified
+    radius in ``norm`` (float64; NaN on abstention). ``counts``: exact noises, class counts over all draws.
+    ``p_lower``: Monte-Carlo, the lower confidence bound on the top-class probability. ``forward_passes``: the
+    base-classifier evaluations spent on the whole batch."""
+
+    prediction: torch.Tensor
+    radius: torch.Tensor
+    norm: str
+    certificate: str
+    counts: torch.Tensor | None = None
+    p_lower: torch.Tensor | None = None
+    forward_passes: int = 0
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.prediction)
+
+    def to_frame(self) -> pd.DataFrame:
+        data: dict[str, Any] = {"prediction": self.prediction.numpy(), "radius": self.radius.numpy()}
+        if self.p_lower is not None:
+            data["p_lower"] = self.p_lower.numpy()
+        if self.counts is not None:
+            data["counts"] = [" ".join(map(str, row)) for row in self.counts.tolist()]
+        for key, value in self.extra.items():
+            data[key] = value.numpy()
+        return pd.DataFrame(data)
+
+
+@dataclass
+class PredictResult:
+    prediction: torch.Tensor
+    counts: torch.Tensor
+
+
+class SmoothedClassifier:
+    """The smoothed version of ``model`` under ``noise``.
+
+    ``model``: an ``nn.Module`` from ``[0, 1]`` images to logits over ``num_classes`` (a denoiser, if any, is part
+    of it: see :func:`smoothcore.stack`). Engine options (``max_batch``, ``device``, ``precision``,
+    ``channels_last``, ``compile``) go to :class:`smoothcore.engine.Engine`.
+    """
+
+    def __init__(self, model: nn.Module, noise: Noise, num_classes: int, **engine_options: Any) -> None:
+        if not isinstance(noise, Noise):
+            raise ConfigError(f"noise must be a smoothcore Noise (see smoothcore.noise), got {type(noise).__name__}")
+        self.noise = noise
+        self.num_classes = num_classes
+        self.engine = Engine(model, num_classes, **engine_options)
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _generators(self, n_images: int, indices) -> list[torch.Generator]:
+        if indices is None:
+            indices = range(n_images)
+        indices = [int(i) for i in indices]
+        if len(indices) != n_images:
+            raise ConfigError(f"got {len(indices)} indices for {n_images} images")
+        return [image_generator(self.noise.seed, i, self.engine.device) for i in indices]
+
+    @staticmethod
+    def _check_mc(n0: int, n: int, alpha: float) -> None:
+        for name, value in (("n0", n0), ("n", n)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 < float(alpha) < 1.0:
+            raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
+
+    # -- the algorithms --------------------------------------------------------------------------------------
+    def predict(self, x: torch.Tensor, *, n: int = 1000, alpha: float = 0.001, indices=None) -> PredictResult:
+        """Cohen et al.'s PREDICT: the top class of ``n`` draws, or ``-1`` when a two-sided binomial test of its
+        count against the runner-up's does not reject equality at level ``alpha``. Exact noises enumerate every
+        draw instead and never abstain (ties go to the lowest class index)."""
+        self.noise.check_input(x)
+        if self.noise.exact:
+            counts, _ = self.engine.exact_counts(self.noise, x)
+            return PredictResult(counts.argmax(dim=1).cpu(), counts.cpu())
+        self._check_mc(1, n, alpha)
+        counts = self.engine.sampled_counts(self.noise, x, n, self._generators(len(x), indices)).cpu()
+        a, b = top_two(counts)
+        n_a = counts.gather(1, a.unsqueeze(1)).squeeze(1).tolist()
+        n_b = counts.gather(1, b.unsqueeze(1)).squeeze(1).tolist()
+        keep = [na > 0 and binomtest(na, na + nb, 0.5).pvalue <= alpha for na, nb in zip(n_a, n_b)]
+        prediction = torch.where(torch.tensor(keep, dtype=torch.bool), a, torch.full_like(a, ABSTAIN))
+        return PredictResult(prediction, counts)
+
+    def certify(self, x: torch.Tensor, *, n0: int = 64, n: int = 100_000, alpha: float = 0.001, indices=None,
+                certificate: str | None = None) -> CertifyResult:
+        """Certify each image of ``x`` ``(batch, *image)``.
+
+        Exact noises: counts over every draw, then the exact certificate (``n0``, ``n``, ``alpha`` unused).
+        Monte-Carlo noises (Cohen et al. CERTIFY): ``n0`` selection draws choose the top class ``A``; ``n``
+        independent estimation draws count it; the certificate turns the counts into ``p_lower`` (a two-sided
+        Clopper-Pearson bound at ``alpha``) and a radius, abstaining when ``p_lower < 1/2``. With probability at
+        least ``1 - alpha`` per image, a non-abstaining prediction is constant within the radius.
+        ``indices`` (default ``0 .. batch-1``) seed each image's random stream, so results do not depend on
+        batching: pass dataset indices to make runs reproducible and shardable.
+        """
+        self.noise.check_input(x)
+        cert = resolve_certificate(self.noise, certificate)
+        before = self.engine.forward_passes
+        if cert.kind == "exact":
+            counts, _ = self.engine.exact_counts(self.noise, x)
+            stats = Statistics(counts=counts.cpu(), num_draws=self.noise.num_draws, x=x.cpu())
+        else:
+            self._check_mc(n0, n, alpha)
+            generators = self._generators(len(x), indices)
+            selection = self.engine.sampled_counts(self.noise, x, n0, generators)
+            counts = self.engine.sampled_counts(self.noise, x, n, generators)
+            stats = Statistics(counts=counts.cpu(), num_draws=n, selection=selection.cpu(), alpha=alpha, x=x.cpu())
+        out: Certified = cert.certify(self.noise, stats)
+        return CertifyResult(
+            prediction=out.prediction.long(),
+            radius=out.radius.double(),
+            norm=out.norm,
+            certificate=cert.name,
+            counts=stats.counts if cert.kind == "exact" else None,
+            p_lower=out.p_lower,
+            forward_passes=self.engine.forward_passes - before,
+            extra=out.extra,
+        )
+
+
+def certify_counts(noise: Noise, counts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact certificate of ``noise`` from ``counts`` ``(batch, classes)`` over all of its draws ->
+    ``(prediction, radius)``. Raises ConfigError for noises without an exact certificate."""
+    if not getattr(noise, "exact", False):
+        raise ConfigError(f"noise {noise.name!r} has no exact certificate; use SmoothedClassifier.certify (Monte-Carlo)")
+    counts = torch.as_tensor(np.asarray(counts) if not isinstance(counts, torch.Tensor) else counts)
+    if counts.dim() != 2 or counts.is_floating_point() or bool((counts < 0).any()):
+        raise ConfigError(f"counts must be a non-negative integer tensor (batch, classes), got {counts.dtype} {tuple(counts.shape)}")
+    totals = counts.sum(dim=1)
+    if bool((totals != noise.num_draws).any()):
+        raise ConfigError(f"each row of counts must sum to the noise's {noise.num_draws} draws; got sums {sorted(set(totals.tolist()))[:5]}")
+    return noise.certify_counts(counts)

@@ -1,0 +1,346 @@
+"""The ``smoothcore`` command line: thin commands over the library.
+
+User mistakes (:class:`smoothcore.SmoothcoreError`) print a message and a hint and exit with status 2, without a
+traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from smoothcore.errors import SmoothcoreError
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich console; when output is not a terminal (pipes, CI, tests) tables get room instead of 80 columns."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=200)
+
+
+err_console = _console(stderr=True)
+
+
+class SmoothcoreGroup(click.Group):
+    """A click group that adds plugin commands on first use and turns user errors into clean messages."""
+
+    _plugins_loaded = False
+
+    def _load_plugin_commands(self) -> None:
+        if SmoothcoreGroup._plugins_loaded:
+            return
+        SmoothcoreGroup._plugins_loaded = True
+        from smoothcore.plugins import components
+
+        components().manager.hook.register_commands(cli=self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._safe_load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str):
+        self._safe_load()
+        return super().get_command(ctx, name)
+
+    def _safe_load(self) -> None:
+        try:
+            self._load_plugin_commands()
+        except SmoothcoreError as exc:
+            fail(exc)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SmoothcoreError as exc:
+            fail(exc)
+
+
+def fail(exc: SmoothcoreError) -> None:
+    err_console.print(f"[bold red]Error:[/] {exc.message}", highlight=False, soft_wrap=True)
+    if exc.hint:
+        err_console.print(f"[yellow]Hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err_console, transient=False)
+
+
+def parse_radii(text: str) -> list[float]:
+    try:
+        radii = [float(r) for r in text.replace(" ", "").split(",") if r]
+    except ValueError:
+        raise click.BadParameter(f"radii must be comma-separated numbers, got {text!r}") from None
+    if not radii or any(r < 0 or r != r for r in radii):
+        raise click.BadParameter(f"radii must be non-negative numbers, got {text!r}")
+    return radii
+
+
+@click.group(cls=SmoothcoreGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="smoothcore")
+def cli() -> None:
+    """Certified L1 robustness by randomized and derandomized smoothing (uniform, SSN, DSSN, Gaussian, Laplace),
+    with denoised smoothing. Train smoothed classifiers, certify test sets, compare certified-accuracy curves."""
+
+
+# -- plugins ------------------------------------------------------------------------------------------------------
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_cmd(as_json: bool) -> None:
+    """List every plugin and what it registers."""
+    from smoothcore.plugins import KINDS, components, plugin_summary
+
+    rows = plugin_summary()
+    comps = components()
+    if as_json:
+        details = {kind: {e.name: {"plugin": e.plugin, "description": e.description} for e in comps[kind]} for kind in KINDS}
+        click.echo(json.dumps({"plugins": rows, "components": details}, indent=2))
+        return
+    table = Table(title="smoothcore plugins")
+    table.add_column("plugin")
+    for kind in KINDS:
+        table.add_column(kind + "s")
+    for row in rows:
+        name = row["plugin"] + (" (built-in)" if row["builtin"] else "")
+        table.add_row(name, *[", ".join(row[k]) for k in KINDS])
+    _console().print(table)
+    from smoothcore.certificates import MONTE_CARLO
+
+    cert_table = Table(title="certificates")
+    for col in ("certificate", "kind", "applies to", "plugin"):
+        cert_table.add_column(col)
+    probe = _probe_noises()
+    for e in comps["certificate"]:
+        cert = e.factory()
+        applies = [n for n, nz in probe.items() if nz is not None and _applies(cert, nz)]
+        cert_table.add_row(e.name, getattr(cert, "kind", MONTE_CARLO), ", ".join(applies), e.plugin)
+    _console().print(cert_table)
+
+
+def _probe_noises() -> dict[str, Any]:
+    from smoothcore.noise import make_noise
+    from smoothcore.plugins import registry
+
+    out = {}
+    for e in registry("noise"):
+        try:
+            out[e.name] = make_noise(e.name, sigma=0.5, dim=4)
+        except Exception:
+            out[e.name] = None
+    return out
+
+
+def _applies(cert, noise) -> bool:
+    try:
+        return bool(cert.applies_to(noise))
+    except Exception:
+        return False
+
+
+# -- train-classifier ---------------------------------------------------------------------------------------------
+def noise_options(f):
+    f = click.option("--noise-seed", type=int, default=None, help="Noise seed (DSSN template). Default 0.")(f)
+    f = click.option("--lambda", "lambd", type=float, default=None, help="Half-width lambda of uniform-family noise (instead of --sigma).")(f)
+    f = click.option("--sigma", type=float, default=None, help="Noise standard deviation (uniform family: lambda = sigma*sqrt(3)).")(f)
+    return f
+
+
+@cli.command("train-classifier")
+@click.option("--dataset", default="fashion-mnist", show_default=True, help="Registered dataset name.")
+@click.option("--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places).")
+@click.option("--model", default="cnn", show_default=True, help="Registered classifier name (torchvision:<name> for any torchvision model).")
+@click.option("--noise", default="dssn", show_default=True, help="Registered noise name.")
+@noise_options
+@click.option("--epochs", type=int, default=None, help="Default: the reference recipe for the dataset/model, else 5.")
+@click.option("--batch-size", type=int, default=None, help="Default 64 (the reference recipe).")
+@click.option("--lr", type=float, default=None, help="Initial learning rate (cosine annealed). Default 0.1.")
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--stability", is_flag=True, help="Stability training: CE + 6 KL between two noisy draws.")
+@click.option("--stability-weight", type=float, default=6.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation, data order and noise.")
+@click.option("--train-limit", type=int, default=None, help="Train on the first N training images only.")
+@click.option("--eval-limit", type=int, default=1000, show_default=True, help="Test images for the per-epoch noisy accuracy.")
+@click.option("--denoiser", type=click.Path(), default=None, help="Train on top of this frozen denoiser (recorded in the experiment).")
+@click.option("--finetune", type=click.Path(), default=None, help="Start from this checkpoint's weights, except its last layer.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on GPUs).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--workers", type=int, default=0, show_default=True, help="Data-loading processes (folder datasets).")
+@click.option("--save-every", type=int, default=1, show_default=True, help="Save a checkpoint every N epochs.")
+@click.option("--out", type=click.Path(), required=True, help="Experiment folder to write (e.g. checkpoints/my-run).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing experiment in --out.")
+@click.option("--resume", is_flag=True, help="Continue the experiment in --out from its last saved epoch.")
+def train_classifier_cmd(**opts: Any) -> None:
+    """Train a base classifier under noise into an experiment folder."""
+    from smoothcore.train import RECIPES, TrainConfig, Trainer
+
+    recipe = RECIPES.get((opts["dataset"], opts["model"]), {})
+    cfg = TrainConfig(
+        dataset=opts["dataset"], model=opts["model"], noise=opts["noise"], sigma=opts["sigma"], lambd=opts["lambd"],
+        noise_seed=opts["noise_seed"] or 0, epochs=opts["epochs"] or recipe.get("epochs", 5),
+        batch_size=opts["batch_size"] or recipe.get("batch_size", 64), lr=opts["lr"] or recipe.get("lr", 0.1),
+        momentum=opts["momentum"], weight_decay=opts["weight_decay"], stability=opts["stability"],
+        stability_weight=opts["stability_weight"], seed=opts["seed"], train_limit=opts["train_limit"],
+        eval_limit=opts["eval_limit"], data_dir=opts["data_dir"], denoiser=opts["denoiser"], finetune=opts["finetune"],
+        precision=opts["precision"], channels_last=opts["channels_last"], device=opts["device"], workers=opts["workers"],
+        save_every=opts["save_every"],
+    )
+    trainer = Trainer(cfg, opts["out"])
+    console = _console(stderr=True)
+    console.print(f"training [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/] under {trainer.noise!r} -> {opts['out']}", highlight=False)
+    with progress_bar() as bar:
+        task = bar.add_task("epoch 1", total=None)
+
+        def on_step(epoch: int, step: int, total: int, _loss: float) -> None:
+            bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}", completed=step, total=total)
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            bar.console.print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, noisy train acc {row['train_noisy_acc']:.4f}, "
+                              f"noisy test acc {row['test_noisy_acc']:.4f} ({row['seconds']:.1f} s)", highlight=False)
+
+        log = trainer.run(overwrite=opts["overwrite"], resume=opts["resume"], on_step=on_step, on_epoch=on_epoch)
+    console.print(f"saved {trainer.exp.checkpoint} ({len(log)} epochs)", highlight=False)
+
+
+# -- certify ------------------------------------------------------------------------------------------------------
+@cli.command("certify")
+@click.argument("run_dir", type=click.Path())
+@click.option("--noise", default=None, help="Noise to certify with. Default: the one the classifier was trained with.")
+@noise_options
+@click.option("--certificate", default=None, help="Certificate (see `smoothcore plugins`). Default: exact for exact noises, else standard.")
+@click.option("--n0", type=int, default=64, show_default=True, help="Monte-Carlo selection draws.")
+@click.option("--n", "n", type=int, default=100_000, show_default=True, help="Monte-Carlo estimation draws.")
+@click.option("--alpha", type=float, default=0.001, show_default=True, help="Failure probability of Monte-Carlo certificates.")
+@click.option("--skip", type=int, default=1, show_default=True, help="Certify every k-th test image.")
+@click.option("--limit", type=int, default=None, help="Certify at most N images.")
+@click.option("--max-batch", type=int, default=1024, show_default=True, help="Most noisy images per forward pass.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Autocast precision; the certificate is for the classifier as evaluated.")
+@click.option("--channels-last", is_flag=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dataset", default=None, help="Dataset (default: the experiment's).")
+@click.option("--data-dir", type=click.Path(), default=None)
+@click.option("--denoiser", type=click.Path(), default=None, help="Certify classifier(denoiser(x)).")
+@click.option("--checkpoint", type=click.Path(), default=None, help="Certify this classifier checkpoint (any known layout) into RUN_DIR.")
+@click.option("--model", default=None, help="Architecture of --checkpoint where the file does not say.")
+@click.option("--tag", default=None, help="Name of the result table (certify_<tag>.csv). Default from noise and certificate.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted certification.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing result table.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow loading legacy pickled checkpoints (can run code).")
+def certify_cmd(run_dir: str, checkpoint: str | None, model: str | None, resume: bool, overwrite: bool, **opts: Any) -> None:
+    """Certify the test set with the classifier of experiment folder RUN_DIR."""
+    from smoothcore.runner import CertifyConfig, execute, plan
+
+    if checkpoint is not None:
+        _external_experiment(run_dir, checkpoint, model, opts)
+    cfg = CertifyConfig(**opts)
+    run = plan(run_dir, cfg)
+    console = _console(stderr=True)
+    console.print(f"certifying {len(run.indices)} images of {run.dataset} with {run.smoothed.noise!r}, certificate "
+                  f"{run.meta['certificate']} -> {run.table}", highlight=False)
+    t0 = time.time()
+    with progress_bar() as bar:
+        task = bar.add_task("certify", total=len(run.indices))
+        table = execute(run, resume=resume, overwrite=overwrite, on_progress=lambda done, total: bar.update(task, completed=done))
+    from smoothcore.report import Run, certified_accuracy_table
+
+    r = Run(run.tag, table["label"].to_numpy(), table["prediction"].to_numpy(), table["radius"].to_numpy(dtype=float), run.meta["norm"])
+    print_table(certified_accuracy_table([r], _default_radii(r)), f"{run.exp.path.name}: {len(table)} images in {time.time() - t0:.1f} s")
+
+
+def _external_experiment(run_dir: str, checkpoint: str, model: str | None, opts: dict[str, Any]) -> None:
+    """Make RUN_DIR an experiment folder that points at an outside classifier checkpoint."""
+    from smoothcore.experiment import Experiment
+    from smoothcore.fileio import atomic_write_json
+    from smoothcore.loading import load_classifier
+
+    ckpt = Path(checkpoint).resolve()
+    _, info = load_classifier(ckpt, model=model, dataset=opts.get("dataset"), trust=opts.get("trust_checkpoint", False), return_info=True)
+    exp = Experiment(run_dir)
+    config = {"classifier_path": str(ckpt), "checkpoint_model": model or info.get("model"), "dataset": opts.get("dataset") or info.get("dataset"),
+              "layout": info["layout"], "noise": None}
+    if exp.exists() and {k: exp.config().get(k) for k in config} != config:
+        from smoothcore.errors import ExperimentError
+
+        raise ExperimentError(f"{run_dir} already holds another experiment", hint="choose another RUN_DIR")
+    exp.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(exp.path / "config.json", config)
+    if opts.get("dataset") is None:
+        opts["dataset"] = config["dataset"]
+
+
+def _default_radii(run) -> list[float]:
+    import numpy as np
+
+    top = float(np.nanmax(run.radius, initial=0.0)) if len(run.radius) else 0.0
+    step = 0.5 if top > 1.5 else 0.25 if top > 0.5 else 0.1
+    return [round(i * step, 4) for i in range(int(top / step) + 2)]
+
+
+def print_table(table, title: str) -> None:
+    t = Table(title=title)
+    for col in table.columns:
+        t.add_column(str(col), justify="left" if col in ("run", "norm") else "right")
+    for _, row in table.iterrows():
+        t.add_row(*[_cell(col, v) for col, v in row.items()])
+    _console().print(t)
+
+
+def _cell(col: str, value: Any) -> str:
+    if col == "ACR":
+        return f"{value:.3f}"
+    if col == "images":
+        return str(int(value))
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+# -- report -------------------------------------------------------------------------------------------------------
+@cli.command("report")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--radii", default="0,0.5,1,1.5,2,2.5,3,3.5,4", show_default=True, help="Comma-separated radii.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(), default=None, help="Write certified accuracy vs radius to this image file.")
+@click.option("--no-envelope", is_flag=True, help="Leave out the best-over-runs row.")
+def report_cmd(paths: tuple[str, ...], radii: str, fmt: str, plot_path: str | None, no_envelope: bool) -> None:
+    """Certified accuracy (%) at RADII, average certified radius and the envelope of the runs at PATHS
+    (result tables, experiment folders, or reference result folders)."""
+    from smoothcore.report import certified_accuracy_table, comparability_warnings, load_runs, plot
+
+    runs = load_runs(paths)
+    table = certified_accuracy_table(runs, parse_radii(radii), envelope=not no_envelope)
+    for warning in comparability_warnings(runs):
+        err_console.print(f"[yellow]Warning:[/] {warning}", highlight=False)
+    if fmt == "csv":
+        click.echo(table.to_csv(index=False, float_format="%.4f"), nl=False)
+    elif fmt == "json":
+        click.echo(table.to_json(orient="records", indent=2))
+    else:
+        print_table(table, "certified accuracy (%) by radius")
+    if plot_path:
+        plot(runs, plot_path)
+        err_console.print(f"wrote {plot_path}", highlight=False)
+
+
+def main() -> None:
+    cli(prog_name="smoothcore")
+
+
+if __name__ == "__main__":
+    main()

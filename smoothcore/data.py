@@ -1,0 +1,149 @@
+"""Datasets: what a dataset plugin provides, in-memory image tensors, batching and on-device augmentation."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from smoothcore.errors import ConfigError, DataError
+
+SPLITS = ("train", "test")
+
+
+class ImageTensorDataset(Dataset):
+    """Images held in memory as uint8 ``(N, C, H, W)`` with int64 labels; items are ``(float image in [0, 1],
+    label)``. Batching reads the tensors directly (no per-item Python work)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, source: str = "") -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise DataError(f"{source or 'dataset'}: images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise DataError(f"{source or 'dataset'}: {images.shape[0]} images but labels of shape {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.long()
+        self.source = source
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i].float() / 255.0, int(self.labels[i])
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(str(tuple(self.images.shape)).encode())
+        h.update(self.images.numpy().tobytes())
+        h.update(self.labels.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class DatasetSource:
+    """A dataset as a plugin registers it.
+
+    ``loader(split, data_dir)`` returns a Dataset of ``(image float [0, 1] (C, H, W), label)``; ``augment(batch,
+    generator)`` is the training augmentation on a batch on its device (None: none). ``quantised``: its images
+    are on the 1/255 grid (needed for DSSN certificates).
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    loader: Callable[[str, Path | None], Dataset]
+    augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None
+    quantised: bool = True
+    description: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        c, h, w = self.image_shape
+        return c * h * w
+
+    def load(self, split: str, data_dir: str | Path | None = None) -> Dataset:
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        return self.loader(split, Path(data_dir) if data_dir is not None else None)
+
+
+def get_dataset(name: str) -> DatasetSource:
+    from smoothcore.plugins import registry
+
+    entry = registry("dataset").get(name)
+    source = entry.factory()
+    if not isinstance(source, DatasetSource):
+        from smoothcore.errors import PluginError
+
+        raise PluginError(f"plugin {entry.plugin!r} built dataset {name!r} as {type(source).__name__}, not a DatasetSource")
+    return source
+
+
+def subset_indices(n: int, skip: int = 1, limit: int | None = None, offset: int = 0) -> list[int]:
+    """Every ``skip``-th index from ``offset`` (the reference's ``--dataset-skip``), at most ``limit`` of them."""
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 1:
+        raise ConfigError(f"skip must be a positive integer, got {skip!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer, got {limit!r}")
+    idx = list(range(offset, n, skip))
+    return idx[:limit] if limit is not None else idx
+
+
+def fetch(dataset: Dataset, indices: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(len(indices), C, H, W)`` float in [0, 1] and labels for ``indices``."""
+    if isinstance(dataset, ImageTensorDataset):
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return dataset.images[idx].float() / 255.0, dataset.labels[idx]
+    items = [dataset[int(i)] for i in indices]
+    return torch.stack([im for im, _ in items]), torch.tensor([int(lbl) for _, lbl in items], dtype=torch.long)
+
+
+def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+            indices: list[int] | None = None, workers: int = 0, device: torch.device | str = "cpu",
+            start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of ``(images, labels)`` on ``device``. In-memory datasets are sliced directly; others go through a
+    DataLoader with ``workers`` processes and pinned memory. ``start_batch`` skips that many batches of this order
+    (resuming mid-epoch)."""
+    order = torch.as_tensor(indices if indices is not None else range(len(dataset)), dtype=torch.long)
+    if shuffle:
+        order = order[torch.randperm(len(order), generator=generator)]
+    device = torch.device(device)
+    if isinstance(dataset, ImageTensorDataset):
+        for b in range(start_batch * batch_size, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            images = dataset.images[idx]
+            if device.type == "cuda":
+                images = images.pin_memory().to(device, non_blocking=True)
+            yield images.to(device).float() / 255.0, dataset.labels[idx].to(device)
+        return
+    subset = torch.utils.data.Subset(dataset, order[start_batch * batch_size:].tolist())
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    for images, labels in loader:
+        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+def random_crop_flip(batch: torch.Tensor, generator: torch.Generator | None, *, padding: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip of a batch ``(N, C, H, W)``, on its device.
+
+    Zero padding and flips keep images on the 1/255 grid."""
+    n, _, h, w = batch.shape
+    dev = batch.device
+    padded = torch.nn.functional.pad(batch, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev)[None, :])  # (n, h)
+    cols = (dx[:, None] + torch.arange(w, device=dev)[None, :])  # (n, w)
+    if flip:
+        flipped = torch.rand(n, generator=generator, device=dev) < 0.5
+        cols = torch.where(flipped[:, None], cols.flip(1), cols)
+    out = padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(batch.shape[1], device=dev)[None, :, None, None],
+                 rows[:, None, :, None], cols[:, None, None, :]]
+    return out

@@ -1,0 +1,138 @@
+"""The certification engine: evaluates the base classifier on batches of (images x draws) and counts classes.
+
+It owns batching, devices, precision and the forward-pass budget; noises only produce draws. Every forward batch
+holds at most ``max_batch`` noisy images, whatever the number of draws, so peak memory does not grow with it.
+Counts are accumulated on the model's device; nothing is copied to the host until the caller asks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from smoothcore.errors import ConfigError
+from smoothcore.noise import ExactNoise, Noise
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def image_generator(seed: int, index: int, device: torch.device | str) -> torch.Generator:
+    """The random stream of image ``index`` under base ``seed``: independent of batching, sharding and resuming."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index) & 0xFFFFFFFF]).generate_state(2, np.uint32)
+    g = torch.Generator(device=device)
+    g.manual_seed((int(state[0]) << 31) ^ int(state[1]))
+    return g
+
+
+class Engine:
+    """Forward passes of ``model`` (``[0, 1]`` images -> logits) over noisy draws, counted per image.
+
+    ``max_batch``: most noisy images in one forward pass. ``precision``: ``fp32`` or autocast ``bf16``/``fp16``
+    (the certificate is then for the classifier as evaluated in that precision). ``forward_passes`` counts the
+    noisy images evaluated so far.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, *, max_batch: int = 1024, device: str | torch.device | None = None,
+                 precision: str = "fp32", channels_last: bool = False, compile: bool = False) -> None:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ConfigError(f"max_batch must be a positive integer, got {max_batch!r}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        if device is None:
+            param = next(model.parameters(), None)
+            device = param.device if param is not None else torch.device("cpu")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.num_classes = num_classes
+        self.max_batch = max_batch
+        self.precision = precision
+        self.channels_last = channels_last
+        self.forward_passes = 0
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def classify(self, batch: torch.Tensor) -> torch.Tensor:
+        """Top class of each image of ``batch`` ``(N, *image)`` -> ``(N,)`` int64 on the device."""
+        if self.channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            logits = self.forward(batch)
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ConfigError(
+                f"the model returned logits of shape {tuple(logits.shape)}, expected (batch, {self.num_classes})"
+            )
+        self.forward_passes += batch.shape[0]
+        return logits.argmax(dim=1)
+
+    def _count(self, counts: torch.Tensor, rows: torch.Tensor, classes: torch.Tensor) -> None:
+        counts.index_put_((rows, classes), torch.ones_like(classes), accumulate=True)
+
+    @torch.inference_mode()
+    def exact_counts(self, noise: ExactNoise, x: torch.Tensor,
+                     stop_when: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Counts over draws ``0 .. num_draws - 1`` of every image: ``(batch, classes)`` int64 on the device.
+
+        ``stop_when(counts, draws_done) -> bool (batch,)`` may end an image's enumeration early (its verdicts are
+        decided); it is consulted after each forward batch. Returns ``(counts, draws_done)``, draws_done ``(batch,)``.
+        """
+        x = x.to(self.device)
+        total = noise.num_draws
+        chunk = min(total, self.max_batch)
+        group = max(1, self.max_batch // chunk)
+        counts = torch.zeros(x.shape[0], self.num_classes, dtype=torch.long, device=self.device)
+        done = torch.zeros(x.shape[0], dtype=torch.long)
+        for g0 in range(0, x.shape[0], group):
+            active = torch.arange(g0, min(g0 + group, x.shape[0]))
+            start = 0
+            while start < total and len(active):
+                stop = min(start + chunk, total)
+                draws = noise.draws(x[active.to(self.device)], start, stop)  # (g, K, *image)
+                classes = self.classify(draws.flatten(0, 1)).view(len(active), stop - start)
+                rows = active.to(self.device).unsqueeze(1).expand_as(classes)
+                self._count(counts, rows.reshape(-1), classes.reshape(-1))
+                done[active] = stop
+                start = stop
+                if stop_when is not None and start < total:
+                    decided = stop_when(counts[active.to(self.device)], start).cpu()
+                    active = active[~decided]
+        return counts, done
+
+    @torch.inference_mode()
+    def sampled_counts(self, noise: Noise, x: torch.Tensor, num: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """Counts over ``num`` random draws per image, image ``i`` drawing from ``generators[i]``.
+
+        An image's draws are generated in pieces of at most ``max_batch`` starting at its own draw 0, so its
+        random stream (and result) does not depend on which other images share a forward batch.
+        """
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise ConfigError(f"the number of draws must be a positive integer, got {num!r}")
+        x = x.to(self.device)
+        counts = torch.zeros(x.shape[0], self.num_classes, dtype=torch.long, device=self.device)
+        pieces = [(i, min(self.max_batch, num - s)) for i in range(x.shape[0]) for s in range(0, num, self.max_batch)]
+        batch: list[tuple[int, int]] = []
+        filled = 0
+        for piece in pieces + [None]:
+            if piece is None or filled + piece[1] > self.max_batch:
+                if batch:
+                    noisy = torch.cat([noise.sample(x[i].unsqueeze(0).expand(m, *x.shape[1:]), generators[i]) for i, m in batch])
+                    rows = torch.cat([torch.full((m,), i, dtype=torch.long) for i, m in batch]).to(self.device)
+                    self._count(counts, rows, self.classify(noisy))
+                batch, filled = [], 0
+            if piece is not None:
+                batch.append(piece)
+                filled += piece[1]
+        return counts

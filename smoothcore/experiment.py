@@ -1,0 +1,129 @@
+"""The experiment folder: the unit of persistence.
+
+``config.json`` (what was asked), ``manifest.json`` (versions, checksums, data fingerprint), ``checkpoint.pt``
+(the classifier), ``train_state.pt`` (for ``--resume``), ``train_log.csv``, and one ``certify_<tag>.csv`` plus
+``certify_<tag>.json`` per certification. Everything a report needs is in the folder.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smoothcore.errors import ExperimentError
+from smoothcore.fileio import atomic_write_json, read_json
+
+CONFIG = "config.json"
+MANIFEST = "manifest.json"
+CHECKPOINT = "checkpoint.pt"
+TRAIN_STATE = "train_state.pt"
+TRAIN_LOG = "train_log.csv"
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for pkg in ("smoothcore", "torchvision", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def plugin_versions() -> dict[str, str]:
+    from smoothcore.plugins import components
+
+    out = {}
+    for name, plugin in components().manager.list_name_plugin():
+        out[name] = str(getattr(plugin, "__version__", "") or "builtin" if name.startswith("smoothcore_plugins") else
+                        getattr(plugin, "__version__", "unknown"))
+    return out
+
+
+class Experiment:
+    """An experiment folder at ``path``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # -- files --------------------------------------------------------------------------------------------------
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def train_state(self) -> Path:
+        return self.path / TRAIN_STATE
+
+    @property
+    def train_log(self) -> Path:
+        return self.path / TRAIN_LOG
+
+    def exists(self) -> bool:
+        return (self.path / CONFIG).is_file()
+
+    def config(self) -> dict[str, Any]:
+        if not self.exists():
+            raise ExperimentError(f"{self.path} is not an experiment folder (no {CONFIG})",
+                                  hint="train one with `smoothcore train-classifier --out FOLDER`")
+        return read_json(self.path / CONFIG)
+
+    def manifest(self) -> dict[str, Any]:
+        p = self.path / MANIFEST
+        return read_json(p) if p.is_file() else {}
+
+    def results(self) -> list[Path]:
+        return sorted(self.path.glob("certify_*.csv"))
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def prepare(self, config: dict[str, Any], *, overwrite: bool = False, resume: bool = False) -> bool:
+        """Create the folder for a new run, or check it for ``resume``. Returns True when resuming.
+
+        A folder that already holds a run is refused unless ``overwrite`` (its results are deleted) or ``resume``
+        (the configuration must match: the error lists every difference)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ExperimentError(f"{self.path} exists and is not a folder")
+        if self.exists():
+            if resume:
+                old = self.config()
+                diff = config_diff(old, config)
+                if diff:
+                    raise ExperimentError(f"--resume with a changed configuration in {self.path}: " + "; ".join(diff),
+                                          hint="rerun with the original options, or start a new --out folder")
+                return self.train_state.is_file()
+            if not overwrite:
+                raise ExperimentError(f"{self.path} already holds an experiment",
+                                      hint="pass --resume to continue it, --overwrite to replace it, or choose another --out")
+            for f in [self.path / CONFIG, self.path / MANIFEST, self.checkpoint, self.train_state, self.train_log, *self.results(),
+                      *self.path.glob("certify_*.json")]:
+                f.unlink(missing_ok=True)
+        elif resume:
+            raise ExperimentError(f"nothing to resume: {self.path} holds no experiment")
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path / CONFIG, config)
+        self.update_manifest(created=now(), versions=versions())
+        return False
+
+    def update_manifest(self, **fields: Any) -> None:
+        manifest = self.manifest()
+        manifest.update(fields)
+        manifest["updated"] = now()
+        atomic_write_json(self.path / MANIFEST, manifest)
+
+
+IGNORED_ON_RESUME = {"device", "workers", "save_every", "out", "progress"}
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted((set(old) | set(new)) - IGNORED_ON_RESUME)
+    return [f"{k}: was {old.get(k)!r}, now {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]

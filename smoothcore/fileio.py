@@ -1,0 +1,71 @@
+"""Durable file writing: atomic replacement and fsync'd appends."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from smoothcore.errors import ExperimentError
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file beside it, fsync, then rename over ``path``:
+    readers see the old file or the new one, never a mix. A failed write (full disk) leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise ExperimentError(f"could not write {path}: {exc.strerror or exc}", hint="free disk space and rerun with --resume") from None
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"), mode="w")
+
+
+def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    import torch
+
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ExperimentError(f"{path} does not exist") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ExperimentError(f"{path} is not readable JSON: {exc}") from None

@@ -1,0 +1,72 @@
+"""Every extension point of smoothcore. This file is the whole contract a plugin relies on.
+
+A plugin is a module or object with functions named like the hooks below, marked with ``smoothcore.hookimpl``.
+Built-in plugins (``smoothcore_plugins.*``) use exactly these hooks; third-party packages are found through the
+``smoothcore`` entry-point group. Each ``register_*`` hook receives a ``register(name, factory, description="",
+**info)`` callback and may call it any number of times. The registry records which plugin registered each name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("smoothcore")
+hookimpl = pluggy.HookimplMarker("smoothcore")
+
+
+@hookspec
+def register_noises(register: Any) -> None:
+    """Register noise distributions.
+
+    ``factory(*, sigma, lambd, dim, seed, device, **params)`` returns a :class:`smoothcore.noise.Noise` (sampled:
+    ``sample(x, generator)``) or :class:`smoothcore.noise.ExactNoise` (adds ``num_draws`` and ``draws(x, start,
+    stop)``). Noises only transform tensors, on the input's device; they never call models or loop over draws.
+    ``sigma`` and ``lambd`` are None when not given; the factory validates them and raises ConfigError.
+    """
+
+
+@hookspec
+def register_certificates(register: Any) -> None:
+    """Register certificate functions.
+
+    ``factory()`` returns a :class:`smoothcore.certificates.Certificate`: a pure function from statistics of the
+    base classifier under a noise (draw counts, and the input where needed) to predictions and radii, plus
+    ``applies_to(noise)``.
+    """
+
+
+@hookspec
+def register_classifiers(register: Any) -> None:
+    """Register base classifier architectures.
+
+    ``factory(*, num_classes, in_channels, image_size, **params)`` returns an ``nn.Module`` from normalised
+    images ``(batch, in_channels, H, W)`` to logits ``(batch, num_classes)``. The framework puts the dataset's
+    normalisation in front of it (:class:`smoothcore.models.NormalizedClassifier`), so every classifier takes
+    ``[0, 1]`` pixels and every checkpoint holds ``norm.mean``, ``norm.std`` and ``net.<its keys>``.
+    A name registered with ``variants=True`` also answers ``name:variant`` (``factory(..., variant=...)``).
+    """
+
+
+@hookspec
+def register_denoisers(register: Any) -> None:
+    """Register denoiser architectures.
+
+    ``factory(*, in_channels, **params)`` returns an ``nn.Module`` from noisy ``[0, 1]`` images to denoised
+    images of the same shape.
+    """
+
+
+@hookspec
+def register_datasets(register: Any) -> None:
+    """Register datasets.
+
+    ``factory()`` returns a :class:`smoothcore.data.DatasetSource`: its facts (classes, image shape,
+    normalisation) and ``load(split, data_dir)`` returning a dataset of ``(image in [0, 1], label)``.
+    """
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add commands to the ``smoothcore`` click group."""

@@ -1,0 +1,156 @@
+"""Loading and saving classifiers in every layout smoothcore knows (see :mod:`smoothcore.checkpoints`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from smoothcore.checkpoints import CLASSIFIER_FORMAT, load_file, load_state_strict, strip_prefix
+from smoothcore.errors import CheckpointError, ConfigError
+from smoothcore.models import NormalizedClassifier, build_classifier
+
+# denoised-smoothing architecture names -> (smoothcore model, default dataset)
+DENOISED_SMOOTHING_ARCHS: dict[str, tuple[str, str]] = {
+    "cifar_wrn40": ("wrn40-compat", "cifar10"),
+    "cifar_wrn": ("wrn40-compat", "cifar10"),
+    "wrn40": ("wrn40-compat", "cifar10"),
+    "cifar_resnet110": ("resnet110", "cifar10"),
+    "resnet50": ("resnet50", "imagenet"),
+    "resnet18": ("torchvision:resnet18", "imagenet"),
+    "resnet34": ("torchvision:resnet34", "imagenet"),
+    "resnet101": ("torchvision:resnet101", "imagenet"),
+}
+
+
+def classifier_checkpoint(model: NormalizedClassifier, *, name: str, params: dict[str, Any], dataset: str,
+                          num_classes: int, in_channels: int, image_size: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The smoothcore checkpoint dict of a classifier (loadable with ``weights_only=True``)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {
+        "format": CLASSIFIER_FORMAT, "version": 1, "model": name, "model_params": dict(params), "dataset": dataset,
+        "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
+        "mean": model.norm.mean.flatten().tolist(), "std": model.norm.std.flatten().tolist(),
+        "state_dict": state, **(extra or {}),
+    }
+
+
+def detect_layout(obj: Any) -> str:
+    if isinstance(obj, dict):
+        if obj.get("format") == CLASSIFIER_FORMAT:
+            return "smoothcore"
+        if "state_dict" in obj and "arch" in obj:
+            return "denoised-smoothing"
+        keys = [k for k in obj if isinstance(k, str)]
+        if keys and any(k.startswith("model.module.") for k in keys) and "norm.module.mu" in obj:
+            return "reference"
+        if keys and all(isinstance(v, torch.Tensor) for v in obj.values()) and any(k.startswith("net.") for k in keys):
+            return "state-dict"
+    return "unknown"
+
+
+def _dataset_facts(dataset: str) -> tuple[int, int, int, tuple[float, ...], tuple[float, ...]]:
+    from smoothcore.data import get_dataset
+
+    src = get_dataset(dataset)
+    c, h, _ = src.image_shape
+    return src.num_classes, c, h, src.mean, src.std
+
+
+def load_classifier(path: str | Path, *, model: str | None = None, dataset: str | None = None, trust: bool = False,
+                    device: str | torch.device = "cpu", return_info: bool = False):
+    """An eval-mode classifier from ``[0, 1]`` pixels to logits, from a checkpoint in any known layout.
+
+    ``model`` and ``dataset`` name the architecture and data (their normalisation and class count) where the
+    file does not say: smoothcore checkpoints carry both; the reference ``model_ckpt.torch`` defaults to
+    ``wrn40``/``cifar10``; denoised-smoothing checkpoints derive them from ``arch``. With ``return_info`` the
+    result is ``(module, info)``, info holding the layout, model, dataset and the checkpoint's extra fields.
+    """
+    path = Path(path)
+    obj = load_file(path, trust=trust)
+    layout = detect_layout(obj)
+    info: dict[str, Any] = {"layout": layout, "path": str(path)}
+    if layout == "smoothcore":
+        if dataset is not None and dataset != obj["dataset"]:
+            src_classes = _dataset_facts(dataset)[0]
+            if src_classes != obj["num_classes"] or _dataset_facts(dataset)[1] != obj["in_channels"]:
+                raise CheckpointError(
+                    f"{path} is a {obj['model']} classifier for {obj['dataset']} ({obj['num_classes']} classes, "
+                    f"{obj['in_channels']} channels); it cannot classify {dataset}")
+        try:
+            net = build_classifier(obj["model"], num_classes=int(obj["num_classes"]), in_channels=int(obj["in_channels"]),
+                                   image_size=int(obj["image_size"]), mean=obj["mean"], std=obj["std"], **dict(obj.get("model_params") or {}))
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path}: incomplete smoothcore checkpoint ({exc!r})") from None
+        load_state_strict(net, obj["state_dict"], str(path))
+        info.update({k: v for k, v in obj.items() if k != "state_dict"})
+    elif layout == "reference":
+        model = model or "wrn40"
+        dataset = dataset or "cifar10"
+        num_classes, c, size, _, _ = _dataset_facts(dataset)
+        mu, log_sig = obj["norm.module.mu"], obj["norm.module.log_sig"]
+        net = build_classifier(model, num_classes=num_classes, in_channels=c, image_size=size,
+                               mean=mu.flatten().tolist(), std=torch.exp(log_sig.double()).flatten().tolist())
+        state = {("net." + k[len("model.module."):]): v for k, v in obj.items() if k.startswith("model.module.")}
+        state["norm.mean"] = mu.float().reshape(net.norm.mean.shape)
+        state["norm.std"] = torch.exp(log_sig.float()).reshape(net.norm.std.shape)
+        load_state_strict(net, state | {k: v for k, v in obj.items() if not k.startswith(("model.module.", "norm.module."))}, str(path))
+        info.update({"model": model, "dataset": dataset})
+    elif layout == "denoised-smoothing":
+        arch = str(obj["arch"])
+        if arch not in DENOISED_SMOOTHING_ARCHS:
+            if "dncnn" in arch or "memnet" in arch:
+                raise CheckpointError(f"{path} is a denoiser ({arch}), not a classifier", hint="give it as --denoiser")
+            raise CheckpointError(f"{path}: unknown denoised-smoothing classifier architecture {arch!r}; known: "
+                                  f"{', '.join(sorted(DENOISED_SMOOTHING_ARCHS))}")
+        default_model, default_dataset = DENOISED_SMOOTHING_ARCHS[arch]
+        model = model or default_model
+        dataset = dataset or default_dataset
+        num_classes, c, size, mean, std = _dataset_facts(dataset)
+        state = obj["state_dict"]
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: state_dict is not a mapping")
+        state = {k: v for k, v in state.items() if isinstance(k, str)}
+        state = {("net." + k[2:]): v for k, v in strip_prefix(state, "module.").items() if k.startswith("1.")} or state
+        state = strip_prefix(state, "net.module.")
+        state = {("net." + k if not k.startswith("net.") else k): v for k, v in state.items()}
+        params = {}
+        if model.startswith("wrn40") and "net.fc.weight" in state:
+            params["widen_factor"] = int(state["net.fc.weight"].shape[1]) // 64
+        net = build_classifier(model, num_classes=num_classes, in_channels=c, image_size=size, mean=mean, std=std, **params)
+        state["norm.mean"] = net.norm.mean.clone()
+        state["norm.std"] = net.norm.std.clone()
+        load_state_strict(net, state, str(path))
+        info.update({"model": model, "dataset": dataset, "arch": arch})
+    elif layout == "state-dict":
+        if model is None or dataset is None:
+            raise CheckpointError(f"{path} is a bare state dict; give the model and dataset it belongs to (--model, --dataset)")
+        num_classes, c, size, mean, std = _dataset_facts(dataset)
+        net = build_classifier(model, num_classes=num_classes, in_channels=c, image_size=size, mean=mean, std=std)
+        load_state_strict(net, obj, str(path))
+        info.update({"model": model, "dataset": dataset})
+    else:
+        keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path}: not a classifier checkpoint smoothcore knows (top level: {keys})",
+                              hint="known layouts: smoothcore checkpoint.pt, the reference model_ckpt.torch, "
+                                   "denoised-smoothing checkpoint.pth.tar")
+    net = net.to(device).eval()
+    return (net, info) if return_info else net
+
+
+def check_compatible(info: dict[str, Any], dataset: str) -> None:
+    """Refuse to use a classifier on data of another class count or channel count."""
+    num_classes, c, _, _, _ = _dataset_facts(dataset)
+    have_classes = info.get("num_classes")
+    have_channels = info.get("in_channels")
+    if have_classes is not None and int(have_classes) != num_classes:
+        raise ConfigError(f"the classifier predicts {have_classes} classes but {dataset} has {num_classes}")
+    if have_channels is not None and int(have_channels) != c:
+        raise ConfigError(f"the classifier takes {have_channels}-channel images but {dataset} has {c} channels")
+
+
+def num_outputs(model: nn.Module) -> int | None:
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return last[-1].out_features if last else None

@@ -1,0 +1,148 @@
+"""The plugin manager: built-in plugin modules first, then third-party entry points, through the same hooks.
+
+Built-in plugins are imported by module name (no installed entry-point metadata is needed, so an offline
+``pip install --no-deps -e .`` works). Third-party plugins come from the ``smoothcore`` entry-point group. The
+environment variable ``SMOOTHCORE_LOAD_PLUGINS`` restricts which third-party plugins load: a comma-separated list
+of entry-point names, or an empty string for none (useful in tests and for reproducible runs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pluggy
+
+from smoothcore import hookspecs
+from smoothcore.errors import PluginError, SmoothcoreError
+from smoothcore.registry import Registry
+
+ENTRY_POINT_GROUP = "smoothcore"
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "smoothcore_plugins.uniform",
+    "smoothcore_plugins.splitting",
+    "smoothcore_plugins.baselines",
+    "smoothcore_plugins.certificates",
+    "smoothcore_plugins.classifiers",
+    "smoothcore_plugins.datasets",
+    "smoothcore_plugins.denoising",
+)
+
+KINDS: dict[str, str] = {
+    "noise": "register_noises",
+    "certificate": "register_certificates",
+    "classifier": "register_classifiers",
+    "denoiser": "register_denoisers",
+    "dataset": "register_datasets",
+}
+
+
+@dataclass
+class Components:
+    """Everything the loaded plugins registered, one registry per kind."""
+
+    manager: pluggy.PluginManager
+    registries: dict[str, Registry]
+
+    def __getitem__(self, kind: str) -> Registry:
+        return self.registries[kind]
+
+
+_components: Components | None = None
+
+
+def _allowed_entry_points() -> set[str] | None:
+    value = os.environ.get("SMOOTHCORE_LOAD_PLUGINS")
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+def build_manager(extra_plugins: tuple[Any, ...] = ()) -> pluggy.PluginManager:
+    """A plugin manager with the built-in plugins, the allowed entry points, and ``extra_plugins`` (objects or
+    modules, registered under their ``__name__``)."""
+    pm = pluggy.PluginManager("smoothcore")
+    pm.add_hookspecs(hookspecs)
+    for module_name in DEFAULT_PLUGINS:
+        module = importlib.import_module(module_name)
+        pm.register(module, name=module_name)
+    allowed = _allowed_entry_points()
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        if pm.has_plugin(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken third-party package must not take the tool down silently
+            raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to import: {exc!r}") from exc
+        pm.register(plugin, name=ep.name)
+    for plugin in extra_plugins:
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        pm.register(plugin, name=name)
+    return pm
+
+
+def collect(pm: pluggy.PluginManager) -> Components:
+    """Call every ``register_*`` hook of every plugin with a ``register`` callback bound to that plugin."""
+    registries = {kind: Registry(kind) for kind in KINDS}
+    for kind, hook_name in KINDS.items():
+        hook = getattr(pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            register = partial(registries[kind].add, plugin=impl.plugin_name)
+            try:
+                impl.function(register=register)
+            except SmoothcoreError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"plugin {impl.plugin_name!r} raised in {hook_name}: {exc!r}") from exc
+    return Components(pm, registries)
+
+
+def components() -> Components:
+    """The process-wide components, loaded on first use."""
+    global _components
+    if _components is None:
+        _components = collect(build_manager())
+    return _components
+
+
+def use_plugins(*extra_plugins: Any) -> Components:
+    """Reload the components with ``extra_plugins`` added (for tests and notebooks); returns them."""
+    global _components
+    _components = collect(build_manager(tuple(extra_plugins)))
+    return _components
+
+
+def reset() -> None:
+    """Forget the loaded components; the next use reloads them."""
+    global _components
+    _components = None
+
+
+def registry(kind: str) -> Registry:
+    return components()[kind]
+
+
+def plugin_summary() -> list[dict[str, Any]]:
+    """One row per plugin: its name, where it comes from, and what it registers, by kind."""
+    comps = components()
+    rows: dict[str, dict[str, Any]] = {}
+    builtin = set(DEFAULT_PLUGINS)
+    for name, plugin in comps.manager.list_name_plugin():
+        rows[name] = {
+            "plugin": name,
+            "builtin": name in builtin,
+            "module": getattr(plugin, "__name__", type(plugin).__name__),
+            **{kind: [] for kind in KINDS},
+        }
+    for kind, reg in comps.registries.items():
+        for entry in reg:
+            rows.setdefault(entry.plugin, {"plugin": entry.plugin, "builtin": False, "module": "?", **{k: [] for k in KINDS}})
+            rows[entry.plugin][kind].append(entry.name)
+    return list(rows.values())

@@ -1,0 +1,72 @@
+"""Names -> components, with the plugin that registered each one.
+
+A registry is filled through the ``register`` callbacks that the plugin manager hands to each plugin's hooks.
+Names are the API: an unknown name is an error that lists every known one, and a name registered twice is an
+error that names both plugins.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from smoothcore.errors import PluginError, UnknownNameError
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:\-]*$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component: ``factory(**params)`` builds it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    description: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """The components of one kind (noise, certificate, classifier, denoiser, dataset)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def add(self, name: str, factory: Callable[..., Any], *, plugin: str, description: str = "", **info: Any) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise PluginError(
+                f"plugin {plugin!r} tried to register a {self.kind} with the invalid name {name!r}",
+                hint="names are lower-case letters, digits and '_.:-', starting with a letter or digit",
+            )
+        if not callable(factory):
+            raise PluginError(f"plugin {plugin!r} registered {self.kind} {name!r} with a factory that is not callable")
+        if name in self._entries:
+            other = self._entries[name].plugin
+            raise PluginError(f"{self.kind} {name!r} is registered twice: by plugin {other!r} and by plugin {plugin!r}")
+        self._entries[name] = Entry(self.kind, name, factory, plugin, description, dict(info))
+
+    def get(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            known = ", ".join(sorted(self._entries)) or "(none)"
+            close = difflib.get_close_matches(str(name), list(self._entries), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; available: {known}", hint=hint) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(sorted(self._entries.values(), key=lambda e: e.name))
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,189 @@
+"""Certified accuracy, average certified radius and the best-over-runs envelope (the paper's tables and plots).
+
+A run is a table of per-image ``label``, ``prediction`` (``-1`` = abstain) and ``radius``. Runs come from
+smoothcore result tables (``certify_*.csv``), experiment folders (all their tables), or result folders in the
+reference implementation's layout (``labels.npy``, ``radius_l1.npy``, ``preds.npy``, and ``predicted_labels.npy``
+for DSSN), such as ../shared/golden/levine-feizi-2021/*.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from smoothcore.errors import DataError
+from smoothcore.results import load_results
+
+PAPER_RADII = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
+ENVELOPE = "envelope (best run)"
+
+
+@dataclass
+class Run:
+    """One certification: per-image arrays and what produced them."""
+
+    name: str
+    label: np.ndarray
+    prediction: np.ndarray
+    radius: np.ndarray
+    norm: str = "l1"
+    meta: dict[str, Any] = field(default_factory=dict)
+    index: np.ndarray | None = None
+
+    @property
+    def correct(self) -> np.ndarray:
+        return (self.prediction == self.label) & (self.prediction >= 0)
+
+    def certified_accuracy(self, radii) -> np.ndarray:
+        """Fraction of images whose prediction is right and whose radius is at least r, for each r."""
+        radius = np.nan_to_num(self.radius, nan=-np.inf)
+        radii = np.asarray(radii, dtype=np.float64)
+        return ((self.correct[None, :]) & (radius[None, :] >= radii[:, None])).mean(axis=1)
+
+    def average_certified_radius(self) -> float:
+        """ACR: the mean over images of the radius where the prediction is right (and certified), else 0."""
+        radius = np.nan_to_num(self.radius, nan=0.0)
+        return float(np.where(self.correct & (radius > 0), radius, 0.0).mean()) if len(radius) else 0.0
+
+
+def _reference_run(folder: Path) -> Run:
+    def need(name: str) -> np.ndarray:
+        path = folder / name
+        try:
+            return np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise DataError(f"{folder} is not a result folder in the reference layout: {name} is missing") from None
+        except (ValueError, OSError) as exc:
+            raise DataError(f"{path} is not a readable .npy file: {exc}") from None
+
+    labels = need("labels.npy")
+    radius = need("radius_l1.npy")
+    if (folder / "predicted_labels.npy").exists():
+        prediction = need("predicted_labels.npy")
+    else:
+        prediction = np.argmax(need("preds.npy"), axis=1)
+    if not labels.shape == radius.shape == prediction.shape:
+        raise DataError(f"{folder}: labels, predictions and radii have different lengths")
+    meta = {"layout": "reference", "num_images": int(len(labels))}
+    return Run(folder.name, labels.astype(np.int64), prediction.astype(np.int64), radius.astype(np.float64), "l1", meta,
+               np.arange(len(labels)))
+
+
+def _table_run(path: Path, name: str | None = None) -> Run:
+    try:
+        table = load_results(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path} is not a readable result table: {exc}") from None
+    for col in ("label", "prediction", "radius"):
+        if col not in table.columns:
+            raise DataError(f"{path} is not a smoothcore result table (no {col} column)")
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    norm = str(table["norm"].iloc[0]) if "norm" in table.columns and len(table) else meta.get("norm", "l1")
+    run_name = name or f"{path.parent.name}/{path.stem.removeprefix('certify_')}"
+    return Run(run_name, table["label"].to_numpy(np.int64), table["prediction"].to_numpy(np.int64),
+               pd.to_numeric(table["radius"], errors="coerce").to_numpy(np.float64), norm, meta, table["index"].to_numpy(np.int64))
+
+
+def load_runs(paths) -> list[Run]:
+    """Every run found at ``paths`` (result tables, experiment folders, reference result folders)."""
+    runs: list[Run] = []
+    for p in map(Path, paths):
+        if p.is_file() and p.suffix == ".csv":
+            runs.append(_table_run(p))
+        elif p.is_dir() and (p / "radius_l1.npy").exists():
+            runs.append(_reference_run(p))
+        elif p.is_dir() and list(p.glob("certify_*.csv")):
+            runs += [_table_run(t) for t in sorted(p.glob("certify_*.csv"))]
+        elif p.is_dir():
+            raise DataError(f"{p} holds no certification results (no certify_*.csv, no radius_l1.npy)",
+                            hint="run `smoothcore certify` on it first")
+        else:
+            raise DataError(f"{p} does not exist" if not p.exists() else f"{p} is neither a result table nor a folder")
+    return runs
+
+
+def certified_accuracy_table(runs: list[Run], radii=PAPER_RADII, *, envelope: bool = True) -> pd.DataFrame:
+    """Certified accuracy (%) of each run at each radius, its ACR, and the best-over-runs envelope row."""
+    radii = [float(r) for r in radii]
+    rows = []
+    for run in runs:
+        acc = run.certified_accuracy(radii) * 100.0
+        rows.append({"run": run.name, "norm": run.norm, "images": len(run.label), **{_col(r): float(a) for r, a in zip(radii, acc)},
+                     "ACR": run.average_certified_radius()})
+    table = pd.DataFrame(rows)
+    if envelope and len(runs) > 1:
+        by_norm = {}
+        for norm in sorted({r.norm for r in runs}):
+            sub = table[table["norm"] == norm]
+            by_norm[norm] = {"run": ENVELOPE if len(set(table["norm"])) == 1 else f"{ENVELOPE}, {norm}", "norm": norm,
+                             "images": int(sub["images"].max()), **{_col(r): float(sub[_col(r)].max()) for r in radii},
+                             "ACR": float(sub["ACR"].max())}
+        table = pd.concat([table, pd.DataFrame(list(by_norm.values()))], ignore_index=True)
+    return table
+
+
+def _col(r: float) -> str:
+    return f"{r:g}"
+
+
+def comparability_warnings(runs: list[Run]) -> list[str]:
+    """Differences between runs that make comparing them misleading (other data, other images, other models)."""
+    out = []
+    datasets = {r.meta.get("dataset") for r in runs if r.meta.get("dataset")}
+    if len(datasets) > 1:
+        out.append(f"the runs certify different datasets: {', '.join(sorted(datasets))}")
+    index_sets = {tuple(r.index.tolist()) if r.index is not None else None for r in runs}
+    if len(index_sets) > 1:
+        sizes = sorted({len(r.label) for r in runs})
+        out.append(f"the runs certify different images ({', '.join(map(str, sizes))} images): certified accuracies are not comparable image for image")
+    norms = {r.norm for r in runs}
+    if len(norms) > 1:
+        out.append(f"the runs certify different norms ({', '.join(sorted(norms))}); the envelope is taken per norm")
+    for r in runs:
+        if r.meta.get("noise", {}).get("name") and r.meta.get("finished") is None and r.meta.get("layout") != "reference":
+            out.append(f"{r.name} is unfinished ({len(r.label)} of {r.meta.get('num_images', '?')} images)")
+    by_model = {}
+    for r in runs:
+        if r.meta.get("classifier_sha256") and r.meta.get("noise"):
+            key = json.dumps(r.meta["noise"], sort_keys=True) + str(r.meta.get("certificate"))
+            by_model.setdefault(key, set()).add(r.meta["classifier_sha256"])
+    for key, shas in by_model.items():
+        if len(shas) > 1:
+            out.append(f"runs with the same noise and certificate ({key}) used {len(shas)} different classifier checkpoints")
+    return out
+
+
+def plot(runs: list[Run], path: str | Path, *, max_radius: float | None = None) -> Path:
+    """Certified accuracy against radius, one curve per run plus the envelope; written to ``path`` (PNG/PDF/SVG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top = max_radius or max([float(np.nanmax(np.where(r.correct, r.radius, 0.0), initial=0.0)) for r in runs] + [0.5]) * 1.05
+    grid = np.linspace(0.0, top, 400)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curves = []
+    for run in runs:
+        acc = run.certified_accuracy(grid) * 100
+        curves.append(acc)
+        ax.plot(grid, acc, label=run.name, linewidth=1.3)
+    if len(runs) > 1:
+        ax.plot(grid, np.max(curves, axis=0), "k--", label="envelope", linewidth=1.8)
+    norms = sorted({r.norm for r in runs})
+    ax.set_xlabel(f"{'/'.join(n.upper() for n in norms)} radius")
+    ax.set_ylabel("certified accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

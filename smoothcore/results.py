@@ -1,0 +1,144 @@
+"""The certification result table: one row per image, appended durably as each image finishes.
+
+Every row ends with a CRC-32 of its other fields; a row that is cut short (a crash mid-write) or damaged fails the
+check and is discarded, never reported. Rows are flushed at once and fsync'd at most ``fsync_every`` seconds
+apart (and on close), so a crash loses at most those seconds of work and never corrupts what is on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from smoothcore.errors import ExperimentError
+
+COLUMNS = ("index", "label", "prediction", "correct", "radius", "norm", "certificate", "p_lower", "counts",
+           "forward_passes", "seconds")
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if value != value else repr(value)
+    return str(value)
+
+
+def encode_row(row: dict[str, Any], columns: tuple[str, ...]) -> str:
+    buf = io.StringIO()
+    fields = [_format(row.get(c)) for c in columns]
+    csv.writer(buf, lineterminator="").writerow(fields)
+    body = buf.getvalue()
+    return f"{body},{zlib.crc32(body.encode()):08x}\n"
+
+
+def header_line(columns: tuple[str, ...]) -> str:
+    return ",".join(columns) + ",crc\n"
+
+
+def read_valid(path: str | Path) -> tuple[pd.DataFrame, int, int]:
+    """The valid rows of a result file, the byte length of its valid prefix, and how many lines were discarded."""
+    path = Path(path)
+    raw = path.read_bytes()
+    good_end = 0
+    lines = raw.split(b"\n")
+    if not lines or not lines[0]:
+        return pd.DataFrame(columns=list(COLUMNS)), 0, 0
+    header = lines[0].decode(errors="replace").split(",")
+    if header[-1] != "crc":
+        raise ExperimentError(f"{path} is not a smoothcore result table (no crc column)")
+    good_end = len(lines[0]) + 1
+    rows: list[str] = []
+    discarded = 0
+    offset = good_end
+    complete = raw.endswith(b"\n")
+    for i, line in enumerate(lines[1:], start=1):
+        is_last = i == len(lines) - 1
+        end = offset + len(line) + (0 if is_last else 1)
+        if is_last and not line:
+            break
+        text = line.decode(errors="replace")
+        body, _, crc = text.rpartition(",")
+        ok = (not is_last or complete) and crc == f"{zlib.crc32(body.encode()):08x}"
+        if ok and discarded == 0:
+            rows.append(body)
+            good_end = end
+        else:
+            discarded += 1
+        offset = end
+    frame = pd.read_csv(io.StringIO(",".join(header[:-1]) + "\n" + "\n".join(rows)), keep_default_na=True) if rows else \
+        pd.DataFrame(columns=header[:-1])
+    return frame, good_end, discarded
+
+
+class ResultWriter:
+    """Appends rows to ``path``; ``resume`` keeps the valid rows already there (and cuts off anything after them)."""
+
+    def __init__(self, path: str | Path, *, resume: bool, columns: tuple[str, ...] = COLUMNS, fsync_every: float = 5.0) -> None:
+        self.path = Path(path)
+        self.columns = columns
+        self.fsync_every = fsync_every
+        self.discarded = 0
+        self.done = pd.DataFrame(columns=list(columns))
+        if resume and self.path.exists():
+            self.done, good_end, self.discarded = read_valid(self.path)
+            with open(self.path, "r+b") as f:
+                f.truncate(good_end)
+        elif self.path.exists():
+            self.path.unlink()
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self.file = open(self.path, "a", newline="")
+        if new:
+            self._write(header_line(columns))
+        self.last_sync = time.monotonic()
+
+    def _write(self, text: str) -> None:
+        try:
+            self.file.write(text)
+            self.file.flush()
+        except OSError as exc:
+            raise ExperimentError(f"could not write results to {self.path}: {exc.strerror or exc}",
+                                  hint="free disk space, then rerun with --resume: finished images are kept") from None
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._write(encode_row(row, self.columns))
+        if time.monotonic() - self.last_sync >= self.fsync_every:
+            self.sync()
+
+    def sync(self) -> None:
+        try:
+            os.fsync(self.file.fileno())
+        except OSError as exc:
+            raise ExperimentError(f"could not write results to {self.path}: {exc.strerror or exc}",
+                                  hint="free disk space, then rerun with --resume: finished images are kept") from None
+        self.last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if not self.file.closed:
+            try:
+                self.sync()
+            finally:
+                self.file.close()
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.close()
+        except Exception:
+            if exc[0] is None:
+                raise
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """The valid rows of a result table, sorted by image index."""
+    frame, _, _ = read_valid(path)
+    return frame.sort_values("index").reset_index(drop=True) if len(frame) else frame

@@ -1,0 +1,224 @@
+"""Certifying a test set: the workflow behind ``smoothcore certify``.
+
+Loads the classifier (and denoiser) of an experiment folder, builds the noise, certifies the chosen test images
+in chunks and appends one row per image to ``certify_<tag>.csv`` as it finishes (see :mod:`smoothcore.results`),
+with the run's parameters in ``certify_<tag>.json``. ``resume`` continues an interrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from smoothcore.certificates import default_certificate, resolve_certificate
+from smoothcore.certify import SmoothedClassifier
+from smoothcore.checkpoints import sha256
+from smoothcore.data import fetch, get_dataset, subset_indices
+from smoothcore.errors import ConfigError, ExperimentError
+from smoothcore.experiment import Experiment, now, versions
+from smoothcore.fileio import atomic_write_json, read_json
+from smoothcore.loading import check_compatible, load_classifier
+from smoothcore.models import stack
+from smoothcore.noise import make_noise
+from smoothcore.results import ResultWriter, load_results
+from smoothcore.train import resolve_device
+
+
+@dataclass
+class CertifyConfig:
+    noise: str | None = None  # default: the noise the classifier was trained with
+    sigma: float | None = None
+    lambd: float | None = None
+    noise_seed: int | None = None
+    certificate: str | None = None
+    n0: int = 64
+    n: int = 100_000
+    alpha: float = 0.001
+    skip: int = 1
+    limit: int | None = None
+    offset: int = 0
+    max_batch: int = 1024
+    precision: str = "fp32"
+    channels_last: bool = False
+    device: str = "cpu"
+    data_dir: str | None = None
+    dataset: str | None = None
+    denoiser: str | None = None
+    tag: str | None = None
+    trust_checkpoint: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def result_tag(noise_params: dict[str, Any], certificate: str, default_cert: str, denoised: bool) -> str:
+    scale = f"sigma{_fmt(noise_params['sigma'])}" if "sigma" in noise_params else "default"
+    tag = f"{noise_params['name']}_{scale}"
+    if certificate != default_cert:
+        tag += f"_{certificate}"
+    if denoised:
+        tag += "_denoised"
+    return tag
+
+
+@dataclass
+class CertifyRun:
+    """A certification of one experiment's test images, ready to run."""
+
+    exp: Experiment
+    cfg: CertifyConfig
+    smoothed: SmoothedClassifier
+    dataset: str
+    indices: list[int]
+    tag: str
+    meta: dict[str, Any]
+
+    @property
+    def table(self) -> Path:
+        return self.exp.path / f"certify_{self.tag}.csv"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.exp.path / f"certify_{self.tag}.json"
+
+
+def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
+    """Load everything a certification needs and check it, without evaluating anything."""
+    exp = Experiment(exp_dir)
+    train_cfg = exp.config()
+    device = resolve_device(cfg.device)
+    classifier_path = Path(train_cfg.get("classifier_path") or exp.checkpoint)
+    if not classifier_path.is_absolute() and not classifier_path.exists():
+        classifier_path = exp.path / classifier_path
+    if not classifier_path.exists():
+        raise ExperimentError(f"{exp.path} has no trained classifier yet ({classifier_path.name} is missing)",
+                              hint="train it first, or resume its training")
+    dataset = cfg.dataset or train_cfg.get("dataset")
+    if dataset is None:
+        raise ConfigError("which dataset? give --dataset")
+    source = get_dataset(dataset)
+    model, info = load_classifier(classifier_path, model=train_cfg.get("checkpoint_model"), dataset=dataset,
+                                  trust=cfg.trust_checkpoint, device=device, return_info=True)
+    check_compatible(info | {"num_classes": info.get("num_classes", source.num_classes)}, dataset)
+    denoiser_path = cfg.denoiser or (info.get("denoiser") or {}).get("path") or train_cfg.get("denoiser")
+    denoiser = None
+    if denoiser_path:
+        from smoothcore.train import load_frozen_denoiser
+
+        denoiser = load_frozen_denoiser(denoiser_path, source.image_shape[0], device)
+    noise_name = cfg.noise or train_cfg.get("noise")
+    if noise_name is None:
+        raise ConfigError("which noise? give --noise (and --sigma)")
+    sigma, lambd = cfg.sigma, cfg.lambd
+    if sigma is None and lambd is None and noise_name == train_cfg.get("noise"):
+        sigma, lambd = train_cfg.get("sigma"), train_cfg.get("lambd")
+    seed = cfg.noise_seed if cfg.noise_seed is not None else train_cfg.get("noise_seed", 0) or 0
+    noise = make_noise(noise_name, sigma=sigma, lambd=lambd, dim=source.dim, seed=seed, device=device)
+    cert = resolve_certificate(noise, cfg.certificate)
+    smoothed = SmoothedClassifier(stack(denoiser, model), noise, source.num_classes, max_batch=cfg.max_batch, device=device,
+                                  precision=cfg.precision, channels_last=cfg.channels_last)
+    tag = cfg.tag or result_tag(noise.params(), cert.name, default_certificate(noise), cfg.denoiser is not None)
+    if "/" in tag or tag.startswith("."):
+        raise ConfigError(f"--tag must be a plain name, got {tag!r}")
+    test_len = _test_len(source, cfg.data_dir)
+    indices = subset_indices(test_len, cfg.skip, cfg.limit, cfg.offset)
+    meta = {
+        "noise": noise.params(), "certificate": cert.name, "certificate_kind": cert.kind, "norm": noise.norm,
+        "n0": cfg.n0 if cert.kind != "exact" else None, "n": cfg.n if cert.kind != "exact" else noise.num_draws,
+        "alpha": cfg.alpha if cert.kind != "exact" else None, "dataset": dataset, "skip": cfg.skip, "limit": cfg.limit,
+        "offset": cfg.offset, "num_images": len(indices), "precision": cfg.precision,
+        "classifier_sha256": sha256(classifier_path), "denoiser": str(denoiser_path) if denoiser_path else None,
+        "denoiser_sha256": sha256(denoiser_path) if denoiser_path else None,
+    }
+    return CertifyRun(exp, cfg, smoothed, dataset, indices, tag, meta)
+
+
+_TEST_SETS: dict[tuple[str, str | None], Any] = {}
+
+
+def _test_set(source, data_dir):
+    key = (source.name, data_dir)
+    if key not in _TEST_SETS:
+        _TEST_SETS.clear()
+        _TEST_SETS[key] = source.load("test", data_dir)
+    return _TEST_SETS[key]
+
+
+def _test_len(source, data_dir) -> int:
+    return len(_test_set(source, data_dir))
+
+
+MEANINGFUL = ("noise", "certificate", "n0", "n", "alpha", "dataset", "skip", "limit", "offset", "precision",
+              "classifier_sha256", "denoiser_sha256")
+
+
+def execute(run: CertifyRun, *, resume: bool = False, overwrite: bool = False,
+            on_progress: Callable[[int, int], None] | None = None, images_per_call: int | None = None) -> pd.DataFrame:
+    """Certify the planned images, appending rows durably; returns the full result table."""
+    if run.table.exists() and not (resume or overwrite):
+        raise ExperimentError(f"{run.table} already holds results",
+                              hint="pass --resume to continue it, --overwrite to replace it, or --tag to write another table")
+    if resume and run.meta_path.exists():
+        old = read_json(run.meta_path)
+        diff = [f"{k}: was {old.get(k)!r}, now {run.meta.get(k)!r}" for k in MEANINGFUL if old.get(k) != run.meta.get(k)]
+        if diff:
+            raise ExperimentError(f"--resume with changed parameters for {run.table.name}: " + "; ".join(diff))
+    source = get_dataset(run.dataset)
+    test_set = _test_set(source, run.cfg.data_dir)
+    meta = dict(run.meta, started=now(), versions=versions())
+    atomic_write_json(run.meta_path, meta)
+    cfg = run.cfg
+    noise = run.smoothed.noise
+    per_image = noise.num_draws if noise.exact else cfg.n0 + cfg.n
+    chunk = images_per_call or max(1, cfg.max_batch // max(1, min(per_image, cfg.max_batch)))
+    with ResultWriter(run.table, resume=resume) as writer:
+        done = set(int(i) for i in writer.done["index"]) if len(writer.done) else set()
+        todo = [i for i in run.indices if i not in done]
+        if on_progress is not None:
+            on_progress(len(run.indices) - len(todo), len(run.indices))
+        t_start = time.perf_counter()
+        for c0 in range(0, len(todo), chunk):
+            idx = todo[c0:c0 + chunk]
+            x, y = fetch(test_set, idx)
+            t0 = time.perf_counter()
+            result = run.smoothed.certify(x, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, indices=idx, certificate=cfg.certificate)
+            seconds = (time.perf_counter() - t0) / len(idx)
+            for j, index in enumerate(idx):
+                pred = int(result.prediction[j])
+                writer.write({
+                    "index": index, "label": int(y[j]), "prediction": pred, "correct": int(pred == int(y[j])),
+                    "radius": float(result.radius[j]), "norm": result.norm, "certificate": result.certificate,
+                    "p_lower": float(result.p_lower[j]) if result.p_lower is not None else None,
+                    "counts": " ".join(map(str, result.counts[j].tolist())) if result.counts is not None else None,
+                    "forward_passes": result.forward_passes // len(idx), "seconds": round(seconds, 6),
+                })
+            if on_progress is not None:
+                on_progress(len(run.indices) - len(todo) + c0 + len(idx), len(run.indices))
+        elapsed = time.perf_counter() - t_start
+    table = load_results(run.table)
+    meta.update(finished=now(), seconds=round(elapsed, 3), discarded_rows=writer.discarded)
+    atomic_write_json(run.meta_path, meta)
+    return table
+
+
+def certify_experiment(exp_dir: str | Path, cfg: CertifyConfig, **kwargs: Any) -> pd.DataFrame:
+    """Plan and run a certification of ``exp_dir``'s test images; returns the result table."""
+    return execute(plan(exp_dir, cfg), **kwargs)
+
+
+def summarise(table: pd.DataFrame) -> dict[str, float]:
+    if not len(table):
+        return {"images": 0}
+    return {"images": len(table), "clean_accuracy": float(table["correct"].mean()),
+            "mean_seconds": float(np.mean(table["seconds"]))}

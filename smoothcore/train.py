@@ -1,0 +1,300 @@
+"""Training a base classifier under noise: noise augmentation or stability training (SPEC.md), SGD with
+Nesterov momentum and cosine annealing, into an experiment folder that can be resumed."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from smoothcore.checkpoints import load_file, sha256
+from smoothcore.data import DatasetSource, batches, get_dataset, subset_indices
+from smoothcore.engine import PRECISIONS
+from smoothcore.errors import CheckpointError, ConfigError
+from smoothcore.experiment import Experiment
+from smoothcore.fileio import atomic_torch_save
+from smoothcore.loading import classifier_checkpoint
+from smoothcore.models import build_classifier
+from smoothcore.noise import Noise, make_noise
+
+# The reference recipes (SPEC.md); anything else starts from the generic defaults of TrainConfig.
+RECIPES: dict[tuple[str, str], dict[str, Any]] = {
+    ("cifar10", "wrn40"): {"epochs": 120, "batch_size": 64, "lr": 0.1},
+    ("imagenet", "resnet50"): {"epochs": 30, "batch_size": 256, "lr": 0.1},
+}
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "fashion-mnist"
+    model: str = "cnn"
+    noise: str = "dssn"
+    sigma: float | None = None
+    lambd: float | None = None
+    noise_seed: int = 0
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = True
+    stability: bool = False
+    stability_weight: float = 6.0
+    seed: int = 0
+    train_limit: int | None = None
+    eval_limit: int = 1000
+    data_dir: str | None = None
+    denoiser: str | None = None
+    denoiser_sha256: str | None = None
+    finetune: str | None = None
+    precision: str = "fp32"
+    channels_last: bool = False
+    device: str = "cpu"
+    workers: int = 0
+    save_every: int = 1
+    model_params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "eval_limit", "save_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.train_limit is not None and (not isinstance(self.train_limit, int) or self.train_limit < 1):
+            raise ConfigError(f"train_limit must be a positive integer, got {self.train_limit!r}")
+        for name in ("lr", "weight_decay", "momentum", "stability_weight"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
+                raise ConfigError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {v!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r} (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here", hint="use --device cpu")
+    return dev
+
+
+@dataclass
+class TrainState:
+    """What the training loop has to hand back to resume exactly."""
+
+    epoch: int
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    order_rng: torch.Tensor
+    noise_rng: torch.Tensor
+
+
+def make_noise_for(cfg: TrainConfig, source: DatasetSource, device: torch.device) -> Noise:
+    return make_noise(cfg.noise, sigma=cfg.sigma, lambd=cfg.lambd, dim=source.dim, seed=cfg.noise_seed, device=device)
+
+
+def load_frozen_denoiser(path: str | None, in_channels: int, device: torch.device) -> nn.Module | None:
+    if path is None:
+        return None
+    from smoothcore.denoise import load_denoiser
+
+    den = load_denoiser(path, device=device)
+    expected = getattr(den, "in_channels", in_channels)
+    if expected != in_channels:
+        raise ConfigError(f"the denoiser {path} takes {expected}-channel images but the data has {in_channels} channels")
+    for p in den.parameters():
+        p.requires_grad_(False)
+    return den.eval()
+
+
+def stability_loss(logits_1: torch.Tensor, logits_2: torch.Tensor, labels: torch.Tensor, weight: float) -> torch.Tensor:
+    """``CE(f(x~1), y) + weight * KL(f(x~1) || f(x~2))`` (SPEC.md), the KL of the two predictive categoricals."""
+    ce = F.cross_entropy(logits_1, labels)
+    kl = F.kl_div(F.log_softmax(logits_2, dim=1), F.log_softmax(logits_1, dim=1), reduction="batchmean", log_target=True)
+    return ce + weight * kl
+
+
+class Trainer:
+    """One training run of ``cfg`` into the experiment folder ``out``."""
+
+    def __init__(self, cfg: TrainConfig, out: str | Path) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.exp = Experiment(out)
+        self.device = resolve_device(cfg.device)
+        self.source = get_dataset(cfg.dataset)
+        self.noise = make_noise_for(cfg, self.source, self.device)
+        c, h, _ = self.source.image_shape
+        self.classifier = build_classifier(cfg.model, num_classes=self.source.num_classes, in_channels=c, image_size=h,
+                                           mean=self.source.mean, std=self.source.std, **cfg.model_params)
+        self.denoiser = load_frozen_denoiser(cfg.denoiser, c, self.device)
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.cfg.precision]
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    def _init_weights(self) -> None:
+        if self.cfg.finetune is None:
+            return
+        obj = load_file(self.cfg.finetune)
+        state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{self.cfg.finetune}: no state dict to fine-tune from")
+        own = self.classifier.state_dict()
+        usable = {k: v for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
+        last = [k for k in own if k.endswith(("fc.weight", "fc.bias"))] or list(own)[-2:]
+        usable = {k: v for k, v in usable.items() if k not in last}
+        if not usable:
+            raise CheckpointError(f"{self.cfg.finetune} shares no parameters with {self.cfg.model}")
+        self.classifier.load_state_dict(usable, strict=False)
+
+    def run(self, *, overwrite: bool = False, resume: bool = False,
+            on_step: Callable[[int, int, int, float], None] | None = None,
+            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
+        cfg = self.cfg
+        if cfg.denoiser is not None and cfg.denoiser_sha256 is None:
+            cfg.denoiser_sha256 = sha256(cfg.denoiser)
+        resuming = self.exp.prepare(cfg.to_dict(), overwrite=overwrite, resume=resume)
+        train_set = self.source.load("train", cfg.data_dir)
+        test_set = self.source.load("test", cfg.data_dir)
+        train_idx = subset_indices(len(train_set), 1, cfg.train_limit)
+        eval_idx = subset_indices(len(test_set), 1, cfg.eval_limit)
+
+        torch.manual_seed(cfg.seed)
+        self.classifier = self.build_fresh()
+        self._init_weights()
+        model = self.classifier.to(self.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                                    weight_decay=cfg.weight_decay)
+        steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+        order_rng = torch.Generator().manual_seed(cfg.seed)
+        noise_rng = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        start_epoch = 0
+        if resuming:
+            state = load_file(self.exp.train_state)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            order_rng.set_state(state["order_rng"])
+            noise_rng.set_state(state["noise_rng"])
+            start_epoch = int(state["epoch"])
+        if not resuming:
+            self.exp.train_log.unlink(missing_ok=True)
+        data_fp = getattr(train_set, "fingerprint", None)
+        self.exp.update_manifest(data={"dataset": cfg.dataset, "train_images": len(train_idx),
+                                       "train_fingerprint": data_fp() if data_fp else None},
+                                 noise=self.noise.params())
+
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.time()
+            model.train()
+            loss_sum = torch.zeros((), device=self.device)
+            correct = torch.zeros((), device=self.device, dtype=torch.long)
+            seen = 0
+            for step, (x, y) in enumerate(batches(train_set, cfg.batch_size, shuffle=True, generator=order_rng, indices=train_idx,
+                                                  workers=cfg.workers, device=self.device)):
+                if self.source.augment is not None:
+                    x = self.source.augment(x, noise_rng)
+                loss, logits = self.step_loss(model, x, y, noise_rng)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                seen += len(y)
+                if on_step is not None:
+                    on_step(epoch, step + 1, steps_per_epoch, 0.0)
+            row = {
+                "epoch": epoch + 1, "train_loss": float(loss_sum) / max(seen, 1), "train_noisy_acc": float(correct) / max(seen, 1),
+                "test_noisy_acc": self.evaluate(model, test_set, eval_idx, noise_rng), "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(time.time() - t0, 3),
+            }
+            self._append_log(row)
+            if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
+                self.save(model, optimizer, scheduler, order_rng, noise_rng, epoch + 1)
+            if on_epoch is not None:
+                on_epoch(row)
+        return pd.read_csv(self.exp.train_log)
+
+    def build_fresh(self) -> nn.Module:
+        c, h, _ = self.source.image_shape
+        return build_classifier(self.cfg.model, num_classes=self.source.num_classes, in_channels=c, image_size=h,
+                                mean=self.source.mean, std=self.source.std, **self.cfg.model_params)
+
+    def _forward(self, model: nn.Module, noisy: torch.Tensor) -> torch.Tensor:
+        if self.denoiser is not None:
+            with torch.no_grad():
+                noisy = self.denoiser(noisy)
+        if self.cfg.channels_last:
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
+        return model(noisy)
+
+    def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._autocast():
+            logits = self._forward(model, self.noise.sample(x, rng))
+            if not self.cfg.stability:
+                return F.cross_entropy(logits, y), logits
+            logits_2 = self._forward(model, self.noise.sample(x, rng))
+            return stability_loss(logits.float(), logits_2.float(), y, self.cfg.stability_weight), logits
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, test_set, indices: list[int], rng: torch.Generator) -> float:
+        """Accuracy of the base classifier on one noisy draw per test image (a progress signal, not a certificate)."""
+        model.eval()
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        for x, y in batches(test_set, 500, shuffle=False, indices=indices, device=self.device):
+            with self._autocast():
+                correct += (self._forward(model, self.noise.sample(x, rng)).argmax(1) == y).sum()
+        return float(correct) / max(len(indices), 1)
+
+    def _append_log(self, row: dict[str, Any]) -> None:
+        new = not self.exp.train_log.exists()
+        with open(self.exp.train_log, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def save(self, model, optimizer, scheduler, order_rng, noise_rng, epoch: int) -> None:
+        c, h, _ = self.source.image_shape
+        base = model
+        extra = {"epoch": epoch, "noise": self.noise.params()}
+        if self.cfg.denoiser is not None:
+            extra["denoiser"] = {"path": str(Path(self.cfg.denoiser).resolve()), "sha256": self.cfg.denoiser_sha256}
+        ckpt = classifier_checkpoint(base, name=self.cfg.model, params=self.cfg.model_params, dataset=self.cfg.dataset,
+                                     num_classes=self.source.num_classes, in_channels=c, image_size=h, extra=extra)
+        atomic_torch_save(self.exp.checkpoint, ckpt)
+        atomic_torch_save(self.exp.train_state, {
+            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "order_rng": order_rng.get_state(), "noise_rng": noise_rng.get_state(),
+        })
+        self.exp.update_manifest(epoch=epoch, checkpoint_sha256=sha256(self.exp.checkpoint))
+
+
+def train_classifier(cfg: TrainConfig, out: str | Path, **kwargs: Any) -> pd.DataFrame:
+    """Train ``cfg`` into the experiment folder ``out``; returns the training log (one row per epoch)."""
+    return Trainer(cfg, out).run(**kwargs)
