@@ -1,0 +1,68 @@
+"""Shared fixtures. Data fixtures are written by the tests themselves in the real on-disk formats; the real
+Fashion-MNIST (fetched by `make test` / `make data`) is used for the end-to-end tests."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import smoothcore.plugins
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT.parent / "shared" / "golden" / "levine-feizi-2021"
+FASHION_CANDIDATES = [ROOT / "data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]
+
+os.environ.setdefault("SMOOTHCORE_LOAD_PLUGINS", "")  # third-party plugins installed on the machine stay out of the suite
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugins():
+    smoothcore.plugins.reset()
+    yield
+    smoothcore.plugins.reset()
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    for d in FASHION_CANDIDATES:
+        if (d / "t10k-labels-idx1-ubyte.gz").is_file():
+            return d
+    pytest.fail("Fashion-MNIST is missing: run `make data` (make test does it) to fetch the Debian package into ./data")
+
+
+@pytest.fixture(scope="session")
+def golden() -> Path:
+    if not GOLDEN.is_dir():
+        pytest.fail(f"the golden data is missing: expected {GOLDEN}")
+    return GOLDEN
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes, gzip-compressed, exactly as the MNIST/Fashion-MNIST files are."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_idx_dir(tmp_path) -> Path:
+    """A Fashion-MNIST-format folder with 64 training and 32 test images (random pixels, labels 0..9)."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "tiny-fmnist"
+    folder.mkdir()
+    for prefix, n in (("train", 64), ("t10k", 32)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    return folder
+
+
+def quantised(shape, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, shape, generator=g).float() / 255.0

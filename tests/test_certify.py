@@ -1,0 +1,175 @@
+"""SmoothedClassifier: Cohen et al.'s PREDICT / CERTIFY and the exact DSSN certificate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import smoothcore
+from smoothcore import ConfigError, DataError, SmoothedClassifier
+from tests.conftest import quantised
+
+
+class Threshold(nn.Module):
+    """Class 0 when the first pixel of the (noisy) input is below ``threshold[i]``, else class 1: under uniform
+    noise of half-width lambda around x, P(class 0) = (threshold - x + lambda) / (2 lambda), known exactly."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.reshape(x.shape[0], -1)[:, 0]
+        return torch.stack([self.threshold - z, z - self.threshold], dim=1) * 1000
+
+
+def test_monte_carlo_lower_bound_covers_the_true_probability():
+    """Over 400 images with p_A = 0.8, p_lower exceeds p_A in at most about alpha/2 of them (two-sided bound)."""
+    noise = smoothcore.noise("uniform", lambd=0.5, dim=1)
+    p_true = 0.8
+    threshold = 0.5 - 0.5 + 2 * 0.5 * p_true  # x = 0.5: P(x + e < t) = (t - 0.5 + 0.5) / 1.0
+    smoothed = SmoothedClassifier(Threshold(threshold), noise, 2, max_batch=4096)
+    x = torch.full((400, 1), 0.5)
+    alpha = 0.2
+    result = smoothed.certify(x, n0=16, n=100, alpha=alpha)
+    assert (result.prediction == 0).float().mean() > 0.95
+    exceed = (result.p_lower > p_true).float().mean().item()
+    assert exceed <= alpha / 2 + 0.05  # binomial slack at 400 trials
+    assert exceed > 0.0  # the bound is not vacuous: it is tight enough to miss sometimes at alpha = 0.2
+
+
+def test_monte_carlo_radius_is_the_noise_formula_and_abstains_below_one_half():
+    noise = smoothcore.noise("uniform", lambd=0.5, dim=1)
+    sure = SmoothedClassifier(Threshold(10.0), noise, 2).certify(torch.full((2, 1), 0.5), n0=10, n=1000, alpha=0.001)
+    p = smoothcore.clopper_pearson_lower(1000, 1000, 0.001)
+    assert torch.allclose(sure.p_lower, torch.tensor([p, p], dtype=torch.float64))
+    assert torch.allclose(sure.radius, torch.tensor([2 * 0.5 * (p - 0.5)] * 2, dtype=torch.float64))
+    coin = SmoothedClassifier(Threshold(0.5), noise, 2).certify(torch.full((3, 1), 0.5), n0=10, n=200, alpha=0.001)
+    assert (coin.prediction == -1).all() and torch.isnan(coin.radius).all()
+
+
+def test_certification_is_reproducible_and_independent_of_the_batch():
+    noise = smoothcore.noise("uniform", sigma=0.25, dim=16)
+    model = Threshold(0.5)  # undecided enough that p_lower varies from draw to draw
+    x = quantised((5, 1, 4, 4))
+    x[:, 0, 0, 0] = 0.45
+    smoothed = SmoothedClassifier(model, noise, 2, max_batch=64)
+    a = smoothed.certify(x, n0=20, n=300, indices=[10, 11, 12, 13, 14])
+    b = smoothed.certify(x, n0=20, n=300, indices=[10, 11, 12, 13, 14])
+    alone = smoothed.certify(x[2:3], n0=20, n=300, indices=[12])
+    assert torch.equal(a.p_lower, b.p_lower) and torch.equal(a.prediction, b.prediction)
+    assert a.p_lower[2] == alone.p_lower[0]
+    other_seed = SmoothedClassifier(model, smoothcore.noise("uniform", sigma=0.25, dim=16, seed=1), 2, max_batch=64)
+    assert not torch.equal(other_seed.certify(x, n0=20, n=300).p_lower, smoothed.certify(x, n0=20, n=300).p_lower)
+
+
+def test_forward_passes_are_n0_plus_n_per_image_or_the_draw_count():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x = quantised((3, 1, 4, 4))
+    mc = SmoothedClassifier(model, smoothcore.noise("uniform", sigma=0.2, dim=16), 3, max_batch=100).certify(x, n0=7, n=250)
+    assert mc.forward_passes == 3 * 257
+    dssn = smoothcore.noise("dssn", sigma=0.2, dim=16)
+    exact = SmoothedClassifier(model, dssn, 3, max_batch=100).certify(x)
+    assert exact.forward_passes == 3 * dssn.num_draws
+    assert (exact.counts.sum(dim=1) == dssn.num_draws).all()
+
+
+def small_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+
+
+def test_dssn_certificate_is_sound_under_random_grid_perturbations_within_the_radius():
+    """For perturbed images on the 1/255 grid with L1 norm within the certified radius, recomputed exact counts
+    keep the prediction."""
+    noise = smoothcore.noise("dssn", sigma=0.3, dim=48, seed=2)
+    smoothed = SmoothedClassifier(small_net(), noise, 4, max_batch=4096)
+    x = quantised((12, 3, 4, 4), seed=9)
+    base = smoothed.certify(x)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for i in range(len(x)):
+        budget = int(round(float(base.radius[i]) * 255))
+        if budget == 0:
+            continue
+        levels = (x[i].flatten() * 255).round()
+        perturbed = []
+        for _ in range(15):
+            step = np.zeros(48)
+            pix = rng.choice(48, size=rng.integers(1, 6), replace=False)
+            split = rng.multinomial(budget, np.ones(len(pix)) / len(pix))
+            step[pix] = split * rng.choice([-1, 1], size=len(pix))
+            new = (levels + torch.from_numpy(step).float()).clamp(0, 255)
+            assert (new - levels).abs().sum() <= budget
+            perturbed.append((new / 255).reshape(3, 4, 4))
+        again = smoothed.certify(torch.stack(perturbed))
+        assert (again.prediction == base.prediction[i]).all()
+        checked += 1
+    assert checked >= 5
+
+
+def test_dssn_radius_is_tight_up_to_the_union_bound_for_a_single_pixel_classifier():
+    """A classifier that reads one pixel's cell: moving that pixel by radius + 1/255 grey levels can flip it,
+    moving it by the radius cannot."""
+
+    class FirstPixel(nn.Module):
+        def forward(self, z):
+            v = z.reshape(z.shape[0], -1)[:, 0]
+            return torch.stack([0.5 - v, v - 0.5], dim=1)
+
+    noise = smoothcore.noise("dssn", sigma=0.1, dim=1, seed=0)  # 88 draws, cells 88/255 wide
+    smoothed = SmoothedClassifier(FirstPixel(), noise, 2)
+    x = torch.tensor([[40 / 255]])
+    base = smoothed.certify(x)
+    r = int(round(float(base.radius[0]) * 255))
+    for step in range(0, r + 1):
+        assert int(smoothed.certify((x * 255 + step).round() / 255).prediction[0]) == int(base.prediction[0])
+
+
+def test_exact_prediction_never_abstains_and_breaks_ties_to_the_lowest_class():
+    counts = torch.tensor([[3, 5, 5, 0], [0, 0, 0, 13], [13, 0, 0, 0]])
+    noise = smoothcore.noise("dssn", lambd=13 / 510 + 1e-9, dim=4)
+    assert noise.num_draws == 13
+    prediction, radius = smoothcore.certify_counts(noise, counts)
+    assert prediction.tolist() == [1, 3, 0]
+    # a=1, b=2 (b > a): floor(0/2) = 0; a=3, b=0 (b < a): floor((13 - 0 - 1)/2) = 6; a=0, b=1: floor(13/2) = 6
+    assert (radius * 255).round().tolist() == [0, 6, 6]
+
+
+def test_certify_counts_checks_its_input():
+    noise = smoothcore.noise("dssn", lambd=13 / 510 + 1e-9, dim=4)
+    with pytest.raises(ConfigError, match="sum"):
+        smoothcore.certify_counts(noise, torch.tensor([[3, 5]]))
+    with pytest.raises(ConfigError, match="integer"):
+        smoothcore.certify_counts(noise, torch.tensor([[3.0, 10.0]]))
+    with pytest.raises(ConfigError, match="no exact certificate"):
+        smoothcore.certify_counts(smoothcore.noise("ssn", sigma=0.1, dim=4), torch.tensor([[3, 10]]))
+
+
+def test_predict_abstains_on_a_coin_flip_and_answers_a_sure_thing():
+    noise = smoothcore.noise("uniform", lambd=0.5, dim=1)
+    x = torch.full((4, 1), 0.5)
+    assert (SmoothedClassifier(Threshold(0.5), noise, 2).predict(x, n=100, alpha=0.001).prediction == -1).all()
+    assert (SmoothedClassifier(Threshold(5.0), noise, 2).predict(x, n=100, alpha=0.001).prediction == 0).all()
+
+
+def test_certify_refuses_bad_input():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    smoothed = SmoothedClassifier(model, smoothcore.noise("dssn", sigma=0.2, dim=16), 3)
+    with pytest.raises(DataError, match="1/255"):
+        smoothed.certify(torch.rand(2, 1, 4, 4) * 0.999 + 0.0005)
+    with pytest.raises(DataError, match="NaN"):
+        smoothed.certify(torch.full((1, 1, 4, 4), float("nan")))
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        smoothed.certify(torch.full((1, 1, 4, 4), 2.0))
+    with pytest.raises(DataError, match="16 pixel values"):
+        smoothed.certify(torch.zeros(1, 3, 4, 4))
+    mc = SmoothedClassifier(model, smoothcore.noise("ssn", sigma=0.2, dim=16), 3)
+    with pytest.raises(ConfigError, match="n0"):
+        mc.certify(torch.zeros(1, 1, 4, 4), n0=0)
+    with pytest.raises(ConfigError, match="alpha"):
+        mc.certify(torch.zeros(1, 1, 4, 4), alpha=1.5)
+    with pytest.raises(ConfigError, match="logits of shape"):
+        SmoothedClassifier(model, smoothcore.noise("ssn", sigma=0.2, dim=16), 5).certify(torch.zeros(1, 1, 4, 4), n=10)

@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from statsmodels.stats.proportion import proportion_confint
+
+from smoothcore import ConfigError, clopper_pearson_lower, clopper_pearson_upper
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 200_000), frac=st.floats(0, 1), alpha=st.sampled_from([0.001, 0.01, 0.05, 0.3]))
+def test_lower_bound_equals_statsmodels_beta_interval(n, frac, alpha):
+    k = int(round(frac * n))
+    low, high = proportion_confint(k, n, alpha=alpha, method="beta")
+    assert clopper_pearson_lower(k, n, alpha) == pytest.approx(low, abs=1e-12)
+    assert clopper_pearson_upper(k, n, alpha) == pytest.approx(high, abs=1e-12)
+
+
+def test_lower_bound_is_vectorised_and_monotone_in_k():
+    k = np.arange(0, 1001)
+    low = clopper_pearson_lower(k, 1000, 0.001)
+    assert low.shape == k.shape
+    assert low[0] == 0.0
+    assert np.all(np.diff(low) > 0)
+
+
+def test_two_sided_interval_uses_half_of_alpha():
+    from scipy.stats import beta
+
+    assert clopper_pearson_lower(990, 1000, 0.01) == pytest.approx(beta.ppf(0.005, 990, 11))
+
+
+@pytest.mark.parametrize("k,n,alpha", [(5, 4, 0.01), (-1, 4, 0.01), (1, 0, 0.01), (1, 4, 0.0), (1, 4, 1.0)])
+def test_invalid_arguments_are_clear_errors(k, n, alpha):
+    with pytest.raises(ConfigError):
+        clopper_pearson_lower(k, n, alpha)
