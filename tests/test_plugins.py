@@ -1,0 +1,135 @@
+"""The plugin core: hooks, registry, entry points."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import types
+
+import pytest
+import torch
+
+import smoothcore
+from smoothcore import PluginError, UnknownNameError, hookimpl
+from smoothcore.noise import Noise
+from smoothcore.plugins import DEFAULT_PLUGINS, components, plugin_summary, registry, use_plugins
+
+
+class ShiftNoise(Noise):
+    """A toy third-party noise: a constant shift (deterministic)."""
+
+    name = "shift"
+
+    def __init__(self, *, sigma=None, lambd=None, dim, seed=0, device="cpu"):
+        super().__init__(dim=dim, seed=seed, device=device)
+        self.sigma = sigma
+
+    def sample(self, x, generator=None):
+        return x + self.sigma
+
+    def radius(self, p_lower):
+        return p_lower - 0.5
+
+
+def plugin_module(name: str, **hooks) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    for hook_name, fn in hooks.items():
+        setattr(mod, hook_name, hookimpl(fn))
+    return mod
+
+
+def test_builtin_plugins_register_every_kind():
+    comps = components()
+    assert {"uniform", "ssn", "dssn", "gaussian", "laplace"} <= set(comps["noise"].names())
+    assert {"standard", "exact"} <= set(comps["certificate"].names())
+    assert {"cnn", "wrn40", "wrn40-compat", "resnet110", "resnet50", "torchvision"} <= set(comps["classifier"].names())
+    assert {"fashion-mnist", "cifar10", "imagenet"} <= set(comps["dataset"].names())
+    assert registry("noise").get("dssn").plugin == "smoothcore_plugins.splitting"
+
+
+def test_a_third_party_plugin_registers_through_the_same_hook():
+    def register_noises(register):
+        register("shift", ShiftNoise, description="constant shift")
+
+    use_plugins(plugin_module("acme_noise", register_noises=register_noises))
+    noise = smoothcore.noise("shift", sigma=0.25, dim=4)
+    assert torch.equal(noise.sample(torch.zeros(1, 4)), torch.full((1, 4), 0.25))
+    assert registry("noise").get("shift").plugin == "acme_noise"
+    row = next(r for r in plugin_summary() if r["plugin"] == "acme_noise")
+    assert row["noise"] == ["shift"] and not row["builtin"]
+
+
+def test_two_plugins_registering_one_name_is_an_error_naming_both():
+    def register_noises(register):
+        register("ssn", ShiftNoise)
+
+    with pytest.raises(PluginError, match="smoothcore_plugins.splitting.*impostor|impostor.*smoothcore_plugins.splitting"):
+        use_plugins(plugin_module("impostor", register_noises=register_noises))
+
+
+def test_a_plugin_that_raises_is_named():
+    def register_noises(register):
+        raise RuntimeError("boom")
+
+    with pytest.raises(PluginError, match="broken_plugin.*boom"):
+        use_plugins(plugin_module("broken_plugin", register_noises=register_noises))
+
+
+def test_a_plugin_factory_returning_garbage_is_named():
+    def register_noises(register):
+        register("garbage", lambda **kw: 42)
+
+    use_plugins(plugin_module("garbage_plugin", register_noises=register_noises))
+    with pytest.raises(PluginError, match="garbage_plugin.*not a smoothcore Noise"):
+        smoothcore.noise("garbage", sigma=1.0, dim=4)
+
+
+@pytest.mark.parametrize("bad", ["", "Upper", "has space", "../x", 3])
+def test_invalid_component_names_are_refused(bad):
+    def register_noises(register):
+        register(bad, ShiftNoise)
+
+    with pytest.raises(PluginError, match="invalid name"):
+        use_plugins(plugin_module("bad_names", register_noises=register_noises))
+
+
+def test_unknown_names_list_what_exists_and_suggest_the_closest():
+    with pytest.raises(UnknownNameError) as err:
+        registry("classifier").get("wrn41")
+    assert "available:" in str(err.value) and "wrn40" in str(err.value) and "did you mean 'wrn40'" in str(err.value)
+
+
+class FakeEntryPoint:
+    def __init__(self, name, obj=None, fail=False):
+        self.name, self.value, self._obj, self._fail = name, f"{name}:plugin", obj, fail
+
+    def load(self):
+        if self._fail:
+            raise ImportError("no module named acme")
+        return self._obj
+
+
+def test_entry_points_load_and_can_be_restricted(monkeypatch):
+    def register_noises(register):
+        register("shift", ShiftNoise)
+
+    eps = [FakeEntryPoint("acme", plugin_module("acme", register_noises=register_noises))]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps if group == "smoothcore" else [])
+    monkeypatch.delenv("SMOOTHCORE_LOAD_PLUGINS", raising=False)
+    assert "shift" in use_plugins()["noise"]
+    monkeypatch.setenv("SMOOTHCORE_LOAD_PLUGINS", "")
+    assert "shift" not in use_plugins()["noise"]
+    monkeypatch.setenv("SMOOTHCORE_LOAD_PLUGINS", "acme")
+    assert "shift" in use_plugins()["noise"]
+
+
+def test_an_entry_point_that_fails_to_import_is_named(monkeypatch):
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [FakeEntryPoint("acme", fail=True)])
+    monkeypatch.delenv("SMOOTHCORE_LOAD_PLUGINS", raising=False)
+    with pytest.raises(PluginError, match="acme.*failed to import"):
+        use_plugins()
+
+
+def test_builtins_load_without_entry_point_metadata(monkeypatch):
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [])
+    comps = use_plugins()
+    assert {name for name, _ in comps.manager.list_name_plugin()} >= set(DEFAULT_PLUGINS)
