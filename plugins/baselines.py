@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.stats import norm
-from smoothcore_plugins._radius import apply
 
 from smoothcore.errors import ConfigError
 from smoothcore.hookspecs import hookimpl
 from smoothcore.noise import Noise, positive_scale
+from smoothcore_plugins._radius import apply
 
 
 def _sigma_only(name: str, sigma, lambd) -> float:

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from smoothcore_plugins._radius import apply
-from smoothcore_plugins.certificates import dssn_certificate
 
 from smoothcore.errors import ConfigError, DataError
 from smoothcore.hookspecs import hookimpl
 from smoothcore.noise import ExactNoise, Noise, check_images, is_quantised, uniform_scale
+from smoothcore_plugins._radius import apply
+from smoothcore_plugins.certificates import dssn_certificate
 
 MAX_DSSN_DRAWS = 1_000_000
 

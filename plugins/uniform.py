@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from smoothcore_plugins._radius import apply
 
 from smoothcore.hookspecs import hookimpl
 from smoothcore.noise import Noise, uniform_scale
+from smoothcore_plugins._radius import apply
 
 
 class UniformNoise(Noise):

@@ -174,14 +174,28 @@ def execute(run: CertifyRun, *, resume: bool = False, overwrite: bool = False,
         diff = [f"{k}: was {old.get(k)!r}, now {run.meta.get(k)!r}" for k in MEANINGFUL if old.get(k) != run.meta.get(k)]
         if diff:
             raise ExperimentError(f"--resume with changed parameters for {run.table.name}: " + "; ".join(diff))
-    source = get_dataset(run.dataset)
-    test_set = _test_set(source, run.cfg.data_dir)
     meta = dict(run.meta, started=now(), versions=versions())
     atomic_write_json(run.meta_path, meta)
     cfg = run.cfg
     noise = run.smoothed.noise
     per_image = noise.num_draws if noise.exact else cfg.n0 + cfg.n
     chunk = images_per_call or max(1, cfg.max_batch // max(1, min(per_image, cfg.max_batch)))
+    try:
+        writer, elapsed = _certify_rows(run, resume, chunk, on_progress)
+    except BaseException:
+        if not resume and run.table.exists() and not len(load_results(run.table)):
+            run.table.unlink()  # nothing certified: leave no empty table behind
+            run.meta_path.unlink(missing_ok=True)
+        raise
+    table = load_results(run.table)
+    meta.update(finished=now(), seconds=round(elapsed, 3), discarded_rows=writer.discarded)
+    atomic_write_json(run.meta_path, meta)
+    return table
+
+
+def _certify_rows(run: CertifyRun, resume: bool, chunk: int, on_progress) -> tuple[ResultWriter, float]:
+    cfg = run.cfg
+    test_set = _test_set(get_dataset(run.dataset), cfg.data_dir)
     with ResultWriter(run.table, resume=resume) as writer:
         done = set(int(i) for i in writer.done["index"]) if len(writer.done) else set()
         todo = [i for i in run.indices if i not in done]
@@ -206,10 +220,7 @@ def execute(run: CertifyRun, *, resume: bool = False, overwrite: bool = False,
             if on_progress is not None:
                 on_progress(len(run.indices) - len(todo) + c0 + len(idx), len(run.indices))
         elapsed = time.perf_counter() - t_start
-    table = load_results(run.table)
-    meta.update(finished=now(), seconds=round(elapsed, 3), discarded_rows=writer.discarded)
-    atomic_write_json(run.meta_path, meta)
-    return table
+    return writer, elapsed
 
 
 def certify_experiment(exp_dir: str | Path, cfg: CertifyConfig, **kwargs: Any) -> pd.DataFrame:

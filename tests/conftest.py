@@ -66,3 +66,26 @@ def tiny_idx_dir(tmp_path) -> Path:
 def quantised(shape, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, shape, generator=g).float() / 255.0
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, fashion_dir) -> Path:
+    """A small CNN trained for one epoch on 3,000 real Fashion-MNIST images under DSSN noise (sigma 0.25)."""
+    from smoothcore.train import TrainConfig, train_classifier
+
+    smoothcore.plugins.reset()
+    out = tmp_path_factory.mktemp("trained") / "fmnist-dssn"
+    cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(fashion_dir), model="cnn", noise="dssn", sigma=0.25, epochs=1,
+                      batch_size=64, lr=0.05, train_limit=3000, eval_limit=200, seed=0)
+    train_classifier(cfg, out)
+    return out
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    """A private copy of the trained experiment folder (tests write results into it)."""
+    import shutil
+
+    dest = tmp_path / trained_run.name
+    shutil.copytree(trained_run, dest)
+    return dest

@@ -1,0 +1,146 @@
+"""The command line, through click's runner: the workflows and every bad input of the end-to-end issue."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from smoothcore.cli import cli
+
+
+def invoke(*args, ok=True):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def fails(*args, match: str):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
+    assert result.exit_code != 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), f"traceback: {result.exception!r}"
+    assert "Traceback" not in result.output
+    import re
+
+    assert re.search(match, result.output, re.S), result.output
+    return result
+
+
+def test_plugins_lists_plugins_and_components_as_json():
+    data = json.loads(invoke("plugins", "--json").output)
+    names = {row["plugin"] for row in data["plugins"]}
+    assert "smoothcore_plugins.splitting" in names
+    assert data["components"]["noise"]["dssn"]["plugin"] == "smoothcore_plugins.splitting"
+    assert "exact" in data["components"]["certificate"]
+
+
+def test_plugins_table_shows_who_registers_what():
+    out = invoke("plugins").output
+    assert "smoothcore_plugins.splitting" in out and "dssn, ssn" in out
+
+
+def test_train_certify_report_on_real_data(fashion_dir, tmp_path):
+    run = tmp_path / "run"
+    invoke("train-classifier", "--data-dir", fashion_dir, "--noise", "dssn", "--sigma", 0.25, "--epochs", 1,
+           "--train-limit", 1000, "--eval-limit", 100, "--out", run)
+    out = invoke("certify", run, "--data-dir", fashion_dir, "--skip", 500, "--limit", 10).output
+    assert "certify_dssn_sigma0.25.csv" in out.replace("\n", "")
+    report = invoke("report", run, "--radii", "0,0.1,0.2", "--format", "csv").stdout.splitlines()
+    assert report[0] == "run,norm,images,0,0.1,0.2,ACR"
+    assert report[1].startswith("run/dssn_sigma0.25,l1,10,")
+    js = json.loads(invoke("report", run, "--format", "json", "--plot", tmp_path / "curve.png").stdout)
+    assert js[0]["images"] == 10 and (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_report_reads_reference_result_folders(golden):
+    out = invoke("report", golden / "cifar_split_derandomized_3.5", "--format", "csv", "--radii", "4").output
+    assert "cifar_split_derandomized_3.5,l1,10000,33.6400" in out
+
+
+# -- bad input: a clear message, non-zero exit, no traceback, nothing lost ------------------------------------------
+@pytest.mark.parametrize("args,match", [
+    (["--sigma", "0"], "sigma must be a finite number > 0"),
+    (["--sigma", "-1"], "sigma must be a finite number > 0"),
+    (["--sigma", "0.5", "--lambda", "0.8"], "give sigma or lambda, not both"),
+    (["--sigma", "1e9"], "absurdly large"),
+    (["--sigma", "0.5", "--noise", "gausian"], "unknown noise 'gausian'.*available: dssn, gaussian"),
+    (["--sigma", "0.5", "--model", "resnet"], "unknown classifier 'resnet'.*available:"),
+    (["--sigma", "0.5", "--dataset", "fmnist"], "unknown dataset 'fmnist'.*fashion-mnist"),
+])
+def test_train_refuses_bad_options(tmp_path, args, match):
+    fails("train-classifier", *args, "--out", tmp_path / "run", match=match)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_missing_dataset_says_where_to_get_it(tmp_path):
+    fails("train-classifier", "--sigma", "0.5", "--data-dir", tmp_path / "empty", "--out", tmp_path / "run",
+          match="no data found.*apt-get download dataset-fashion-mnist")
+
+
+def test_corrupt_dataset_file_is_named(tiny_idx_dir, tmp_path):
+    (tiny_idx_dir / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08garbage")
+    fails("train-classifier", "--sigma", "0.5", "--data-dir", tiny_idx_dir, "--out", tmp_path / "run",
+          match="train-images-idx3-ubyte.gz")
+
+
+def test_an_output_folder_with_results_is_refused(run_copy, fashion_dir):
+    invoke("certify", run_copy, "--data-dir", fashion_dir, "--limit", 2)
+    before = (run_copy / "certify_dssn_sigma0.25.csv").read_bytes()
+    fails("certify", run_copy, "--data-dir", fashion_dir, "--limit", 2, match="already holds results.*--resume")
+    assert (run_copy / "certify_dssn_sigma0.25.csv").read_bytes() == before
+    fails("train-classifier", "--sigma", "0.25", "--data-dir", fashion_dir, "--out", run_copy, match="already holds an experiment")
+    assert (run_copy / "checkpoint.pt").exists()
+
+
+def test_checkpoint_of_another_architecture_names_the_keys(fashion_dir, tmp_path):
+    from smoothcore.loading import classifier_checkpoint
+    from smoothcore.models import build_classifier
+
+    net = build_classifier("cnn", num_classes=10, in_channels=1, image_size=28, mean=(0.3,), std=(0.3,))
+    state = classifier_checkpoint(net, name="cnn", params={}, dataset="fashion-mnist", num_classes=10, in_channels=1, image_size=28)
+    torch.save(state["state_dict"], tmp_path / "bare.pt")
+    fails("certify", tmp_path / "ext", "--checkpoint", tmp_path / "bare.pt", "--model", "wrn40", "--dataset", "fashion-mnist",
+          "--noise", "dssn", "--sigma", "0.25", "--data-dir", fashion_dir, match="does not fit the model: missing keys")
+
+
+def test_certify_off_the_shelf_checkpoint(fashion_dir, tmp_path, trained_run):
+    out = invoke("certify", tmp_path / "ext", "--checkpoint", trained_run / "checkpoint.pt", "--noise", "ssn", "--sigma", "0.25",
+                 "--n0", "8", "--n", "40", "--alpha", "0.01", "--data-dir", fashion_dir, "--limit", "3").output
+    assert "certify_ssn_sigma0.25.csv" in out.replace("\n", "")
+
+
+def test_non_quantised_input_to_dssn_is_refused_through_the_cli(run_copy, fashion_dir):
+    """A dataset plugin whose images are off the 1/255 grid (interpolated), certified with DSSN."""
+    import smoothcore
+    from smoothcore import hookimpl
+    from smoothcore.data import DatasetSource, get_dataset
+
+    class SmoothedFashion:
+        @staticmethod
+        @hookimpl
+        def register_datasets(register):
+            def factory():
+                base = get_dataset("fashion-mnist")
+
+                def loader(split, data_dir):
+                    ds = base.load(split, fashion_dir)
+                    return torch.utils.data.TensorDataset((ds.images[:20].float() / 255 * 0.9 + 0.0501), ds.labels[:20])
+
+                return DatasetSource("blurry", 10, (1, 28, 28), base.mean, base.std, loader)
+
+            register("blurry", factory)
+
+    smoothcore.plugins.use_plugins(SmoothedFashion)
+    fails("certify", run_copy, "--dataset", "blurry", "--limit", 2, "--tag", "blurry", match="multiples of 1/255")
+    assert not (run_copy / "certify_blurry.csv").exists()  # a refused run leaves no empty result table behind
+
+
+def test_unknown_certificate_and_unknown_command(run_copy, fashion_dir):
+    fails("certify", run_copy, "--certificate", "magic", "--data-dir", fashion_dir, match="unknown certificate 'magic'")
+    fails("certify", run_copy, "--noise", "ssn", "--sigma", "0.25", "--certificate", "exact", "--data-dir", fashion_dir,
+          match="does not apply to noise 'ssn'")
+    fails("certify", run_copy.parent / "not-there", match="not an experiment folder")
+    fails("report", run_copy, match="holds no certification results")

@@ -1,0 +1,46 @@
+"""The durable result table."""
+
+from __future__ import annotations
+
+from smoothcore.results import ResultWriter, load_results, read_valid
+
+
+def rows(n):
+    return [{"index": i, "label": i % 10, "prediction": i % 10, "correct": 1, "radius": 0.1 * i, "norm": "l1",
+             "certificate": "exact", "p_lower": None, "counts": "1 2 3", "forward_passes": 6, "seconds": 0.01} for i in range(n)]
+
+
+def test_rows_round_trip(tmp_path):
+    with ResultWriter(tmp_path / "r.csv", resume=False) as w:
+        for r in rows(5):
+            w.write(r)
+    table = load_results(tmp_path / "r.csv")
+    assert table["index"].tolist() == [0, 1, 2, 3, 4]
+    assert table["radius"].tolist() == [0.1 * i for i in range(5)]
+    assert table["counts"].iloc[0] == "1 2 3"
+
+
+def test_a_row_cut_short_is_discarded_and_resume_continues_cleanly(tmp_path):
+    path = tmp_path / "r.csv"
+    with ResultWriter(path, resume=False) as w:
+        for r in rows(4):
+            w.write(r)
+    data = path.read_bytes()
+    path.write_bytes(data[:-7])  # a crash in the middle of writing the last row
+    frame, _, discarded = read_valid(path)
+    assert frame["index"].tolist() == [0, 1, 2] and discarded == 1
+    with ResultWriter(path, resume=True) as w:
+        assert w.discarded == 1
+        w.write(rows(4)[3])
+    assert load_results(path)["index"].tolist() == [0, 1, 2, 3]
+
+
+def test_a_damaged_row_and_everything_after_it_are_discarded(tmp_path):
+    path = tmp_path / "r.csv"
+    with ResultWriter(path, resume=False) as w:
+        for r in rows(5):
+            w.write(r)
+    lines = path.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace("0.1", "0.9")  # row 1's radius altered: its checksum no longer matches
+    path.write_text("".join(lines))
+    assert load_results(path)["index"].tolist() == [0]

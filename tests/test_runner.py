@@ -1,0 +1,75 @@
+"""Certifying an experiment's test set (the library behind `smoothcore certify`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import smoothcore
+from smoothcore import ExperimentError
+from smoothcore.data import fetch, get_dataset
+from smoothcore.runner import CertifyConfig, certify_experiment, plan
+
+
+def test_certify_writes_one_row_per_image_with_exact_counts(run_copy, fashion_dir):
+    table = certify_experiment(run_copy, CertifyConfig(skip=50, limit=12, data_dir=str(fashion_dir), max_batch=512))
+    assert table["index"].tolist() == list(range(0, 600, 50))
+    assert set(table.columns) >= {"index", "label", "prediction", "correct", "radius", "counts", "seconds", "certificate"}
+    counts = np.array([list(map(int, c.split())) for c in table["counts"]])
+    assert (counts.sum(axis=1) == 220).all()
+    # the recorded radii are the exact certificate of the recorded counts
+    noise = smoothcore.noise("dssn", sigma=0.25, dim=784)
+    pred, radius = smoothcore.certify_counts(noise, torch.from_numpy(counts))
+    assert np.array_equal(pred.numpy(), table["prediction"].to_numpy()) and np.allclose(radius.numpy(), table["radius"])
+    labels = get_dataset("fashion-mnist").load("test", fashion_dir).labels[torch.from_numpy(table["index"].to_numpy().copy())]
+    assert np.array_equal(labels.numpy(), table["label"].to_numpy())
+    meta = json.loads((run_copy / "certify_dssn_sigma0.25.json").read_text())
+    assert meta["noise"]["levels"] == 220 and meta["num_images"] == 12 and meta["finished"]
+
+
+def test_certify_matches_the_smoothed_classifier_api(run_copy, fashion_dir):
+    table = certify_experiment(run_copy, CertifyConfig(limit=4, data_dir=str(fashion_dir)))
+    model = smoothcore.load_classifier(run_copy / "checkpoint.pt")
+    x, _ = fetch(get_dataset("fashion-mnist").load("test", fashion_dir), [0, 1, 2, 3])
+    result = smoothcore.SmoothedClassifier(model, smoothcore.noise("dssn", sigma=0.25, dim=784), 10).certify(x)
+    assert result.prediction.tolist() == table["prediction"].tolist()
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("noise,extra", [("dssn", {}), ("ssn", {"n0": 8, "n": 64, "sigma": 0.25})])
+def test_an_interrupted_certification_resumes_to_the_identical_table(run_copy, fashion_dir, noise, extra):
+    cfg = dict(noise=noise, skip=100, limit=9, data_dir=str(fashion_dir), max_batch=256, **extra)
+    full = certify_experiment(run_copy, CertifyConfig(**cfg, tag="full"))
+
+    def stop_after_some(done, total):
+        if done >= 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        certify_experiment(run_copy, CertifyConfig(**cfg, tag="part"), on_progress=stop_after_some, images_per_call=2)
+    partial = pd.read_csv(run_copy / "certify_part.csv")
+    assert 0 < len(partial) < 9
+    resumed = certify_experiment(run_copy, CertifyConfig(**cfg, tag="part"), resume=True)
+    cols = ["index", "label", "prediction", "correct", "radius", "p_lower", "counts"]
+    pd.testing.assert_frame_equal(full[cols], resumed[cols])
+
+
+def test_existing_results_are_refused_unless_resumed_or_overwritten(run_copy, fashion_dir):
+    certify_experiment(run_copy, CertifyConfig(limit=2, data_dir=str(fashion_dir)))
+    with pytest.raises(ExperimentError, match="already holds results"):
+        certify_experiment(run_copy, CertifyConfig(limit=2, data_dir=str(fashion_dir)))
+    with pytest.raises(ExperimentError, match="changed parameters.*limit"):
+        certify_experiment(run_copy, CertifyConfig(limit=3, data_dir=str(fashion_dir)), resume=True)
+    assert len(certify_experiment(run_copy, CertifyConfig(limit=3, data_dir=str(fashion_dir)), overwrite=True)) == 3
+
+
+def test_certify_can_use_another_noise_than_training(run_copy, fashion_dir):
+    run = plan(run_copy, CertifyConfig(noise="uniform", sigma=0.1, limit=2, n0=8, n=50, data_dir=str(fashion_dir)))
+    assert run.tag == "uniform_sigma0.1" and run.meta["certificate"] == "standard"

@@ -1,0 +1,92 @@
+"""Classifier training under noise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smoothcore import ConfigError, ExperimentError
+from smoothcore.checkpoints import load_file
+from smoothcore.train import TrainConfig, Trainer, stability_loss, train_classifier
+
+
+def tiny_config(data_dir, **overrides) -> TrainConfig:
+    base = dict(dataset="fashion-mnist", data_dir=str(data_dir), model="cnn", noise="dssn", sigma=0.25, epochs=2,
+                batch_size=16, lr=0.05, eval_limit=32, seed=3)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_training_writes_an_experiment_folder(tiny_idx_dir, tmp_path):
+    log = train_classifier(tiny_config(tiny_idx_dir), tmp_path / "run")
+    assert list(log.columns) == ["epoch", "train_loss", "train_noisy_acc", "test_noisy_acc", "lr", "seconds"]
+    assert len(log) == 2
+    for name in ("config.json", "manifest.json", "checkpoint.pt", "train_state.pt", "train_log.csv"):
+        assert (tmp_path / "run" / name).is_file()
+    ckpt = load_file(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["model"] == "cnn" and ckpt["noise"]["name"] == "dssn" and ckpt["epoch"] == 2
+
+
+def test_noise_augmentation_learns_real_data(fashion_dir, tmp_path):
+    """One epoch on 3,000 real Fashion-MNIST images under DSSN noise beats chance by far."""
+    cfg = tiny_config(fashion_dir, epochs=1, train_limit=3000, eval_limit=500, batch_size=64, lr=0.05, sigma=0.5)
+    log = train_classifier(cfg, tmp_path / "run")
+    assert log["test_noisy_acc"].iloc[-1] > 0.5
+
+
+def test_training_is_deterministic_for_a_seed(tiny_idx_dir, tmp_path):
+    train_classifier(tiny_config(tiny_idx_dir, epochs=1), tmp_path / "a")
+    train_classifier(tiny_config(tiny_idx_dir, epochs=1), tmp_path / "b")
+    a = load_file(tmp_path / "a" / "checkpoint.pt")["state_dict"]
+    b = load_file(tmp_path / "b" / "checkpoint.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stability", [False, True])
+def test_resumed_training_matches_an_uninterrupted_run(tiny_idx_dir, tmp_path, stability):
+    cfg = tiny_config(tiny_idx_dir, epochs=3, stability=stability)
+    train_classifier(cfg, tmp_path / "straight")
+
+    def crash_after_first(row):
+        if row["epoch"] == 1:
+            raise Crash
+
+    with pytest.raises(Crash):
+        Trainer(tiny_config(tiny_idx_dir, epochs=3, stability=stability), tmp_path / "resumed").run(on_epoch=crash_after_first)
+    log = Trainer(tiny_config(tiny_idx_dir, epochs=3, stability=stability), tmp_path / "resumed").run(resume=True)
+    assert log["epoch"].tolist() == [1, 2, 3]
+    a = load_file(tmp_path / "straight" / "checkpoint.pt")["state_dict"]
+    b = load_file(tmp_path / "resumed" / "checkpoint.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_experiment_is_refused_and_resume_with_changes_shows_them(tiny_idx_dir, tmp_path):
+    train_classifier(tiny_config(tiny_idx_dir, epochs=1), tmp_path / "run")
+    with pytest.raises(ExperimentError, match="already holds an experiment"):
+        train_classifier(tiny_config(tiny_idx_dir, epochs=1), tmp_path / "run")
+    with pytest.raises(ExperimentError, match="sigma: was 0.25, now 0.5"):
+        train_classifier(tiny_config(tiny_idx_dir, epochs=1, sigma=0.5), tmp_path / "run", resume=True)
+    train_classifier(tiny_config(tiny_idx_dir, epochs=1, sigma=0.5), tmp_path / "run", overwrite=True)
+
+
+def test_stability_loss_is_cross_entropy_plus_weighted_kl():
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 5), torch.randn(8, 5)
+    y = torch.randint(0, 5, (8,))
+    p, q = F.softmax(a, 1), F.softmax(b, 1)
+    kl = (p * (p.log() - q.log())).sum(1).mean()
+    assert stability_loss(a, b, y, 6.0).item() == pytest.approx((F.cross_entropy(a, y) + 6.0 * kl).item(), rel=1e-5)
+    assert stability_loss(a, a, y, 6.0).item() == pytest.approx(F.cross_entropy(a, y).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("field,value,match", [("epochs", 0, "epochs"), ("batch_size", -1, "batch_size"), ("lr", 0.0, "lr"),
+                                               ("precision", "fp8", "precision"), ("sigma", -0.5, "sigma")])
+def test_bad_training_parameters_are_clear_errors(tiny_idx_dir, tmp_path, field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        Trainer(tiny_config(tiny_idx_dir, **{field: value}), tmp_path / "run").run()
+    assert not (tmp_path / "run" / "config.json").exists()
