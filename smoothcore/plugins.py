@@ -28,6 +28,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "smoothcore_plugins.splitting",
     "smoothcore_plugins.baselines",
     "smoothcore_plugins.certificates",
+    "smoothcore_plugins.box",
     "smoothcore_plugins.classifiers",
     "smoothcore_plugins.datasets",
     "smoothcore_plugins.denoising",
