@@ -165,7 +165,7 @@ def noise_options(f):
 @click.option("--dataset", default="fashion-mnist", show_default=True, help="Registered dataset name.")
 @click.option("--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places).")
 @click.option("--model", default="cnn", show_default=True, help="Registered classifier name (torchvision:<name> for any torchvision model).")
-@click.option("--noise", default="dssn", show_default=True, help="Registered noise name.")
+@click.option("--noise", default="dssn", show_default=True, help="Registered noise name ('none': a clean classifier).")
 @noise_options
 @click.option("--epochs", type=int, default=None, help="Default: the reference recipe for the dataset/model, else 5.")
 @click.option("--batch-size", type=int, default=None, help="Default 64 (the reference recipe).")
@@ -217,6 +217,72 @@ def train_classifier_cmd(**opts: Any) -> None:
 
         log = trainer.run(overwrite=opts["overwrite"], resume=opts["resume"], on_step=on_step, on_epoch=on_epoch)
     console.print(f"saved {trainer.exp.checkpoint} ({len(log)} epochs)", highlight=False)
+
+
+# -- train-denoiser -----------------------------------------------------------------------------------------------
+def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return out
+
+
+@cli.command("train-denoiser")
+@click.option("--dataset", default="fashion-mnist", show_default=True)
+@click.option("--data-dir", type=click.Path(), default=None)
+@click.option("--arch", default="dncnn", show_default=True, help="Registered denoiser (dncnn, dncnn-wide, memnet, ...).")
+@click.option("--arch-param", multiple=True, help="Architecture parameter KEY=VALUE (e.g. depth=8, channels=32).")
+@click.option("--noise", default="dssn", show_default=True, help="Any registered noise.")
+@noise_options
+@click.option("--objective", type=click.Choice(["mse", "stability", "classification"]), default="mse", show_default=True)
+@click.option("--classifier", type=click.Path(), default=None, help="Frozen classifier for the stability/classification objectives.")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option("--lr-step", type=int, default=30, show_default=True, help="Multiply the learning rate by --lr-gamma every N epochs.")
+@click.option("--lr-gamma", type=float, default=0.1, show_default=True)
+@click.option("--sgd-after", type=int, default=None, help="Continue with SGD (momentum 0.9) from this epoch on.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--train-limit", type=int, default=None)
+@click.option("--eval-limit", type=int, default=1000, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(), required=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("--resume", is_flag=True)
+def train_denoiser_cmd(arch_param: tuple[str, ...], out: str, overwrite: bool, resume: bool, **opts: Any) -> None:
+    """Train a denoiser under noise (Salman et al. 2020) into an experiment folder (denoiser.pt, denoiser_best.pt)."""
+    from smoothcore_denoisers.training import DenoiserConfig, DenoiserTrainer
+
+    cfg = DenoiserConfig(**{k: v for k, v in opts.items() if v is not None or k in ("sigma", "lambd", "classifier")},
+                         arch_params=parse_params(arch_param))
+    trainer = DenoiserTrainer(cfg, out)
+    console = _console(stderr=True)
+    console.print(f"training denoiser [bold]{cfg.arch}[/] ({cfg.objective}) on {cfg.dataset} under {trainer.noise!r} -> {out}", highlight=False)
+    with progress_bar() as bar:
+        task = bar.add_task("epoch 1", total=None)
+
+        def on_step(epoch: int, step: int, total: int) -> None:
+            bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}", completed=step, total=total)
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            acc = "" if row["val_accuracy"] != row["val_accuracy"] else f", classifier accuracy denoised {row['val_accuracy']:.4f} (noisy {row['noisy_accuracy']:.4f})"
+            bar.console.print(f"epoch {row['epoch']}: loss {row['train_loss']:.5f}, val mse {row['val_mse']:.5f} "
+                              f"(noisy input {row['noisy_mse']:.5f}){acc} ({row['seconds']:.1f} s)", highlight=False)
+
+        trainer.run(overwrite=overwrite, resume=resume, on_step=on_step, on_epoch=on_epoch)
+    console.print(f"saved {Path(out) / 'denoiser.pt'} and the best epoch's {Path(out) / 'denoiser_best.pt'}", highlight=False)
 
 
 # -- certify ------------------------------------------------------------------------------------------------------

@@ -111,7 +111,14 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     model, info = load_classifier(classifier_path, model=train_cfg.get("checkpoint_model"), dataset=dataset,
                                   trust=cfg.trust_checkpoint, device=device, return_info=True)
     check_compatible(info | {"num_classes": info.get("num_classes", source.num_classes)}, dataset)
-    denoiser_path = cfg.denoiser or (info.get("denoiser") or {}).get("path") or train_cfg.get("denoiser")
+    recorded = info.get("denoiser") or {}
+    denoiser_path = cfg.denoiser or recorded.get("path")
+    if cfg.denoiser is None and recorded:
+        if not Path(recorded["path"]).is_file():
+            raise ExperimentError(f"the classifier was trained on top of the denoiser {recorded['path']}, which is gone",
+                                  hint="restore it, or certify with --denoiser PATH pointing at the same file")
+        if recorded.get("sha256") and sha256(recorded["path"]) != recorded["sha256"]:
+            raise ExperimentError(f"the denoiser {recorded['path']} changed since the classifier was trained on it (checksum differs)")
     denoiser = None
     if denoiser_path:
         from smoothcore.train import load_frozen_denoiser

@@ -107,7 +107,20 @@ class TrainState:
     noise_rng: torch.Tensor
 
 
-def make_noise_for(cfg: TrainConfig, source: DatasetSource, device: torch.device) -> Noise:
+def append_csv(path: Path, row: dict[str, Any]) -> None:
+    """Append ``row`` to the CSV log at ``path`` (header on first write)."""
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def make_noise_for(cfg: TrainConfig, source: DatasetSource, device: torch.device) -> Noise | None:
+    """The training noise; ``none`` trains a clean classifier (for denoised smoothing's off-the-shelf setting)."""
+    if cfg.noise == "none":
+        return None
     return make_noise(cfg.noise, sigma=cfg.sigma, lambd=cfg.lambd, dim=source.dim, seed=cfg.noise_seed, device=device)
 
 
@@ -205,7 +218,7 @@ class Trainer:
         data_fp = getattr(train_set, "fingerprint", None)
         self.exp.update_manifest(data={"dataset": cfg.dataset, "train_images": len(train_idx),
                                        "train_fingerprint": data_fp() if data_fp else None},
-                                 noise=self.noise.params())
+                                 noise=self.noise.params() if self.noise is not None else None)
 
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.time()
@@ -233,7 +246,7 @@ class Trainer:
                 "test_noisy_acc": self.evaluate(model, test_set, eval_idx, noise_rng), "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(time.time() - t0, 3),
             }
-            self._append_log(row)
+            append_csv(self.exp.train_log, row)
             if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
                 self.save(model, optimizer, scheduler, order_rng, noise_rng, epoch + 1)
             if on_epoch is not None:
@@ -245,6 +258,9 @@ class Trainer:
         return build_classifier(self.cfg.model, num_classes=self.source.num_classes, in_channels=c, image_size=h,
                                 mean=self.source.mean, std=self.source.std, **self.cfg.model_params)
 
+    def _noisy(self, x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        return x if self.noise is None else self.noise.sample(x, rng)
+
     def _forward(self, model: nn.Module, noisy: torch.Tensor) -> torch.Tensor:
         if self.denoiser is not None:
             with torch.no_grad():
@@ -255,10 +271,10 @@ class Trainer:
 
     def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         with self._autocast():
-            logits = self._forward(model, self.noise.sample(x, rng))
+            logits = self._forward(model, self._noisy(x, rng))
             if not self.cfg.stability:
                 return F.cross_entropy(logits, y), logits
-            logits_2 = self._forward(model, self.noise.sample(x, rng))
+            logits_2 = self._forward(model, self._noisy(x, rng))
             return stability_loss(logits.float(), logits_2.float(), y, self.cfg.stability_weight), logits
 
     @torch.inference_mode()
@@ -268,21 +284,13 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for x, y in batches(test_set, 500, shuffle=False, indices=indices, device=self.device):
             with self._autocast():
-                correct += (self._forward(model, self.noise.sample(x, rng)).argmax(1) == y).sum()
+                correct += (self._forward(model, self._noisy(x, rng)).argmax(1) == y).sum()
         return float(correct) / max(len(indices), 1)
-
-    def _append_log(self, row: dict[str, Any]) -> None:
-        new = not self.exp.train_log.exists()
-        with open(self.exp.train_log, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
 
     def save(self, model, optimizer, scheduler, order_rng, noise_rng, epoch: int) -> None:
         c, h, _ = self.source.image_shape
         base = model
-        extra = {"epoch": epoch, "noise": self.noise.params()}
+        extra = {"epoch": epoch, "noise": self.noise.params() if self.noise is not None else None}
         if self.cfg.denoiser is not None:
             extra["denoiser"] = {"path": str(Path(self.cfg.denoiser).resolve()), "sha256": self.cfg.denoiser_sha256}
         ckpt = classifier_checkpoint(base, name=self.cfg.model, params=self.cfg.model_params, dataset=self.cfg.dataset,
