@@ -10,15 +10,46 @@ from smoothcore.hookspecs import hookimpl
 from smoothcore.stats import clopper_pearson_lower
 
 
-def dssn_certificate(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact DSSN certificate from counts over all draws: prediction ``a = argmax c`` and radius
-    ``floor((c_a - c_b - [b < a]) / 2) / 255`` (float64), ``b`` the runner-up; ties go to the lowest index."""
+def dssn_margins(counts: torch.Tensor, remaining: torch.Tensor | int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For counts over the draws evaluated so far and ``remaining`` draws still to come (per image), the current
+    leader ``a`` and the smallest and largest final margin ``min_j (c_a - c_j - [j < a])`` over every way the
+    remaining draws can fall (all to one rival, or all to ``a``). With nothing remaining the margin is exactly
+    ``c_a - c_b - [b < a]`` for the runner-up ``b``; ``a`` is the final prediction whenever the smallest margin is
+    non-negative."""
     counts = counts.long()
-    a, b = top_two(counts)
-    c_a = counts.gather(1, a.unsqueeze(1)).squeeze(1)
-    c_b = counts.gather(1, b.unsqueeze(1)).squeeze(1)
-    margin = c_a - c_b - (b < a).long()
-    return a, torch.div(margin, 2, rounding_mode="floor").double() / 255.0
+    a = counts.argmax(dim=1)
+    c_a = counts.gather(1, a.unsqueeze(1))
+    below = (torch.arange(counts.shape[1], device=counts.device).unsqueeze(0) < a.unsqueeze(1)).long()
+    diff = c_a - counts - below
+    diff.scatter_(1, a.unsqueeze(1), torch.iinfo(torch.long).max)
+    margin = diff.min(dim=1).values
+    remaining = torch.as_tensor(remaining, dtype=torch.long, device=counts.device)
+    return a, margin - remaining, margin + remaining
+
+
+def margin_radius(margin: torch.Tensor) -> torch.Tensor:
+    """DSSN radius of a margin: ``floor(margin / 2) / 255`` (float64)."""
+    return torch.div(margin, 2, rounding_mode="floor").double() / 255.0
+
+
+def dssn_certificate(counts: torch.Tensor, remaining: torch.Tensor | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact DSSN certificate: prediction ``a = argmax c`` and radius ``floor((c_a - c_b - [b < a]) / 2) / 255``
+    (float64), ``b`` the runner-up, ties to the lowest index. With ``remaining`` draws not evaluated (an early
+    decision), the radius is the smallest the remaining draws could leave: sound, and the prediction is final
+    (callers stop only once the smallest margin is non-negative)."""
+    a, low, _ = dssn_margins(counts, remaining)
+    return a, torch.where(low >= 0, margin_radius(low), torch.nan)
+
+
+def dssn_decided(counts: torch.Tensor, remaining: torch.Tensor | int, radii) -> torch.Tensor:
+    """Whether the remaining draws can no longer change an image's prediction, nor whether its radius reaches
+    each of ``radii``: the verdicts of full enumeration are then already known."""
+    _, low, high = dssn_margins(counts, remaining)
+    decided = low >= 0
+    r_low, r_high = margin_radius(low), margin_radius(high)
+    for r in radii:
+        decided &= (r_low >= float(r)) == (r_high >= float(r))
+    return decided
 
 
 class StandardCertificate(Certificate):
@@ -57,7 +88,7 @@ class ExactCertificate(Certificate):
         return noise.exact and type(noise).certify_counts is not ExactNoise.certify_counts
 
     def certify(self, noise, stats: Statistics) -> Certified:
-        prediction, radius = noise.certify_counts(stats.counts)
+        prediction, radius = noise.certify_counts(stats.counts, stats.remaining)
         return Certified(prediction.cpu(), radius.cpu().double(), noise.norm)
 
 

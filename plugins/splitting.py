@@ -19,7 +19,7 @@ from smoothcore.errors import ConfigError, DataError
 from smoothcore.hookspecs import hookimpl
 from smoothcore.noise import ExactNoise, Noise, check_images, is_quantised, uniform_scale
 from smoothcore_plugins._radius import apply
-from smoothcore_plugins.certificates import dssn_certificate
+from smoothcore_plugins.certificates import dssn_certificate, dssn_decided
 
 MAX_DSSN_DRAWS = 1_000_000
 
@@ -127,8 +127,11 @@ class DerandomizedSplittingNoise(ExactNoise):
                 "x = (x * 255).round() / 255 first, or use the ssn noise",
             )
 
-    def certify_counts(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return dssn_certificate(counts)
+    def certify_counts(self, counts: torch.Tensor, remaining: torch.Tensor | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        return dssn_certificate(counts, remaining)
+
+    def decided(self, counts: torch.Tensor, remaining: torch.Tensor | int, radii) -> torch.Tensor:
+        return dssn_decided(counts, remaining, radii)
 
     def radius(self, p_lower):
         # The same union bound as SSN, for users who estimate p_A by sampling DSSN draws.

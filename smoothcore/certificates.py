@@ -30,6 +30,7 @@ class Statistics:
     selection: torch.Tensor | None = None
     alpha: float | None = None
     x: torch.Tensor | None = None
+    remaining: torch.Tensor | int = 0  # exact noises stopped early: draws per image not evaluated
 
 
 @dataclass

@@ -23,7 +23,8 @@ class CertifyResult:
     """One entry per image. ``prediction``: the smoothed class, ``-1`` where it abstains. ``radius``: certified
     radius in ``norm`` (float64; NaN on abstention). ``counts``: exact noises, class counts over all draws.
     ``p_lower``: Monte-Carlo, the lower confidence bound on the top-class probability. ``forward_passes``: the
-    base-classifier evaluations spent on the whole batch."""
+    base-classifier evaluations spent on the whole batch, ``forward_passes_full`` what full enumeration (or all
+    n0 + n draws) would have spent, and ``draws`` the evaluations per image."""
 
     prediction: torch.Tensor
     radius: torch.Tensor
@@ -32,6 +33,8 @@ class CertifyResult:
     counts: torch.Tensor | None = None
     p_lower: torch.Tensor | None = None
     forward_passes: int = 0
+    forward_passes_full: int = 0
+    draws: torch.Tensor | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -105,7 +108,7 @@ class SmoothedClassifier:
         return PredictResult(prediction, counts)
 
     def certify(self, x: torch.Tensor, *, n0: int = 64, n: int = 100_000, alpha: float = 0.001, indices=None,
-                certificate: str | None = None) -> CertifyResult:
+                certificate: str | None = None, radii=None, looks: int = 6) -> CertifyResult:
         """Certify each image of ``x`` ``(batch, *image)``.
 
         Exact noises: counts over every draw, then the exact certificate (``n0``, ``n``, ``alpha`` unused).
@@ -115,20 +118,40 @@ class SmoothedClassifier:
         least ``1 - alpha`` per image, a non-abstaining prediction is constant within the radius.
         ``indices`` (default ``0 .. batch-1``) seed each image's random stream, so results do not depend on
         batching: pass dataset indices to make runs reproducible and shardable.
+
+        ``radii`` (early decisions): stop evaluating an image once its verdict at each of these radii is decided.
+        Exact noises: once the remaining draws cannot change the prediction or whether the radius reaches each r;
+        the verdicts equal full enumeration's and the radius recorded is the smallest the remaining draws could
+        leave (sound). Monte-Carlo: sequential estimation at ``looks`` pre-planned sample sizes ``n / 2^(looks-1),
+        ..., n / 2, n`` with Bonferroni alpha-spending (``alpha / looks`` per look, valid at overall level
+        ``alpha`` by the union bound), stopping once each verdict is decided.
         """
         self.noise.check_input(x)
         cert = resolve_certificate(self.noise, certificate)
         before = self.engine.forward_passes
+        radii = None if radii is None else [float(r) for r in radii]
         if cert.kind == "exact":
-            counts, _ = self.engine.exact_counts(self.noise, x)
-            stats = Statistics(counts=counts.cpu(), num_draws=self.noise.num_draws, x=x.cpu())
+            total = self.noise.num_draws
+            stop_when = None if not radii else (lambda counts, done: self.noise.decided(counts, total - done, radii))
+            counts, done = self.engine.exact_counts(self.noise, x, stop_when=stop_when)
+            stats = Statistics(counts=counts.cpu(), num_draws=total, x=x.cpu(), remaining=total - done)
+            out: Certified = cert.certify(self.noise, stats)
+            draws, full = done, total
+        elif radii:
+            self._check_mc(n0, n, alpha)
+            if cert.name != "standard":
+                raise ConfigError(f"early decisions (radii) support the standard certificate only, not {cert.name!r}")
+            out, counts, draws = self._certify_sequential(x, n0, n, alpha, radii, looks, indices)
+            stats = None
+            full = n0 + n
         else:
             self._check_mc(n0, n, alpha)
             generators = self._generators(len(x), indices)
             selection = self.engine.sampled_counts(self.noise, x, n0, generators)
             counts = self.engine.sampled_counts(self.noise, x, n, generators)
             stats = Statistics(counts=counts.cpu(), num_draws=n, selection=selection.cpu(), alpha=alpha, x=x.cpu())
-        out: Certified = cert.certify(self.noise, stats)
+            out = cert.certify(self.noise, stats)
+            draws, full = torch.full((len(x),), n0 + n), n0 + n
         return CertifyResult(
             prediction=out.prediction.long(),
             radius=out.radius.double(),
@@ -137,8 +160,46 @@ class SmoothedClassifier:
             counts=stats.counts if cert.kind == "exact" else None,
             p_lower=out.p_lower,
             forward_passes=self.engine.forward_passes - before,
+            forward_passes_full=full * len(x),
+            draws=torch.as_tensor(draws).long(),
             extra=out.extra,
         )
+
+    def _certify_sequential(self, x, n0, n, alpha, radii, looks, indices):
+        """Sequential Clopper-Pearson with Bonferroni alpha-spending over pre-planned looks (see ``certify``)."""
+        from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
+
+        if isinstance(looks, bool) or not isinstance(looks, int) or looks < 1:
+            raise ConfigError(f"looks must be a positive integer, got {looks!r}")
+        schedule = sorted({max(1, -(-n // 2 ** (looks - 1 - i))) for i in range(looks)})
+        alpha_look = alpha / len(schedule)
+        generators = self._generators(len(x), indices)
+        top = self.engine.sampled_counts(self.noise, x, n0, generators).argmax(dim=1).cpu()
+        counts = torch.zeros(len(x), self.num_classes, dtype=torch.long)
+        done = torch.zeros(len(x), dtype=torch.long)
+        p_lower = torch.zeros(len(x), dtype=torch.float64)
+        active = torch.arange(len(x))
+        for size in schedule:
+            extra = size - int(done[active[0]]) if len(active) else 0
+            if not len(active) or extra <= 0:
+                continue
+            counts[active] += self.engine.sampled_counts(self.noise, x[active], extra, [generators[i] for i in active.tolist()]).cpu()
+            done[active] = size
+            k = counts[active].gather(1, top[active].unsqueeze(1)).squeeze(1).numpy()
+            low = np.atleast_1d(clopper_pearson_lower(k, size, alpha_look))
+            high = np.atleast_1d(clopper_pearson_upper(k, size, alpha_look))
+            p_lower[active] = torch.from_numpy(low)
+            r_low = np.where(low >= 0.5, np.asarray(self.noise.radius(low), dtype=np.float64), -np.inf)
+            r_high = np.where(high >= 0.5, np.asarray(self.noise.radius(high), dtype=np.float64), -np.inf)
+            decided = np.ones(len(active), dtype=bool)
+            for r in radii:
+                decided &= (r_low >= r) == (r_high >= r)
+            decided &= (low >= 0.5) == (high >= 0.5)
+            active = active[~torch.from_numpy(decided)]
+        certified = p_lower >= 0.5
+        prediction = torch.where(certified, top, torch.full_like(top, ABSTAIN))
+        radius = torch.where(certified, torch.as_tensor(self.noise.radius(p_lower), dtype=torch.float64), torch.nan)
+        return Certified(prediction, radius, self.noise.norm, p_lower=p_lower), counts, done + n0
 
 
 def certify_counts(noise: Noise, counts) -> tuple[torch.Tensor, torch.Tensor]:

@@ -306,6 +306,8 @@ def train_denoiser_cmd(arch_param: tuple[str, ...], out: str, overwrite: bool, r
 @click.option("--denoiser", type=click.Path(), default=None, help="Certify classifier(denoiser(x)).")
 @click.option("--checkpoint", type=click.Path(), default=None, help="Certify this classifier checkpoint (any known layout) into RUN_DIR.")
 @click.option("--model", default=None, help="Architecture of --checkpoint where the file does not say.")
+@click.option("--radii", "radii_text", default=None,
+              help="Early decisions: stop each image once its verdict at these comma-separated radii is decided.")
 @click.option("--tag", default=None, help="Name of the result table (certify_<tag>.csv). Default from noise and certificate.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted certification.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing result table.")
@@ -316,7 +318,8 @@ def certify_cmd(run_dir: str, checkpoint: str | None, model: str | None, resume:
 
     if checkpoint is not None:
         _external_experiment(run_dir, checkpoint, model, opts)
-    cfg = CertifyConfig(**opts)
+    radii_text = opts.pop("radii_text")
+    cfg = CertifyConfig(**opts, radii=parse_radii(radii_text) if radii_text else None)
     run = plan(run_dir, cfg)
     console = _console(stderr=True)
     console.print(f"certifying {len(run.indices)} images of {run.dataset} with {run.smoothed.noise!r}, certificate "
@@ -328,7 +331,11 @@ def certify_cmd(run_dir: str, checkpoint: str | None, model: str | None, resume:
     from smoothcore.report import Run, certified_accuracy_table
 
     r = Run(run.tag, table["label"].to_numpy(), table["prediction"].to_numpy(), table["radius"].to_numpy(dtype=float), run.meta["norm"])
-    print_table(certified_accuracy_table([r], _default_radii(r)), f"{run.exp.path.name}: {len(table)} images in {time.time() - t0:.1f} s")
+    print_table(certified_accuracy_table([r], cfg.radii or _default_radii(r)),
+                f"{run.exp.path.name}: {len(table)} images in {time.time() - t0:.1f} s")
+    used, full = int(table["forward_passes"].sum()), run.meta["forward_passes_full_per_image"] * len(table)
+    console.print(f"forward passes: {used:,} of {full:,} ({100 * (1 - used / max(full, 1)):.1f}% saved by early decisions)"
+                  if cfg.radii else f"forward passes: {used:,}", highlight=False)
 
 
 def _external_experiment(run_dir: str, checkpoint: str, model: str | None, opts: dict[str, Any]) -> None:

@@ -83,15 +83,19 @@ class Engine:
 
     @torch.inference_mode()
     def exact_counts(self, noise: ExactNoise, x: torch.Tensor,
-                     stop_when: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     stop_when: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+                     decision_points: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
         """Counts over draws ``0 .. num_draws - 1`` of every image: ``(batch, classes)`` int64 on the device.
 
         ``stop_when(counts, draws_done) -> bool (batch,)`` may end an image's enumeration early (its verdicts are
-        decided); it is consulted after each forward batch. Returns ``(counts, draws_done)``, draws_done ``(batch,)``.
+        decided); it is consulted after every ``num_draws / decision_points`` draws. Returns ``(counts, draws_done)``,
+        draws_done ``(batch,)``.
         """
         x = x.to(self.device)
         total = noise.num_draws
         chunk = min(total, self.max_batch)
+        if stop_when is not None:
+            chunk = min(chunk, max(1, -(-total // decision_points)))
         group = max(1, self.max_batch // chunk)
         counts = torch.zeros(x.shape[0], self.num_classes, dtype=torch.long, device=self.device)
         done = torch.zeros(x.shape[0], dtype=torch.long)

@@ -78,9 +78,15 @@ class ExactNoise(Noise):
     @abstractmethod
     def draws(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor: ...
 
-    def certify_counts(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``counts`` ``(batch, classes)`` over all ``num_draws`` draws -> (prediction, radius)."""
+    def certify_counts(self, counts: torch.Tensor, remaining: torch.Tensor | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``counts`` ``(batch, classes)`` over all ``num_draws`` draws -> (prediction, radius). With ``remaining``
+        draws per image not evaluated (early decisions), a radius that holds however they fall."""
         raise NotImplementedError
+
+    def decided(self, counts: torch.Tensor, remaining: torch.Tensor | int, radii) -> torch.Tensor:
+        """Per image: can the ``remaining`` draws still change the prediction or whether the radius reaches each of
+        ``radii``? Noises without such a rule decide only when nothing remains."""
+        return torch.as_tensor(remaining, device=counts.device).expand(counts.shape[0]) == 0
 
 
 def check_dim(dim: Any) -> int:

@@ -53,6 +53,7 @@ class CertifyConfig:
     denoiser: str | None = None
     tag: str | None = None
     trust_checkpoint: bool = False
+    radii: list[float] | None = None  # early decisions at these radii
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,7 +145,8 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
         "noise": noise.params(), "certificate": cert.name, "certificate_kind": cert.kind, "norm": noise.norm,
         "n0": cfg.n0 if cert.kind != "exact" else None, "n": cfg.n if cert.kind != "exact" else noise.num_draws,
         "alpha": cfg.alpha if cert.kind != "exact" else None, "dataset": dataset, "skip": cfg.skip, "limit": cfg.limit,
-        "offset": cfg.offset, "num_images": len(indices), "precision": cfg.precision,
+        "offset": cfg.offset, "num_images": len(indices), "precision": cfg.precision, "radii": cfg.radii,
+        "forward_passes_full_per_image": noise.num_draws if cert.kind == "exact" else cfg.n0 + cfg.n,
         "classifier_sha256": sha256(classifier_path), "denoiser": str(denoiser_path) if denoiser_path else None,
         "denoiser_sha256": sha256(denoiser_path) if denoiser_path else None,
     }
@@ -167,7 +169,7 @@ def _test_len(source, data_dir) -> int:
 
 
 MEANINGFUL = ("noise", "certificate", "n0", "n", "alpha", "dataset", "skip", "limit", "offset", "precision",
-              "classifier_sha256", "denoiser_sha256")
+              "classifier_sha256", "denoiser_sha256", "radii")
 
 
 def execute(run: CertifyRun, *, resume: bool = False, overwrite: bool = False,
@@ -213,7 +215,8 @@ def _certify_rows(run: CertifyRun, resume: bool, chunk: int, on_progress) -> tup
             idx = todo[c0:c0 + chunk]
             x, y = fetch(test_set, idx)
             t0 = time.perf_counter()
-            result = run.smoothed.certify(x, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, indices=idx, certificate=cfg.certificate)
+            result = run.smoothed.certify(x, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, indices=idx, certificate=cfg.certificate,
+                                          radii=cfg.radii)
             seconds = (time.perf_counter() - t0) / len(idx)
             for j, index in enumerate(idx):
                 pred = int(result.prediction[j])
@@ -222,7 +225,7 @@ def _certify_rows(run: CertifyRun, resume: bool, chunk: int, on_progress) -> tup
                     "radius": float(result.radius[j]), "norm": result.norm, "certificate": result.certificate,
                     "p_lower": float(result.p_lower[j]) if result.p_lower is not None else None,
                     "counts": " ".join(map(str, result.counts[j].tolist())) if result.counts is not None else None,
-                    "forward_passes": result.forward_passes // len(idx), "seconds": round(seconds, 6),
+                    "forward_passes": int(result.draws[j]), "seconds": round(seconds, 6),
                 })
             if on_progress is not None:
                 on_progress(len(run.indices) - len(todo) + c0 + len(idx), len(run.indices))
