@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from smoothcore.certificates import ABSTAIN, EXACT, MONTE_CARLO, Certificate, Certified, Statistics, top_two
+from smoothcore.certificates import ABSTAIN, EXACT, MONTE_CARLO, Certificate, Certified, Statistics
 from smoothcore.hookspecs import hookimpl
 from smoothcore.stats import clopper_pearson_lower
 
