@@ -292,7 +292,7 @@ def train_denoiser_cmd(arch_param: tuple[str, ...], out: str, overwrite: bool, r
 @noise_options
 @click.option("--certificate", default=None, help="Certificate (see `smoothcore plugins`). Default: exact for exact noises, else standard.")
 @click.option("--n0", type=int, default=64, show_default=True, help="Monte-Carlo selection draws.")
-@click.option("--n", "n", type=int, default=100_000, show_default=True, help="Monte-Carlo estimation draws.")
+@click.option("--n", "--N", "n", type=int, default=100_000, show_default=True, help="Monte-Carlo estimation draws (--N under torchrun).")
 @click.option("--alpha", type=float, default=0.001, show_default=True, help="Failure probability of Monte-Carlo certificates.")
 @click.option("--skip", type=int, default=1, show_default=True, help="Certify every k-th test image.")
 @click.option("--limit", type=int, default=None, help="Certify at most N images.")
@@ -318,16 +318,26 @@ def certify_cmd(run_dir: str, checkpoint: str | None, model: str | None, resume:
 
     if checkpoint is not None:
         _external_experiment(run_dir, checkpoint, model, opts)
+    from smoothcore.distributed import device_for, from_env
+
+    info = from_env()
     radii_text = opts.pop("radii_text")
+    opts["device"] = device_for(opts["device"], info)
     cfg = CertifyConfig(**opts, radii=parse_radii(radii_text) if radii_text else None)
     run = plan(run_dir, cfg)
     console = _console(stderr=True)
-    console.print(f"certifying {len(run.indices)} images of {run.dataset} with {run.smoothed.noise!r}, certificate "
-                  f"{run.meta['certificate']} -> {run.table}", highlight=False)
+    shards = f" on {info.world} ranks" if info.active else ""
+    if info.main:
+        console.print(f"certifying {len(run.indices)} images of {run.dataset}{shards} with {run.smoothed.noise!r}, certificate "
+                      f"{run.meta['certificate']} -> {run.table}", highlight=False)
     t0 = time.time()
     with progress_bar() as bar:
-        task = bar.add_task("certify", total=len(run.indices))
-        table = execute(run, resume=resume, overwrite=overwrite, on_progress=lambda done, total: bar.update(task, completed=done))
+        task = bar.add_task("certify" + (" (rank 0's share)" if info.active else ""),
+                            total=len(run.indices[info.rank::info.world]) if info.active else len(run.indices))
+        table = execute(run, resume=resume, overwrite=overwrite, dist_info=info,
+                        on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if not info.main:
+        return
     from smoothcore.report import Run, certified_accuracy_table
 
     r = Run(run.tag, table["label"].to_numpy(), table["prediction"].to_numpy(), table["radius"].to_numpy(dtype=float), run.meta["norm"])

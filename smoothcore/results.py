@@ -20,7 +20,7 @@ import pandas as pd
 from smoothcore.errors import ExperimentError
 
 COLUMNS = ("index", "label", "prediction", "correct", "radius", "norm", "certificate", "p_lower", "counts",
-           "forward_passes", "seconds")
+           "forward_passes", "seconds", "extra")
 
 
 def _format(value: Any) -> str:

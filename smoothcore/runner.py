@@ -8,6 +8,7 @@ with the run's parameters in ``certify_<tag>.json``. ``resume`` continues an int
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from smoothcore.certificates import default_certificate, resolve_certificate
 from smoothcore.certify import SmoothedClassifier
 from smoothcore.checkpoints import sha256
 from smoothcore.data import fetch, get_dataset, subset_indices
+from smoothcore.distributed import DistInfo, barrier
 from smoothcore.errors import ConfigError, ExperimentError
 from smoothcore.experiment import Experiment, now, versions
 from smoothcore.fileio import atomic_write_json, read_json
@@ -173,8 +175,16 @@ MEANINGFUL = ("noise", "certificate", "n0", "n", "alpha", "dataset", "skip", "li
 
 
 def execute(run: CertifyRun, *, resume: bool = False, overwrite: bool = False,
-            on_progress: Callable[[int, int], None] | None = None, images_per_call: int | None = None) -> pd.DataFrame:
-    """Certify the planned images, appending rows durably; returns the full result table."""
+            on_progress: Callable[[int, int], None] | None = None, images_per_call: int | None = None,
+            dist_info: DistInfo | None = None) -> pd.DataFrame:
+    """Certify the planned images, appending rows durably; returns the full result table.
+
+    Under torchrun (``dist_info`` with several ranks) each rank certifies every ``world``-th image into its own
+    shard table, and rank 0 merges the shards into the one table a single process would have written (per-image
+    random streams make the rows identical)."""
+    info = dist_info or DistInfo()
+    if info.active:
+        return _execute_sharded(run, info, resume=resume, overwrite=overwrite, on_progress=on_progress)
     if run.table.exists() and not (resume or overwrite):
         raise ExperimentError(f"{run.table} already holds results",
                               hint="pass --resume to continue it, --overwrite to replace it, or --tag to write another table")
@@ -226,11 +236,55 @@ def _certify_rows(run: CertifyRun, resume: bool, chunk: int, on_progress) -> tup
                     "p_lower": float(result.p_lower[j]) if result.p_lower is not None else None,
                     "counts": " ".join(map(str, result.counts[j].tolist())) if result.counts is not None else None,
                     "forward_passes": int(result.draws[j]), "seconds": round(seconds, 6),
+                    "extra": json.dumps({k: float(v[j]) for k, v in result.extra.items()}, sort_keys=True) if result.extra else None,
                 })
             if on_progress is not None:
                 on_progress(len(run.indices) - len(todo) + c0 + len(idx), len(run.indices))
         elapsed = time.perf_counter() - t_start
     return writer, elapsed
+
+
+def shard_path(run: CertifyRun, info: DistInfo) -> Path:
+    return run.exp.path / f".certify_{run.tag}.rank{info.rank}of{info.world}.csv"
+
+
+def _execute_sharded(run: CertifyRun, info: DistInfo, *, resume: bool, overwrite: bool, on_progress) -> pd.DataFrame:
+    if info.main and run.table.exists() and not (resume or overwrite):
+        raise ExperimentError(f"{run.table} already holds results",
+                              hint="pass --resume to continue it, --overwrite to replace it, or --tag to write another table")
+    done_before = set(load_results(run.table)["index"].astype(int)) if resume and run.table.exists() else set()
+    mine = [i for i in run.indices[info.rank::info.world] if i not in done_before]
+    shard = CertifyRun(run.exp, run.cfg, run.smoothed, run.dataset, mine, run.tag, run.meta)
+    shard_table = shard_path(run, info)
+    chunk = max(1, run.cfg.max_batch // max(1, min(run.smoothed.noise.num_draws if run.smoothed.noise.exact
+                                                     else run.cfg.n0 + run.cfg.n, run.cfg.max_batch)))
+    shard_run = _ShardRun(shard, shard_table)
+    _certify_rows(shard_run, resume and shard_table.exists(), chunk, on_progress if info.main else None)
+    barrier(info)
+    if info.main:
+        frames = [load_results(run.table)] if done_before else []
+        frames += [load_results(run.exp.path / f".certify_{run.tag}.rank{r}of{info.world}.csv") for r in range(info.world)]
+        merged = pd.concat([f for f in frames if len(f)], ignore_index=True).sort_values("index").reset_index(drop=True)
+        tmp = run.table.with_name(run.table.name + ".merging")
+        with ResultWriter(tmp, resume=False) as writer:
+            for row in merged.to_dict("records"):
+                writer.write({k: (None if isinstance(v, float) and v != v and k != "radius" else v) for k, v in row.items()})
+        tmp.replace(run.table)
+        for r in range(info.world):
+            (run.exp.path / f".certify_{run.tag}.rank{r}of{info.world}.csv").unlink(missing_ok=True)
+        atomic_write_json(run.meta_path, dict(run.meta, finished=now(), versions=versions(), world_size=info.world))
+    barrier(info)
+    return load_results(run.table)
+
+
+class _ShardRun:
+    """A CertifyRun whose rows go to a shard table."""
+
+    def __init__(self, run: CertifyRun, table: Path) -> None:
+        self._run, self.table = run, table
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._run, name)
 
 
 def certify_experiment(exp_dir: str | Path, cfg: CertifyConfig, **kwargs: Any) -> pd.DataFrame:

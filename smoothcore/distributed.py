@@ -1,0 +1,54 @@
+"""torch.distributed plumbing shared by sharded certification and DDP training.
+
+Launch with ``torchrun --nproc_per_node N -m smoothcore.cli ...``: the same command line works with or without
+torchrun. Without the torchrun environment everything runs as a single process (rank 0 of 1).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def from_env() -> DistInfo:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on GPUs); a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("SMOOTHCORE_DIST_BACKEND", "") != "gloo" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank, world, local_rank)
+
+
+def device_for(device: str, info: DistInfo) -> str:
+    """Each rank takes its own GPU when the user asked for ``cuda``."""
+    if info.active and device in ("cuda", "auto") and torch.cuda.is_available():
+        return f"cuda:{info.local_rank}"
+    return device
+
+
+def barrier(info: DistInfo) -> None:
+    if info.active:
+        dist.barrier()

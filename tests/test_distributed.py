@@ -1,0 +1,44 @@
+"""Scale-out with torch.distributed, two CPU processes with the gloo backend (launched by torchrun)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+
+from smoothcore.results import load_results
+from smoothcore.runner import CertifyConfig, certify_experiment
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+           "-m", "smoothcore.cli", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", SMOOTHCORE_LOAD_PLUGINS="")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+COMPARED = ["index", "label", "prediction", "correct", "radius", "p_lower", "counts", "forward_passes"]
+
+
+def test_sharded_certification_merges_into_the_single_process_table(run_copy, fashion_dir):
+    # Monte-Carlo is the demanding case (exact DSSN rows are deterministic anyway): per-image random streams
+    for noise_args, tag in ((["--noise", "ssn", "--sigma", "0.25", "--n0", "8", "--N", "60"], "ssn"),):
+        proc = torchrun("certify", str(run_copy), *noise_args, "--data-dir", str(fashion_dir), "--skip", "97", "--limit", "9",
+                        "--tag", f"{tag}-sharded")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        sharded = load_results(run_copy / f"certify_{tag}-sharded.csv")
+        extra = {"n0": 8, "n": 60, "sigma": 0.25} if tag == "ssn" else {}
+        single = certify_experiment(run_copy, CertifyConfig(noise=tag, skip=97, limit=9, data_dir=str(fashion_dir), tag=f"{tag}-single",
+                                                            **extra))
+        assert len(sharded) == 9
+        pd.testing.assert_frame_equal(sharded[COMPARED], single[COMPARED])
+        assert not list(run_copy.glob(f".certify_{tag}-sharded.rank*"))  # shards are merged away
