@@ -296,7 +296,9 @@ def train_denoiser_cmd(arch_param: tuple[str, ...], out: str, overwrite: bool, r
 @click.option("--alpha", type=float, default=0.001, show_default=True, help="Failure probability of Monte-Carlo certificates.")
 @click.option("--skip", type=int, default=1, show_default=True, help="Certify every k-th test image.")
 @click.option("--limit", type=int, default=None, help="Certify at most N images.")
-@click.option("--max-batch", type=int, default=1024, show_default=True, help="Most noisy images per forward pass.")
+@click.option("--max-batch", default="1024", show_default=True,
+              help="Most noisy images per forward pass, or 'auto' (sized to the GPU's free memory).")
+@click.option("--compile", is_flag=True, help="torch.compile the model (GPU users; first batches are slower).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="Autocast precision; the certificate is for the classifier as evaluated.")
 @click.option("--channels-last", is_flag=True)
@@ -323,6 +325,11 @@ def certify_cmd(run_dir: str, checkpoint: str | None, model: str | None, resume:
     info = from_env()
     radii_text = opts.pop("radii_text")
     opts["device"] = device_for(opts["device"], info)
+    if opts["max_batch"] != "auto":
+        try:
+            opts["max_batch"] = int(opts["max_batch"])
+        except ValueError:
+            raise click.BadParameter(f"--max-batch must be a positive integer or 'auto', got {opts['max_batch']!r}") from None
     cfg = CertifyConfig(**opts, radii=parse_radii(radii_text) if radii_text else None)
     run = plan(run_dir, cfg)
     console = _console(stderr=True)

@@ -28,6 +28,24 @@ def image_generator(seed: int, index: int, device: torch.device | str) -> torch.
     return g
 
 
+def auto_max_batch(model: nn.Module, image_shape: Sequence[int], device: torch.device | str, *, fraction: float = 0.6,
+                   cap: int = 16384, cpu_default: int = 1024) -> int:
+    """A forward-batch size that fits the device: on CUDA, measured from the peak memory of a probe batch and a
+    ``fraction`` of the free memory; on the CPU, ``cpu_default``."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return cpu_default
+    probe = 64
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    with torch.inference_mode():
+        model.to(device).eval()(torch.zeros(probe, *image_shape, device=device))
+    per_image = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(cap, fraction * free // (3 * per_image))))  # draws, activations and slack
+
+
 class Engine:
     """Forward passes of ``model`` (``[0, 1]`` images -> logits) over noisy draws, counted per image.
 

@@ -46,9 +46,10 @@ class CertifyConfig:
     skip: int = 1
     limit: int | None = None
     offset: int = 0
-    max_batch: int = 1024
+    max_batch: int | str = 1024  # or "auto"
     precision: str = "fp32"
     channels_last: bool = False
+    compile: bool = False
     device: str = "cpu"
     data_dir: str | None = None
     dataset: str | None = None
@@ -136,8 +137,13 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     seed = cfg.noise_seed if cfg.noise_seed is not None else train_cfg.get("noise_seed", 0) or 0
     noise = make_noise(noise_name, sigma=sigma, lambd=lambd, dim=source.dim, seed=seed, device=device)
     cert = resolve_certificate(noise, cfg.certificate)
-    smoothed = SmoothedClassifier(stack(denoiser, model), noise, source.num_classes, max_batch=cfg.max_batch, device=device,
-                                  precision=cfg.precision, channels_last=cfg.channels_last)
+    full_model = stack(denoiser, model)
+    if cfg.max_batch == "auto":
+        from smoothcore.engine import auto_max_batch
+
+        cfg.max_batch = auto_max_batch(full_model, source.image_shape, device)
+    smoothed = SmoothedClassifier(full_model, noise, source.num_classes, max_batch=cfg.max_batch, device=device,
+                                  precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile)
     tag = cfg.tag or result_tag(noise.params(), cert.name, default_certificate(noise), cfg.denoiser is not None)
     if "/" in tag or tag.startswith("."):
         raise ConfigError(f"--tag must be a plain name, got {tag!r}")
