@@ -19,14 +19,18 @@ from smoothcore.hookspecs import hookimpl
 class SmallCNN(nn.Module):
     """Two conv blocks (width and 2 x width channels, batch norm, max-pool) and a 128-unit hidden layer; 28x28 or 32x32."""
 
-    def __init__(self, num_classes: int, in_channels: int, image_size: int, width: int = 16) -> None:
+    def __init__(self, num_classes: int, in_channels: int, image_size: int, width: int = 16, batch_norm: bool = True) -> None:
         super().__init__()
         if image_size % 4:
             raise ConfigError(f"the cnn needs an image size divisible by 4, got {image_size}")
+
+        def norm(c: int) -> nn.Module:
+            return nn.BatchNorm2d(c) if batch_norm else nn.Identity()
+
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=not batch_norm), norm(width), nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=not batch_norm), norm(2 * width), nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
@@ -204,8 +208,8 @@ def resnet50(*, num_classes: int, in_channels: int, image_size: int) -> nn.Modul
     return tvm.resnet50(weights=None, num_classes=num_classes)
 
 
-def cnn(*, num_classes: int, in_channels: int, image_size: int, width: int = 16) -> nn.Module:
-    return SmallCNN(num_classes, in_channels, image_size, width)
+def cnn(*, num_classes: int, in_channels: int, image_size: int, width: int = 16, batch_norm: bool = True) -> nn.Module:
+    return SmallCNN(num_classes, in_channels, image_size, width, bool(batch_norm))
 
 
 def wrn40(*, num_classes: int, in_channels: int, image_size: int, widen_factor: int = 2, drop_rate: float = 0.0) -> nn.Module:

@@ -165,6 +165,7 @@ def noise_options(f):
 @click.option("--dataset", default="fashion-mnist", show_default=True, help="Registered dataset name.")
 @click.option("--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places).")
 @click.option("--model", default="cnn", show_default=True, help="Registered classifier name (torchvision:<name> for any torchvision model).")
+@click.option("--model-param", multiple=True, help="Architecture parameter KEY=VALUE (e.g. width=32, batch_norm=false).")
 @click.option("--noise", default="dssn", show_default=True, help="Registered noise name ('none': a clean classifier).")
 @noise_options
 @click.option("--epochs", type=int, default=None, help="Default: the reference recipe for the dataset/model, else 5.")
@@ -184,13 +185,17 @@ def noise_options(f):
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Data-loading processes (folder datasets).")
 @click.option("--save-every", type=int, default=1, show_default=True, help="Save a checkpoint every N epochs.")
+@click.option("--save-every-steps", type=int, default=None, help="Also save the resume state every N steps (mid-epoch resume).")
 @click.option("--out", type=click.Path(), required=True, help="Experiment folder to write (e.g. checkpoints/my-run).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing experiment in --out.")
 @click.option("--resume", is_flag=True, help="Continue the experiment in --out from its last saved epoch.")
 def train_classifier_cmd(**opts: Any) -> None:
-    """Train a base classifier under noise into an experiment folder."""
+    """Train a base classifier under noise into an experiment folder (the same command under torchrun trains with
+    DistributedDataParallel)."""
+    from smoothcore.distributed import device_for, from_env
     from smoothcore.train import RECIPES, TrainConfig, Trainer
 
+    info = from_env()
     recipe = RECIPES.get((opts["dataset"], opts["model"]), {})
     cfg = TrainConfig(
         dataset=opts["dataset"], model=opts["model"], noise=opts["noise"], sigma=opts["sigma"], lambd=opts["lambd"],
@@ -199,14 +204,18 @@ def train_classifier_cmd(**opts: Any) -> None:
         momentum=opts["momentum"], weight_decay=opts["weight_decay"], stability=opts["stability"],
         stability_weight=opts["stability_weight"], seed=opts["seed"], train_limit=opts["train_limit"],
         eval_limit=opts["eval_limit"], data_dir=opts["data_dir"], denoiser=opts["denoiser"], finetune=opts["finetune"],
-        precision=opts["precision"], channels_last=opts["channels_last"], device=opts["device"], workers=opts["workers"],
-        save_every=opts["save_every"],
+        precision=opts["precision"], channels_last=opts["channels_last"], device=device_for(opts["device"], info),
+        workers=opts["workers"], save_every=opts["save_every"], save_every_steps=opts["save_every_steps"],
+        model_params=parse_params(opts["model_param"]),
     )
     trainer = Trainer(cfg, opts["out"])
     console = _console(stderr=True)
-    console.print(f"training [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/] under {trainer.noise!r} -> {opts['out']}", highlight=False)
+    noise = repr(trainer.noise) if trainer.noise is not None else "no noise (clean)"
+    ranks = f" on {info.world} ranks" if info.active else ""
+    if info.main:
+        console.print(f"training [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/]{ranks} under {noise} -> {opts['out']}", highlight=False)
     with progress_bar() as bar:
-        task = bar.add_task("epoch 1", total=None)
+        task = bar.add_task("epoch 1", total=None, visible=info.main)
 
         def on_step(epoch: int, step: int, total: int, _loss: float) -> None:
             bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}", completed=step, total=total)
@@ -215,8 +224,9 @@ def train_classifier_cmd(**opts: Any) -> None:
             bar.console.print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, noisy train acc {row['train_noisy_acc']:.4f}, "
                               f"noisy test acc {row['test_noisy_acc']:.4f} ({row['seconds']:.1f} s)", highlight=False)
 
-        log = trainer.run(overwrite=opts["overwrite"], resume=opts["resume"], on_step=on_step, on_epoch=on_epoch)
-    console.print(f"saved {trainer.exp.checkpoint} ({len(log)} epochs)", highlight=False)
+        log = trainer.run(overwrite=opts["overwrite"], resume=opts["resume"], on_step=on_step, on_epoch=on_epoch, dist_info=info)
+    if info.main:
+        console.print(f"saved {trainer.exp.checkpoint} ({len(log)} epochs)", highlight=False)
 
 
 # -- train-denoiser -----------------------------------------------------------------------------------------------
@@ -226,6 +236,9 @@ def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        if value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+            continue
         for cast in (int, float):
             try:
                 out[key] = cast(value)

@@ -107,27 +107,34 @@ def fetch(dataset: Dataset, indices: list[int] | torch.Tensor) -> tuple[torch.Te
 
 def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
             indices: list[int] | None = None, workers: int = 0, device: torch.device | str = "cpu",
-            start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            start_batch: int = 0, shard: tuple[int, int] | None = None) -> Iterator:
     """Batches of ``(images, labels)`` on ``device``. In-memory datasets are sliced directly; others go through a
     DataLoader with ``workers`` processes and pinned memory. ``start_batch`` skips that many batches of this order
-    (resuming mid-epoch)."""
+    (resuming mid-epoch). With ``shard=(rank, world)`` each batch holds only this rank's rows ``rank::world`` of the
+    global batch (a distributed sampler that keeps the single-process data order) and items are
+    ``(images, labels, global batch size)``."""
     order = torch.as_tensor(indices if indices is not None else range(len(dataset)), dtype=torch.long)
     if shuffle:
         order = order[torch.randperm(len(order), generator=generator)]
     device = torch.device(device)
+    rank, world = shard or (0, 1)
+    steps = [order[b:b + batch_size] for b in range(start_batch * batch_size, len(order), batch_size)]
+    mine = [step[rank::world] for step in steps]
     if isinstance(dataset, ImageTensorDataset):
-        for b in range(start_batch * batch_size, len(order), batch_size):
-            idx = order[b:b + batch_size]
-            images = dataset.images[idx]
+        loaded = ((dataset.images[idx], dataset.labels[idx]) for idx in mine)
+    else:
+        loader = DataLoader(dataset, batch_sampler=[idx.tolist() for idx in mine], num_workers=workers,
+                            pin_memory=device.type == "cuda", persistent_workers=False)
+        loaded = iter(loader)
+    for step, (images, labels) in zip(steps, loaded):
+        if images.dtype == torch.uint8:
             if device.type == "cuda":
-                images = images.pin_memory().to(device, non_blocking=True)
-            yield images.to(device).float() / 255.0, dataset.labels[idx].to(device)
-        return
-    subset = torch.utils.data.Subset(dataset, order[start_batch * batch_size:].tolist())
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
-    for images, labels in loader:
-        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                images = images.pin_memory()
+            images = images.to(device, non_blocking=True).float() / 255.0
+        else:
+            images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        yield (images, labels, len(step)) if shard is not None else (images, labels)
 
 
 def random_crop_flip(batch: torch.Tensor, generator: torch.Generator | None, *, padding: int = 4, flip: bool = True) -> torch.Tensor:

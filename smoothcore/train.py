@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,9 @@ from torch import nn
 
 from smoothcore.checkpoints import load_file, sha256
 from smoothcore.data import DatasetSource, batches, get_dataset, subset_indices
+from smoothcore.distributed import DistInfo, barrier
 from smoothcore.engine import PRECISIONS
-from smoothcore.errors import CheckpointError, ConfigError
+from smoothcore.errors import CheckpointError, ConfigError, SmoothcoreError
 from smoothcore.experiment import Experiment
 from smoothcore.fileio import atomic_torch_save
 from smoothcore.loading import classifier_checkpoint
@@ -63,6 +65,7 @@ class TrainConfig:
     device: str = "cpu"
     workers: int = 0
     save_every: int = 1
+    save_every_steps: int | None = None
     model_params: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,11 +141,53 @@ def load_frozen_denoiser(path: str | None, in_channels: int, device: torch.devic
     return den.eval()
 
 
-def stability_loss(logits_1: torch.Tensor, logits_2: torch.Tensor, labels: torch.Tensor, weight: float) -> torch.Tensor:
-    """``CE(f(x~1), y) + weight * KL(f(x~1) || f(x~2))`` (SPEC.md), the KL of the two predictive categoricals."""
-    ce = F.cross_entropy(logits_1, labels)
-    kl = F.kl_div(F.log_softmax(logits_2, dim=1), F.log_softmax(logits_1, dim=1), reduction="batchmean", log_target=True)
-    return ce + weight * kl
+def stability_loss(logits_1: torch.Tensor, logits_2: torch.Tensor, labels: torch.Tensor, weight: float,
+                   reduction: str = "mean") -> torch.Tensor:
+    """``CE(f(x~1), y) + weight * KL(f(x~1) || f(x~2))`` (SPEC.md), the KL of the two predictive categoricals,
+    averaged over the batch (``reduction="sum"``: summed)."""
+    ce = F.cross_entropy(logits_1, labels, reduction="sum")
+    kl = F.kl_div(F.log_softmax(logits_2, dim=1), F.log_softmax(logits_1, dim=1), reduction="sum", log_target=True)
+    total = ce + weight * kl
+    return total if reduction == "sum" else total / len(labels)
+
+
+def shard_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, full: int, info: DistInfo) -> torch.Tensor:
+    """Apply a random transform to this rank's rows ``x`` of a global batch of ``full`` rows, drawing the randomness
+    of the whole batch: every rank consumes its generator exactly as a single process would."""
+    if not info.active:
+        return fn(x)
+    whole = torch.zeros((full, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    whole[info.rank::info.world] = x
+    return fn(whole)[info.rank::info.world]
+
+
+def run_on_main(info: DistInfo, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 and hand its result (or its SmoothcoreError) to every rank."""
+    if not info.active:
+        return fn()
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    if info.main:
+        try:
+            box[0] = ("ok", fn())
+        except SmoothcoreError as exc:
+            box[0] = ("error", exc)
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return value
+
+
+def all_reduce_sum(info: DistInfo, *values: float) -> tuple[float, ...]:
+    if not info.active:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return tuple(t.tolist())
 
 
 class Trainer:
@@ -181,11 +226,16 @@ class Trainer:
 
     def run(self, *, overwrite: bool = False, resume: bool = False,
             on_step: Callable[[int, int, int, float], None] | None = None,
-            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
+            on_epoch: Callable[[dict[str, Any]], None] | None = None, dist_info: DistInfo | None = None) -> pd.DataFrame:
+        """Train, or continue a run from its last saved state (``resume``). Under torchrun (``dist_info`` with several
+        ranks) the model is wrapped in DistributedDataParallel: each rank loads and trains on its rows of every
+        global batch, all ranks draw the augmentation and noise of the whole batch from the same generator (so the
+        run matches a single process on the same data order), and only rank 0 evaluates, logs and saves."""
         cfg = self.cfg
+        info = dist_info or DistInfo()
         if cfg.denoiser is not None and cfg.denoiser_sha256 is None:
             cfg.denoiser_sha256 = sha256(cfg.denoiser)
-        resuming = self.exp.prepare(cfg.to_dict(), overwrite=overwrite, resume=resume)
+        resuming = run_on_main(info, lambda: self.exp.prepare(cfg.to_dict(), overwrite=overwrite, resume=resume))
         train_set = self.source.load("train", cfg.data_dir)
         test_set = self.source.load("test", cfg.data_dir)
         train_idx = subset_indices(len(train_set), 1, cfg.train_limit)
@@ -204,62 +254,99 @@ class Trainer:
         order_rng = torch.Generator().manual_seed(cfg.seed)
         noise_rng = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        start_epoch = 0
+        start_epoch, start_step, carried = 0, 0, (0.0, 0, 0)
         if resuming:
             state = load_file(self.exp.train_state)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            order_rng.set_state(state["order_rng"])
+            order_rng.set_state(state["epoch_order_rng"] if state.get("step") else state["order_rng"])
             noise_rng.set_state(state["noise_rng"])
-            start_epoch = int(state["epoch"])
-        if not resuming:
+            start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
+            carried = tuple(state.get("partial", (0.0, 0, 0)))
+        elif info.main:
             self.exp.train_log.unlink(missing_ok=True)
-        data_fp = getattr(train_set, "fingerprint", None)
-        self.exp.update_manifest(data={"dataset": cfg.dataset, "train_images": len(train_idx),
-                                       "train_fingerprint": data_fp() if data_fp else None},
-                                 noise=self.noise.params() if self.noise is not None else None)
+        if info.main:
+            data_fp = getattr(train_set, "fingerprint", None)
+            self.exp.update_manifest(data={"dataset": cfg.dataset, "train_images": len(train_idx),
+                                           "train_fingerprint": data_fp() if data_fp else None},
+                                     noise=self.noise.params() if self.noise is not None else None)
+        train_model = self._wrap_distributed(model, info)
 
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.time()
-            model.train()
-            loss_sum = torch.zeros((), device=self.device)
-            correct = torch.zeros((), device=self.device, dtype=torch.long)
-            seen = 0
-            for step, (x, y) in enumerate(batches(train_set, cfg.batch_size, shuffle=True, generator=order_rng, indices=train_idx,
-                                                  workers=cfg.workers, device=self.device)):
-                if self.source.augment is not None:
-                    x = self.source.augment(x, noise_rng)
-                loss, logits = self.step_loss(model, x, y, noise_rng)
+            train_model.train()
+            epoch_order_state = order_rng.get_state()
+            skip = start_step if epoch == start_epoch else 0
+            loss_sum = torch.tensor(float(carried[0]) if skip else 0.0, device=self.device)
+            correct = torch.tensor(int(carried[1]) if skip else 0, device=self.device, dtype=torch.long)
+            seen = int(carried[2]) if skip else 0
+            for step, (x, y, full) in enumerate(batches(train_set, cfg.batch_size, shuffle=True, generator=order_rng, indices=train_idx,
+                                                        workers=cfg.workers, device=self.device, start_batch=skip,
+                                                        shard=(info.rank, info.world)), start=skip):
+                x = self._augment_shard(x, full, info, noise_rng)
+                loss, logits = self.step_loss(train_model, x, y, noise_rng, full=full, info=info)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                loss_sum += loss.detach() * len(y)
+                loss_sum += loss.detach() * full / info.world
                 correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
-                if on_step is not None:
+                if on_step is not None and info.main:
                     on_step(epoch, step + 1, steps_per_epoch, 0.0)
-            row = {
-                "epoch": epoch + 1, "train_loss": float(loss_sum) / max(seen, 1), "train_noisy_acc": float(correct) / max(seen, 1),
-                "test_noisy_acc": self.evaluate(model, test_set, eval_idx, noise_rng), "lr": optimizer.param_groups[0]["lr"],
-                "seconds": round(time.time() - t0, 3),
-            }
-            append_csv(self.exp.train_log, row)
-            if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
-                self.save(model, optimizer, scheduler, order_rng, noise_rng, epoch + 1)
-            if on_epoch is not None:
-                on_epoch(row)
+                if cfg.save_every_steps and (step + 1) % cfg.save_every_steps == 0 and step + 1 < steps_per_epoch:
+                    if info.main:
+                        self.save_state(model, optimizer, scheduler, order_rng, noise_rng, epoch, step=step + 1,
+                                        epoch_order_rng=epoch_order_state, partial=(float(loss_sum), int(correct), seen))
+                    barrier(info)
+            loss_total, correct_total, seen_total = all_reduce_sum(info, float(loss_sum), int(correct), seen)
+            if info.main:
+                row = {
+                    "epoch": epoch + 1, "train_loss": loss_total / max(seen_total, 1),
+                    "train_noisy_acc": correct_total / max(seen_total, 1),
+                    "test_noisy_acc": self.evaluate(model, test_set, eval_idx), "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": round(time.time() - t0, 3),
+                }
+                append_csv(self.exp.train_log, row)
+                if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
+                    self.save(model, optimizer, scheduler, order_rng, noise_rng, epoch + 1)
+                if on_epoch is not None:
+                    on_epoch(row)
+            barrier(info)
+        barrier(info)
         return pd.read_csv(self.exp.train_log)
+
+    def _wrap_distributed(self, model: nn.Module, info: DistInfo) -> nn.Module:
+        if not info.active:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            return DistributedDataParallel(model, device_ids=[self.device.index])
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) and info.main:
+            warnings.warn("distributed training on the CPU: SyncBatchNorm needs GPUs, so batch-norm statistics are per rank",
+                          stacklevel=2)
+        return DistributedDataParallel(model)
+
+    def _augment_shard(self, x: torch.Tensor, full: int, info: DistInfo, rng: torch.Generator) -> torch.Tensor:
+        if self.source.augment is None:
+            return x
+        return shard_apply(lambda z: self.source.augment(z, rng), x, full, info)
 
     def build_fresh(self) -> nn.Module:
         c, h, _ = self.source.image_shape
         return build_classifier(self.cfg.model, num_classes=self.source.num_classes, in_channels=c, image_size=h,
                                 mean=self.source.mean, std=self.source.std, **self.cfg.model_params)
 
-    def _noisy(self, x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-        return x if self.noise is None else self.noise.sample(x, rng)
+    def _noisy(self, x: torch.Tensor, rng: torch.Generator, full: int | None = None, info: DistInfo | None = None) -> torch.Tensor:
+        if self.noise is None:
+            return x
+        if info is None or not info.active:
+            return self.noise.sample(x, rng)
+        return shard_apply(lambda z: self.noise.sample(z, rng), x, full, info)
 
     def _forward(self, model: nn.Module, noisy: torch.Tensor) -> torch.Tensor:
         if self.denoiser is not None:
@@ -269,23 +356,38 @@ class Trainer:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         return model(noisy)
 
-    def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rng: torch.Generator, *, full: int | None = None,
+                  info: DistInfo | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss of this rank's rows, scaled so that averaging over ranks gives the whole batch's mean."""
+        full = full or len(y)
+        scale = (info.world if info is not None else 1) / full
         with self._autocast():
-            logits = self._forward(model, self._noisy(x, rng))
+            logits = self._forward(model, self._noisy(x, rng, full, info))
             if not self.cfg.stability:
-                return F.cross_entropy(logits, y), logits
-            logits_2 = self._forward(model, self._noisy(x, rng))
-            return stability_loss(logits.float(), logits_2.float(), y, self.cfg.stability_weight), logits
+                return F.cross_entropy(logits, y, reduction="sum") * scale, logits
+            logits_2 = self._forward(model, self._noisy(x, rng, full, info))
+            loss = stability_loss(logits.float(), logits_2.float(), y, self.cfg.stability_weight, reduction="sum")
+            return loss * scale, logits
 
     @torch.inference_mode()
-    def evaluate(self, model: nn.Module, test_set, indices: list[int], rng: torch.Generator) -> float:
-        """Accuracy of the base classifier on one noisy draw per test image (a progress signal, not a certificate)."""
+    def evaluate(self, model: nn.Module, test_set, indices: list[int]) -> float:
+        """Accuracy of the base classifier on one noisy draw per test image (a progress signal, not a certificate).
+        The draws are the same every epoch and leave the training generators untouched."""
         model.eval()
+        rng = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 2)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for x, y in batches(test_set, 500, shuffle=False, indices=indices, device=self.device):
             with self._autocast():
                 correct += (self._forward(model, self._noisy(x, rng)).argmax(1) == y).sum()
         return float(correct) / max(len(indices), 1)
+
+    def save_state(self, model, optimizer, scheduler, order_rng, noise_rng, epoch: int, **extra: Any) -> None:
+        """The resume state (atomic): model, optimiser, scheduler, data-order and noise generators, and, mid-epoch,
+        the step reached, the order generator at the start of the epoch and the running epoch totals."""
+        atomic_torch_save(self.exp.train_state, {
+            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "order_rng": order_rng.get_state(), "noise_rng": noise_rng.get_state(), **extra,
+        })
 
     def save(self, model, optimizer, scheduler, order_rng, noise_rng, epoch: int) -> None:
         c, h, _ = self.source.image_shape
@@ -296,10 +398,7 @@ class Trainer:
         ckpt = classifier_checkpoint(base, name=self.cfg.model, params=self.cfg.model_params, dataset=self.cfg.dataset,
                                      num_classes=self.source.num_classes, in_channels=c, image_size=h, extra=extra)
         atomic_torch_save(self.exp.checkpoint, ckpt)
-        atomic_torch_save(self.exp.train_state, {
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "order_rng": order_rng.get_state(), "noise_rng": noise_rng.get_state(),
-        })
+        self.save_state(model, optimizer, scheduler, order_rng, noise_rng, epoch)
         self.exp.update_manifest(epoch=epoch, checkpoint_sha256=sha256(self.exp.checkpoint))
 
 

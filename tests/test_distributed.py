@@ -42,3 +42,27 @@ def test_sharded_certification_merges_into_the_single_process_table(run_copy, fa
         assert len(sharded) == 9
         pd.testing.assert_frame_equal(sharded[COMPARED], single[COMPARED])
         assert not list(run_copy.glob(f".certify_{tag}-sharded.rank*"))  # shards are merged away
+
+
+def test_ddp_training_matches_a_single_process_on_the_same_data_order(tiny_idx_dir, tmp_path):
+    """Two gloo processes, each on half of every batch, end with the weights of one process on whole batches, up to
+    floating-point reduction order (tolerance 1e-5). Batch norm is off: SyncBatchNorm needs GPUs."""
+    import torch
+
+    from smoothcore.checkpoints import load_file
+    from smoothcore.train import TrainConfig, train_classifier
+
+    common = ["--dataset", "fashion-mnist", "--data-dir", str(tiny_idx_dir), "--model", "cnn", "--model-param", "batch_norm=false",
+              "--noise", "ssn", "--sigma", "0.3", "--epochs", "2", "--batch-size", "16", "--eval-limit", "16", "--seed", "5"]
+    proc = torchrun("train-classifier", *common, "--out", str(tmp_path / "ddp"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(tiny_idx_dir), model="cnn", model_params={"batch_norm": False},
+                      noise="ssn", sigma=0.3, epochs=2, batch_size=16, eval_limit=16, seed=5)
+    train_classifier(cfg, tmp_path / "single")
+    ddp = load_file(tmp_path / "ddp" / "checkpoint.pt")["state_dict"]
+    single = load_file(tmp_path / "single" / "checkpoint.pt")["state_dict"]
+    assert ddp.keys() == single.keys()
+    for k in single:
+        assert torch.allclose(ddp[k], single[k], atol=1e-5, rtol=0), k
+    moved = sum(float((single[k] - load_file(tmp_path / "ddp" / "checkpoint.pt")["state_dict"][k]).abs().max()) for k in single)
+    assert moved < 1e-4

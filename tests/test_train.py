@@ -90,3 +90,22 @@ def test_bad_training_parameters_are_clear_errors(tiny_idx_dir, tmp_path, field,
     with pytest.raises(ConfigError, match=match):
         Trainer(tiny_config(tiny_idx_dir, **{field: value}), tmp_path / "run").run()
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_resume_from_the_middle_of_an_epoch_matches_an_uninterrupted_run(tiny_idx_dir, tmp_path):
+    cfg = dict(epochs=2, save_every_steps=1)
+    train_classifier(tiny_config(tiny_idx_dir, **cfg), tmp_path / "straight")
+
+    def crash_in_second_epoch(epoch, step, total, _loss):
+        if epoch == 1 and step == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        Trainer(tiny_config(tiny_idx_dir, **cfg), tmp_path / "resumed").run(on_step=crash_in_second_epoch)
+    assert load_file(tmp_path / "resumed" / "train_state.pt")["step"] == 2
+    log = Trainer(tiny_config(tiny_idx_dir, **cfg), tmp_path / "resumed").run(resume=True)
+    straight_log = train_classifier(tiny_config(tiny_idx_dir, **cfg), tmp_path / "again")
+    assert log["train_loss"].tolist() == pytest.approx(straight_log["train_loss"].tolist(), rel=1e-6)
+    a = load_file(tmp_path / "straight" / "checkpoint.pt")["state_dict"]
+    b = load_file(tmp_path / "resumed" / "checkpoint.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
