@@ -307,7 +307,7 @@ def train_denoiser_cmd(arch_param: tuple[str, ...], out: str, overwrite: bool, r
 @click.option("--n0", type=int, default=64, show_default=True, help="Monte-Carlo selection draws.")
 @click.option("--n", "--N", "n", type=int, default=100_000, show_default=True, help="Monte-Carlo estimation draws (--N under torchrun).")
 @click.option("--alpha", type=float, default=0.001, show_default=True, help="Failure probability of Monte-Carlo certificates.")
-@click.option("--skip", type=int, default=1, show_default=True, help="Certify every k-th test image.")
+@click.option("--skip", "--dataset-skip", "skip", type=int, default=1, show_default=True, help="Certify every k-th test image (the reference's --dataset-skip).")
 @click.option("--limit", type=int, default=None, help="Certify at most N images.")
 @click.option("--max-batch", default="1024", show_default=True,
               help="Most noisy images per forward pass, or 'auto' (sized to the GPU's free memory).")
@@ -439,6 +439,74 @@ def report_cmd(paths: tuple[str, ...], radii: str, fmt: str, plot_path: str | No
     if plot_path:
         plot(runs, plot_path)
         err_console.print(f"wrote {plot_path}", highlight=False)
+
+
+# -- sweep ------------------------------------------------------------------------------------------------------
+def parse_list(text: str | None, cast=str) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [cast(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"expected a comma-separated list, got {text!r}") from None
+
+
+@cli.command("sweep")
+@click.option("--recipe", type=click.Path(), default=None, help="JSON/TOML recipe file (keys of smoothcore.sweep.Sweep).")
+@click.option("--dataset", default=None)
+@click.option("--data-dir", type=click.Path(), default=None)
+@click.option("--model", default=None)
+@click.option("--noises", default=None, help="Comma-separated noises (default uniform,ssn,dssn).")
+@click.option("--sigmas", default=None, help="Comma-separated sigmas (default the paper's 0.15,0.25,0.5,...,3.5).")
+@click.option("--stability", type=click.Choice(["plain", "stab", "both"]), default=None, help="Default both.")
+@click.option("--epochs", type=int, default=None)
+@click.option("--train-option", multiple=True, help="Any training option KEY=VALUE (batch_size=64, device=cuda, ...).")
+@click.option("--certify-option", multiple=True, help="Any certification option KEY=VALUE (n=100000, skip=100, limit=500, ...).")
+@click.option("--out", type=click.Path(), default=None, help="Folder of the sweep's experiment folders.")
+@click.option("--dry-run", is_flag=True, help="List the runs and what is already done, run nothing.")
+@click.option("--radii", default="0,0.5,1,1.5,2,2.5,3,3.5,4", show_default=True, help="Radii of the final report.")
+def sweep_cmd(recipe, dataset, data_dir, model, noises, sigmas, stability, epochs, train_option, certify_option, out, dry_run, radii) -> None:
+    """Expand a grid of noises x sigmas x plain/stabilized into train and certify runs, run what is not complete
+    (resuming what was interrupted), and end with the report: one row per run and the best-over-sigma envelope of
+    each noise (the paper's tables)."""
+    from smoothcore.report import certified_accuracy_table, load_runs
+    from smoothcore.sweep import Sweep, expand, group_of, run_sweep
+
+    sweep = Sweep.from_file(recipe) if recipe else Sweep()
+    for key, value in (("dataset", dataset), ("data_dir", data_dir), ("model", model), ("out", out)):
+        if value is not None:
+            setattr(sweep, key, value)
+    if noises:
+        sweep.noises = parse_list(noises)
+    if sigmas:
+        sweep.sigmas = parse_list(sigmas, float)
+    if stability:
+        sweep.stability = {"plain": [False], "stab": [True], "both": [False, True]}[stability]
+    sweep.train = {**sweep.train, **parse_params(train_option), **({"epochs": epochs} if epochs else {})}
+    sweep.certify = {**sweep.certify, **parse_params(certify_option)}
+    specs = expand(sweep)
+    console = _console(stderr=True)
+    console.print(f"sweep of {len(specs)} runs into {sweep.out}", highlight=False)
+    with progress_bar() as bar:
+        task = bar.add_task("run", total=None)
+        tables = run_sweep(sweep, dry_run=dry_run, on_event=lambda m: bar.console.print(m, highlight=False),
+                           on_step=lambda e, s, t, _l: bar.update(task, description=f"train epoch {e + 1}", completed=s, total=t),
+                           on_progress=lambda d, t: bar.update(task, description="certify", completed=d, total=t))
+    if dry_run or not tables:
+        return
+    runs = load_runs(tables)
+    for run in runs:
+        run.name = run.name.split("/")[0]
+    table = certified_accuracy_table(runs, parse_radii(radii), envelope=False)
+    import pandas as pd
+
+    envelopes = []
+    for group in dict.fromkeys(group_of(r.name) for r in runs):
+        members = [r for r in runs if group_of(r.name) == group]
+        env = certified_accuracy_table(members, parse_radii(radii), envelope=len(members) > 1).iloc[-1].copy()
+        env["run"] = f"best over sigma: {group}"
+        envelopes.append(env)
+    print_table(pd.concat([table, pd.DataFrame(envelopes)], ignore_index=True), "sweep: certified accuracy (%) by radius")
 
 
 def main() -> None:

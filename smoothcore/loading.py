@@ -51,6 +51,17 @@ def detect_layout(obj: Any) -> str:
     return "unknown"
 
 
+def _check_classes(state: dict[str, Any], num_classes: int, dataset: str, path: Path) -> None:
+    """A checkpoint whose last layer has another number of outputs than the dataset has classes is refused with
+    that fact, before any key-by-key comparison."""
+    heads = [k for k in state if k.endswith("fc.weight") and isinstance(state[k], torch.Tensor) and state[k].dim() == 2]
+    if heads and int(state[heads[-1]].shape[0]) != num_classes:
+        have = int(state[heads[-1]].shape[0])
+        kind = " (an ImageNet model)" if have == 1000 else ""
+        raise CheckpointError(f"{path} predicts {have} classes{kind}, but {dataset} has {num_classes}",
+                              hint="use the checkpoint with the data it was trained on, or fine-tune it (--finetune)")
+
+
 def _dataset_facts(dataset: str) -> tuple[int, int, int, tuple[float, ...], tuple[float, ...]]:
     from smoothcore.data import get_dataset
 
@@ -94,6 +105,7 @@ def load_classifier(path: str | Path, *, model: str | None = None, dataset: str 
         net = build_classifier(model, num_classes=num_classes, in_channels=c, image_size=size,
                                mean=mu.flatten().tolist(), std=torch.exp(log_sig.double()).flatten().tolist())
         state = {("net." + k[len("model.module."):]): v for k, v in obj.items() if k.startswith("model.module.")}
+        _check_classes(state, num_classes, dataset, path)
         state["norm.mean"] = mu.float().reshape(net.norm.mean.shape)
         state["norm.std"] = torch.exp(log_sig.float()).reshape(net.norm.std.shape)
         load_state_strict(net, state | {k: v for k, v in obj.items() if not k.startswith(("model.module.", "norm.module."))}, str(path))
@@ -116,6 +128,7 @@ def load_classifier(path: str | Path, *, model: str | None = None, dataset: str 
         state = {("net." + k[2:]): v for k, v in strip_prefix(state, "module.").items() if k.startswith("1.")} or state
         state = strip_prefix(state, "net.module.")
         state = {("net." + k if not k.startswith("net.") else k): v for k, v in state.items()}
+        _check_classes(state, num_classes, dataset, path)
         params = {}
         if model.startswith("wrn40") and "net.fc.weight" in state:
             params["widen_factor"] = int(state["net.fc.weight"].shape[1]) // 64

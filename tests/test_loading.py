@@ -145,3 +145,15 @@ def test_nan_weights_are_refused(tmp_path):
     torch.save(ckpt, tmp_path / "nan.pt")
     with pytest.raises(CheckpointError, match="NaN"):
         smoothcore.load_classifier(tmp_path / "nan.pt")
+
+
+def test_an_imagenet_checkpoint_used_with_cifar10_is_refused_with_that_fact(tmp_path):
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    torch.save({"epoch": 1, "arch": "resnet18", "state_dict": {f"1.module.{k}": v for k, v in net.state_dict().items()}},
+               tmp_path / "imagenet.pth.tar")
+    with pytest.raises(CheckpointError, match="predicts 1000 classes \\(an ImageNet model\\), but cifar10 has 10"):
+        smoothcore.load_classifier(tmp_path / "imagenet.pth.tar", dataset="cifar10")
+    loaded, info = smoothcore.load_classifier(tmp_path / "imagenet.pth.tar", return_info=True)
+    assert info["dataset"] == "imagenet" and info["model"] == "torchvision:resnet18"
