@@ -509,6 +509,15 @@ def sweep_cmd(recipe, dataset, data_dir, model, noises, sigmas, stability, epoch
     print_table(pd.concat([table, pd.DataFrame(envelopes)], ignore_index=True), "sweep: certified accuracy (%) by radius")
 
 
+def _add_command_modules() -> None:
+    from smoothcore.cli_audit import audit_cmd
+
+    cli.add_command(audit_cmd)
+
+
+_add_command_modules()
+
+
 def main() -> None:
     cli(prog_name="smoothcore")
 
