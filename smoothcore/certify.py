@@ -17,6 +17,8 @@ from smoothcore.engine import Engine, image_generator
 from smoothcore.errors import ConfigError
 from smoothcore.noise import Noise
 
+MAX_DRAWS = 10**9
+
 
 @dataclass
 class CertifyResult:
@@ -86,6 +88,8 @@ class SmoothedClassifier:
         for name, value in (("n0", n0), ("n", n)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if value > MAX_DRAWS:
+                raise ConfigError(f"{name}={value:,} draws per image is beyond any useful certificate (at most {MAX_DRAWS:,})")
         if not 0.0 < float(alpha) < 1.0:
             raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
 

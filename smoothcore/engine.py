@@ -17,6 +17,7 @@ from torch import nn
 from smoothcore.errors import ConfigError
 from smoothcore.noise import ExactNoise, Noise
 
+MAX_BATCH = 1 << 20  # a million noisy images per forward pass is beyond any device's memory
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -56,8 +57,8 @@ class Engine:
 
     def __init__(self, model: nn.Module, num_classes: int, *, max_batch: int = 1024, device: str | torch.device | None = None,
                  precision: str = "fp32", channels_last: bool = False, compile: bool = False) -> None:
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise ConfigError(f"max_batch must be a positive integer, got {max_batch!r}")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or not 1 <= max_batch <= MAX_BATCH:
+            raise ConfigError(f"max_batch must be an integer in [1, {MAX_BATCH:,}], got {max_batch!r}")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:

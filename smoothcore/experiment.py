@@ -41,12 +41,22 @@ def versions() -> dict[str, str]:
 
 
 def plugin_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
     from smoothcore.plugins import components
 
+    owners = packages_distributions()
     out = {}
     for name, plugin in components().manager.list_name_plugin():
-        out[name] = str(getattr(plugin, "__version__", "") or "builtin" if name.startswith("smoothcore_plugins") else
-                        getattr(plugin, "__version__", "unknown"))
+        module = getattr(plugin, "__name__", type(plugin).__name__)
+        if module.startswith("smoothcore_plugins"):
+            out[name] = "built-in"
+            continue
+        dists = owners.get(module.split(".")[0], [])
+        try:
+            out[name] = f"{dists[0]} {version(dists[0])}" if dists else str(getattr(plugin, "__version__", "unknown"))
+        except PackageNotFoundError:
+            out[name] = "unknown"
     return out
 
 
@@ -111,7 +121,7 @@ class Experiment:
             raise ExperimentError(f"nothing to resume: {self.path} holds no experiment")
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.path / CONFIG, config)
-        self.update_manifest(created=now(), versions=versions())
+        self.update_manifest(created=now(), versions=versions(), plugins=plugin_versions())
         return False
 
     def update_manifest(self, **fields: Any) -> None:

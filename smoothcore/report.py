@@ -138,6 +138,10 @@ def comparability_warnings(runs: list[Run]) -> list[str]:
     datasets = {r.meta.get("dataset") for r in runs if r.meta.get("dataset")}
     if len(datasets) > 1:
         out.append(f"the runs certify different datasets: {', '.join(sorted(datasets))}")
+    for name in sorted(datasets):
+        prints = {r.meta.get("test_fingerprint") for r in runs if r.meta.get("dataset") == name and r.meta.get("test_fingerprint")}
+        if len(prints) > 1:
+            out.append(f"the runs on {name} read different test data ({len(prints)} different fingerprints of the test set)")
     index_sets = {tuple(r.index.tolist()) if r.index is not None else None for r in runs}
     if len(index_sets) > 1:
         sizes = sorted({len(r.label) for r in runs})

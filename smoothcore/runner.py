@@ -147,7 +147,9 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     tag = cfg.tag or result_tag(noise.params(), cert.name, default_certificate(noise), cfg.denoiser is not None)
     if "/" in tag or tag.startswith("."):
         raise ConfigError(f"--tag must be a plain name, got {tag!r}")
-    test_len = _test_len(source, cfg.data_dir)
+    test_set = _test_set(source, cfg.data_dir)
+    test_len = len(test_set)
+    fingerprint = getattr(test_set, "fingerprint", None)
     indices = subset_indices(test_len, cfg.skip, cfg.limit, cfg.offset)
     meta = {
         "noise": noise.params(), "certificate": cert.name, "certificate_kind": cert.kind, "norm": noise.norm,
@@ -157,6 +159,7 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
         "forward_passes_full_per_image": noise.num_draws if cert.kind == "exact" else cfg.n0 + cfg.n,
         "classifier_sha256": sha256(classifier_path), "denoiser": str(denoiser_path) if denoiser_path else None,
         "denoiser_sha256": sha256(denoiser_path) if denoiser_path else None,
+        "test_fingerprint": fingerprint() if fingerprint else None,
     }
     return CertifyRun(exp, cfg, smoothed, dataset, indices, tag, meta)
 
@@ -172,12 +175,8 @@ def _test_set(source, data_dir):
     return _TEST_SETS[key]
 
 
-def _test_len(source, data_dir) -> int:
-    return len(_test_set(source, data_dir))
-
-
 MEANINGFUL = ("noise", "certificate", "n0", "n", "alpha", "dataset", "skip", "limit", "offset", "precision",
-              "classifier_sha256", "denoiser_sha256", "radii")
+              "classifier_sha256", "denoiser_sha256", "radii", "test_fingerprint")
 
 
 def execute(run: CertifyRun, *, resume: bool = False, overwrite: bool = False,
