@@ -54,7 +54,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,9 @@ class ImageAudit:
     of norm ``violation_norm``, found by ``violation_search``, predicting ``violation_class`` (``evidence`` says
     why). ``smallest_flip``: the smallest perturbation found that changes the prediction, anywhere;
     ``tightness = radius / smallest_flip``. ``margins``: per search, the smallest margin reached inside the radius,
-    as a fraction of the draws (negative: a flip on the search's draws).
+    as a fraction of the draws (negative: a flip on the search's draws). ``perturbation`` and ``flip``: the
+    violating and the smallest flipping ``delta`` themselves (shaped like the image, ``x + delta`` is the input),
+    so anyone can check them.
     """
 
     index: int
@@ -148,11 +150,13 @@ class ImageAudit:
     margins: dict[str, float] = field(default_factory=dict)
     forward_passes: int = 0
     seconds: float = 0.0
+    perturbation: torch.Tensor | None = field(default=None, repr=False)
+    flip: torch.Tensor | None = field(default=None, repr=False)
 
     def row(self) -> dict[str, Any]:
-        row = asdict(self)
-        margins = row.pop("margins")
-        row.update({f"margin_{name}": margins.get(name, math.nan) for name in SEARCHES})
+        """The table row: every field but the perturbations, one ``margin_<search>`` column per search."""
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("margins", "perturbation", "flip")}
+        row.update({f"margin_{name}": self.margins.get(name, math.nan) for name in SEARCHES})
         return row
 
 
@@ -318,8 +322,12 @@ class _Oracle:
         k = min(self.cfg.grad_draws, self.num)
         xs = self.images(delta.unsqueeze(0))
         with torch.no_grad():
-            pick = torch.from_numpy(rng.choice(self.num, size=k, replace=False)).to(self.device)
-            draws = self._draws(xs)[0].index_select(0, pick)
+            if self.exact:  # a random block of k consecutive draws
+                start = int(rng.integers(0, self.num - k + 1))
+                draws = self.noise.draws(xs, start, start + k)[0]
+            else:
+                g = _generator(self.device, *self.search_keys, int(rng.integers(1 << 30)))
+                draws = self.noise.sample(xs.expand(k, *self.shape), g)
         xv = xs.detach().clone().requires_grad_(True)
         model = self.engine.model
         with torch.enable_grad():
@@ -509,6 +517,11 @@ class _ImageAuditor:
     def rng(self, *keys: int) -> np.random.Generator:
         return np.random.default_rng([self.cfg.seed, self.claim.index, *keys])
 
+    def as_image(self, delta: torch.Tensor) -> torch.Tensor:
+        """``x' - x`` for grid steps ``delta``, shaped like the image (float64, on the CPU)."""
+        x = self.oracle.x.detach().cpu()
+        return (self.oracle.images(delta.unsqueeze(0)).cpu().double() - x.double())[0]
+
     # verdicts on fresh evaluations
     def confirm_exact(self, delta: torch.Tensor) -> int:
         """The prediction at ``x + delta`` from counts over every draw, recomputed from scratch."""
@@ -578,18 +591,25 @@ class _ImageAuditor:
         if ok:
             claim.violation, claim.violation_search, claim.violation_class = True, search, cls
             claim.violation_norm, claim.evidence = norm_of(delta, claim.norm, self.cfg.grid), evidence
+            claim.perturbation = self.as_image(delta)
             flips.append((delta, search))
 
     def tightness(self, flips: list[tuple[torch.Tensor, str]]) -> None:
-        """Search beyond the radius (unless a violation already flips), shrink the smallest flip, confirm it."""
+        """Search beyond the radius (unless a violation already flips) with the search that came closest inside
+        it, at an L1 cap of twice the radius (half the budget) and then in the whole box (the budget), shrink the
+        smallest flip found and confirm it."""
         cfg, oracle, claim = self.cfg, self.oracle, self.claim
         candidates = list(flips)
         if not candidates:
-            names = [n for n in cfg.searches if n != "random"] or ["random"]
-            cap = oracle.total_room() if names != ["random"] else max(2 * claim.steps, 1)
-            for s, name in enumerate(names):
+            # near the radius: the search that came closest to a flip inside it (random last on ties); in the whole
+            # box: the gradient search, whose first move sends every pixel against the surrogate's gradient
+            closest = min(cfg.searches, key=lambda n: (claim.margins.get(n, math.inf), n == "random"))
+            room = oracle.total_room()
+            phases = [(min(2 * max(claim.steps, 1), room), closest, cfg.budget // 2),
+                      (room, "gradient" if "gradient" in cfg.searches else closest, cfg.budget)]
+            for j, (cap, name, share) in enumerate(phases):
                 found = _Found(torch.zeros(oracle.d, dtype=torch.long), 1 << 62)
-                SEARCH_FUNCTIONS[name](oracle, cap, max(1, cfg.budget // len(names)), self.rng(20 + s), found)
+                SEARCH_FUNCTIONS[name](oracle, cap, max(1, share), self.rng(20 + j), found)
                 flip = found.smallest_flip()
                 if flip is not None:
                     candidates.append((flip, name))
@@ -605,6 +625,7 @@ class _ImageAuditor:
         for j, option in enumerate(options):
             if self.flip_class(option, j) != claim.prediction:
                 claim.smallest_flip = norm_of(option, claim.norm, cfg.grid)
+                claim.flip = self.as_image(option)
                 claim.flip_search = name
                 claim.tightness = claim.radius / claim.smallest_flip if claim.smallest_flip > 0 else math.inf
                 return

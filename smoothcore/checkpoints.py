@@ -54,18 +54,27 @@ def load_file(path: str | Path, *, trust: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc) and "GLOBAL" not in str(exc):
+            raise CheckpointError(f"{path} is truncated or corrupt, or not a PyTorch checkpoint: {_first_line(exc)}") from None
         if not trust:
             raise CheckpointError(
-                f"{path} holds Python objects beyond tensors and plain containers, and loading them could run code: {_first_line(exc)}",
+                f"{path} holds Python objects beyond tensors and plain containers, and loading them could run code: "
+                f"{_unsupported(exc)}",
                 hint="if you trust where this file comes from, pass --trust-checkpoint (Python: trust=True)",
             ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError, KeyError, IndexError, TypeError) as exc:
+    except Exception as exc:  # torch.load raises many kinds of errors on damaged files; none of them is the user's bug
         raise CheckpointError(f"{path} is truncated or corrupt, or not a PyTorch checkpoint: {_first_line(exc)}") from None
     warnings.warn(f"loading {path} as a full pickle because trust=True: it can run arbitrary code", UntrustedCheckpointWarning, stacklevel=2)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise CheckpointError(f"{path} could not be loaded even as a trusted pickle: {_first_line(exc)}") from None
+
+
+def _unsupported(exc: BaseException) -> str:
+    text = str(exc)
+    at = text.find("Unsupported global")
+    return text[at:].splitlines()[0][:200] if at >= 0 else _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -82,7 +91,7 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
             meta = f.metadata() or {}
-    except Exception as exc:
+    except Exception as exc:  # any damage to the file is the file's problem, reported as such
         raise CheckpointError(f"{path} is not a valid safetensors file: {_first_line(exc)}") from None
     if "smoothcore" in meta:
         try:

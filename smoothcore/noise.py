@@ -129,8 +129,9 @@ def check_images(x: Any, dim: int | None = None) -> None:
         raise DataError(f"images must be floating point in [0, 1], got dtype {x.dtype}")
     if x.dim() < 2:
         raise DataError(f"images must have shape (batch, *image), got {tuple(x.shape)}")
-    if dim is not None and x[0].numel() != dim:
-        raise DataError(f"each image must have {dim} pixel values (the noise's dim), got {x[0].numel()} ({tuple(x.shape[1:])})")
+    per_image = math.prod(x.shape[1:])
+    if dim is not None and per_image != dim:
+        raise DataError(f"each image must have {dim} pixel values (the noise's dim), got {per_image} ({tuple(x.shape[1:])})")
     if x.numel() and not bool(torch.isfinite(x).all()):
         raise DataError("images contain NaN or Inf values")
     if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):

@@ -43,6 +43,8 @@ class Run:
         """Fraction of images whose prediction is right and whose radius is at least r, for each r."""
         radius = np.nan_to_num(self.radius, nan=-np.inf)
         radii = np.asarray(radii, dtype=np.float64)
+        if not len(radius):
+            return np.full(len(radii), np.nan)  # no images: no accuracy to speak of
         return ((self.correct[None, :]) & (radius[None, :] >= radii[:, None])).mean(axis=1)
 
     def average_certified_radius(self) -> float:
