@@ -19,7 +19,6 @@ import hashlib
 import json
 import pickle
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
