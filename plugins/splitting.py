@@ -98,7 +98,10 @@ class DerandomizedSplittingNoise(ExactNoise):
         """Cell midpoints for flat images ``x`` (..., dim) and offsets ``s`` broadcastable to it (float32)."""
         x = x.float()
         if self.lambd >= 0.5:
-            return ((x > s).float() + s.clamp(max=1.0)) / 2.0
+            # ([x > s] + min(s, 1)) / 2, with both outcomes computed on the (smaller) offsets: bit-identical, since
+            # (1 + m) / 2 and (0 + m) / 2 are exactly what the reference's order evaluates.
+            m = s.clamp(max=1.0)
+            return torch.where(x > s, (1.0 + m) / 2.0, (0.0 + m) / 2.0)
         u = torch.ceil(255.0 * (x - s) / self.levels) * self.levels / 255.0 + s
         return (u.clamp(max=1.0) + (u - self.levels / 255.0).clamp(min=0.0)) / 2.0
 
