@@ -126,7 +126,8 @@ class DenoiserTrainer:
         train_set, test_set = self.source.load("train", cfg.data_dir), self.source.load("test", cfg.data_dir)
         train_idx = subset_indices(len(train_set), 1, cfg.train_limit)
         eval_idx = subset_indices(len(test_set), 1, cfg.eval_limit)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # the initial weights come from the seed, like everything else
+        self.denoiser = build_denoiser(cfg.arch, in_channels=self.source.image_shape[0], **cfg.arch_params)
         model = self.denoiser.to(self.device)
         kind = "sgd" if cfg.optimizer == "sgd" or (cfg.sgd_after == 0) else "adam"
         optimizer = self._optimizer(kind, model.parameters())

@@ -109,3 +109,15 @@ def test_resume_from_the_middle_of_an_epoch_matches_an_uninterrupted_run(tiny_id
     a = load_file(tmp_path / "straight" / "checkpoint.pt")["state_dict"]
     b = load_file(tmp_path / "resumed" / "checkpoint.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finetuning_starts_from_a_checkpoint_without_its_last_layer(tiny_idx_dir, tmp_path):
+    train_classifier(tiny_config(tiny_idx_dir, epochs=1), tmp_path / "base")
+    trainer = Trainer(tiny_config(tiny_idx_dir, epochs=1, finetune=str(tmp_path / "base" / "checkpoint.pt"), lr=1e-9),
+                      tmp_path / "tuned")
+    trainer.run()
+    base = load_file(tmp_path / "base" / "checkpoint.pt")["state_dict"]
+    tuned = load_file(tmp_path / "tuned" / "checkpoint.pt")["state_dict"]
+    first_conv = "net.features.0.weight"
+    assert torch.allclose(base[first_conv], tuned[first_conv], atol=1e-6)  # carried over (lr ~ 0)
+    assert not torch.allclose(base["net.classifier.3.weight"], tuned["net.classifier.3.weight"])  # re-initialised head

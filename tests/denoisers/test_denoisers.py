@@ -183,3 +183,28 @@ def test_classifier_objectives_need_a_classifier(tmp_path):
 def test_denoisers_take_one_or_three_channels():
     with pytest.raises(ConfigError, match="1- or 3-channel"):
         DnCNN(4)
+
+
+def test_denoiser_training_resumes_to_the_uninterrupted_result(tiny_idx_dir, tmp_path):
+    from smoothcore.checkpoints import load_file
+
+    def cfg():
+        return DenoiserConfig(dataset="fashion-mnist", data_dir=str(tiny_idx_dir), arch="dncnn", arch_params={"depth": 3, "channels": 4},
+                              noise="uniform", sigma=0.3, epochs=3, batch_size=16, eval_limit=16, sgd_after=2)
+
+    DenoiserTrainer(cfg(), tmp_path / "straight").run()
+
+    class Stop(Exception):
+        pass
+
+    def stop(row):
+        if row["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        DenoiserTrainer(cfg(), tmp_path / "resumed").run(on_epoch=stop)
+    log = DenoiserTrainer(cfg(), tmp_path / "resumed").run(resume=True)
+    assert log["optimizer"].tolist() == ["adam", "adam", "sgd"]
+    a = load_file(tmp_path / "straight" / "denoiser.pt")["state_dict"]
+    b = load_file(tmp_path / "resumed" / "denoiser.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,68 @@
+"""The engine: forward batches bounded by max_batch whatever the number of draws, counts on the device."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import smoothcore
+from smoothcore.engine import Engine
+from tests.conftest import quantised
+
+
+class Spy(nn.Module):
+    """Records every forward batch size; classifies by the mean pixel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+        self.head = nn.Linear(1, 3)
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        return self.head(x.flatten(1).mean(1, keepdim=True))
+
+
+def test_dssn_with_3091_draws_on_imagenet_sized_images_stays_within_the_batch_budget():
+    spy = Spy()
+    noise = smoothcore.noise("dssn", sigma=3.5, dim=3 * 224 * 224)
+    assert noise.num_draws == 3091
+    drawn = []
+    original = noise.draws
+
+    def recording_draws(x, start, stop):
+        out = original(x, start, stop)
+        drawn.append(out.numel())
+        return out
+
+    noise.draws = recording_draws
+    result = smoothcore.SmoothedClassifier(spy, noise, 3, max_batch=256).certify(quantised((1, 3, 224, 224)))
+    assert max(spy.sizes) <= 256 and sum(spy.sizes) == 3091
+    assert max(drawn) <= 256 * 3 * 224 * 224  # no tensor of draws beyond one forward batch
+    assert int(result.counts.sum()) == 3091
+
+
+def test_monte_carlo_batches_pack_images_without_exceeding_the_budget():
+    spy = Spy()
+    noise = smoothcore.noise("uniform", sigma=0.3, dim=16)
+    smoothcore.SmoothedClassifier(spy, noise, 3, max_batch=100).certify(quantised((7, 1, 4, 4)), n0=10, n=130)
+    assert max(spy.sizes) <= 100 and sum(spy.sizes) == 7 * 140
+
+
+def test_counts_stay_on_the_model_device_and_sum_to_the_draws():
+    engine = Engine(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), 4, max_batch=50)
+    noise = smoothcore.noise("dssn", sigma=0.2, dim=16)
+    counts, done = engine.exact_counts(noise, quantised((3, 1, 4, 4)))
+    assert counts.device == engine.device and counts.dtype == torch.long
+    assert counts.sum(1).tolist() == [noise.num_draws] * 3 and done.tolist() == [noise.num_draws] * 3
+
+
+def test_bf16_autocast_and_channels_last_run_and_agree_on_clear_cases():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 2 * 2, 3))
+    noise = smoothcore.noise("dssn", sigma=0.2, dim=16)
+    x = quantised((4, 1, 4, 4))
+    fp32 = smoothcore.SmoothedClassifier(model, noise, 3).certify(x)
+    bf16 = smoothcore.SmoothedClassifier(model, noise, 3, precision="bf16", channels_last=True).certify(x)
+    assert bf16.counts.sum(1).tolist() == fp32.counts.sum(1).tolist()
+    assert (bf16.counts - fp32.counts).abs().sum() <= 0.1 * fp32.counts.sum()

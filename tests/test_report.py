@@ -1,0 +1,38 @@
+"""Report: certified accuracy, ACR, envelope, warnings about runs that should not be compared."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from smoothcore.report import Run, certified_accuracy_table, comparability_warnings
+
+
+def run(name, labels, preds, radii, **meta):
+    return Run(name, np.array(labels), np.array(preds), np.array(radii, dtype=float), "l1", meta, np.arange(len(labels)))
+
+
+def test_certified_accuracy_counts_right_predictions_with_enough_radius():
+    r = run("a", [0, 1, 2, 3], [0, 1, 2, -1], [0.5, 0.2, 0.0, np.nan])
+    assert r.certified_accuracy([0.0, 0.2, 0.5, 0.6]).tolist() == [0.75, 0.5, 0.25, 0.0]
+    assert r.average_certified_radius() == pytest.approx((0.5 + 0.2) / 4)
+
+
+def test_envelope_takes_the_best_run_at_each_radius():
+    a = run("a", [0, 0], [0, 0], [0.1, 0.1])
+    b = run("b", [0, 0], [0, 1], [0.9, 0.9])
+    table = certified_accuracy_table([a, b], [0.0, 0.5])
+    assert table.iloc[-1]["0"] == 100.0 and table.iloc[-1]["0.5"] == 50.0
+
+
+def test_warnings_for_runs_on_other_data_images_or_checkpoints():
+    base = dict(dataset="fashion-mnist", noise={"name": "dssn", "sigma": 0.5}, certificate="exact", finished="x")
+    a = run("a", [0, 1], [0, 1], [0.1, 0.1], classifier_sha256="aa", test_fingerprint="f1", **base)
+    b = run("b", [0, 1], [0, 1], [0.1, 0.1], classifier_sha256="bb", test_fingerprint="f2", **base)
+    c = run("c", [0], [0], [0.1], dataset="cifar10", finished="x")
+    warnings = " | ".join(comparability_warnings([a, b, c]))
+    assert "different datasets" in warnings
+    assert "different test data" in warnings
+    assert "different images" in warnings
+    assert "2 different classifier checkpoints" in warnings
+    assert comparability_warnings([a, a]) == []
