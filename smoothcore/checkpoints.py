@@ -53,12 +53,12 @@ def load_file(path: str | Path, *, trust: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc) and "GLOBAL" not in str(exc):
+        if "Weights only load failed" not in str(exc):
             raise CheckpointError(f"{path} is truncated or corrupt, or not a PyTorch checkpoint: {_first_line(exc)}") from None
-        if not trust:
+        if not trust:  # a pickle the safe loader refuses: Python objects beyond tensors, or a legacy pickle format
             raise CheckpointError(
-                f"{path} holds Python objects beyond tensors and plain containers, and loading them could run code: "
-                f"{_unsupported(exc)}",
+                f"{path} cannot be loaded safely: it holds Python objects beyond tensors and plain containers (or is a "
+                f"legacy pickle), and loading it could run code ({_unsupported(exc)})",
                 hint="if you trust where this file comes from, pass --trust-checkpoint (Python: trust=True)",
             ) from None
     except Exception as exc:  # torch.load raises many kinds of errors on damaged files; none of them is the user's bug
@@ -72,8 +72,8 @@ def load_file(path: str | Path, *, trust: bool = False) -> Any:
 
 def _unsupported(exc: BaseException) -> str:
     text = str(exc)
-    at = text.find("Unsupported global")
-    return text[at:].splitlines()[0][:200] if at >= 0 else _first_line(exc)
+    at = text.find("Unsupported")
+    return text[at:].splitlines()[0][:200] if at >= 0 else "not a tensor checkpoint"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -53,11 +53,11 @@ def test_ddp_training_matches_a_single_process_on_the_same_data_order(tiny_idx_d
     from smoothcore.train import TrainConfig, train_classifier
 
     common = ["--dataset", "fashion-mnist", "--data-dir", str(tiny_idx_dir), "--model", "cnn", "--model-param", "batch_norm=false",
-              "--noise", "ssn", "--sigma", "0.3", "--epochs", "2", "--batch-size", "16", "--eval-limit", "16", "--seed", "5"]
+              "--noise", "ssn", "--sigma", "0.3", "--epochs", "1", "--batch-size", "16", "--eval-limit", "16", "--seed", "5"]
     proc = torchrun("train-classifier", *common, "--out", str(tmp_path / "ddp"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(tiny_idx_dir), model="cnn", model_params={"batch_norm": False},
-                      noise="ssn", sigma=0.3, epochs=2, batch_size=16, eval_limit=16, seed=5)
+                      noise="ssn", sigma=0.3, epochs=1, batch_size=16, eval_limit=16, seed=5)
     train_classifier(cfg, tmp_path / "single")
     ddp = load_file(tmp_path / "ddp" / "checkpoint.pt")["state_dict"]
     single = load_file(tmp_path / "single" / "checkpoint.pt")["state_dict"]

@@ -74,15 +74,15 @@ def kill_repeatedly(args: list[str], watch: Path, kills: int, rng: random.Random
 
 def test_certification_killed_repeatedly_ends_with_the_uninterrupted_table(run_copy, fashion_dir):
     rng = random.Random(7)
-    args = smoothcore_cmd("certify", str(run_copy), "--noise", "ssn", "--sigma", "0.25", "--n0", "8", "--n", "300",
-                          "--data-dir", str(fashion_dir), "--skip", "41", "--limit", "40", "--max-batch", "64", "--tag", "killed")
+    args = smoothcore_cmd("certify", str(run_copy), "--noise", "ssn", "--sigma", "0.25", "--n0", "8", "--n", "200",
+                          "--data-dir", str(fashion_dir), "--skip", "41", "--limit", "24", "--max-batch", "64", "--tag", "killed")
     table_path = run_copy / "certify_killed.csv"
     landed = kill_repeatedly(args, table_path, kills=2, rng=rng)
     assert landed >= 1
     killed = load_results(table_path)
     with single_thread():
-        clean = certify_experiment(run_copy, CertifyConfig(noise="ssn", sigma=0.25, n0=8, n=300, data_dir=str(fashion_dir), skip=41,
-                                                           limit=40, max_batch=64, tag="clean"))
+        clean = certify_experiment(run_copy, CertifyConfig(noise="ssn", sigma=0.25, n0=8, n=200, data_dir=str(fashion_dir), skip=41,
+                                                           limit=24, max_batch=64, tag="clean"))
     pd.testing.assert_frame_equal(killed[COMPARED], clean[COMPARED])
     assert killed["index"].is_unique
 

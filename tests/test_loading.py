@@ -124,11 +124,19 @@ class Payload:
 
 def test_pickles_that_run_code_are_refused_unless_trusted(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with open(tmp_path / "evil.pt", "wb") as f:
-        pickle.dump({"state_dict": Payload()}, f)
-    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
-        smoothcore.load_classifier(tmp_path / "evil.pt")
+    torch.save({"state_dict": Payload()}, tmp_path / "evil.pt")  # a torch checkpoint carrying code
+    with open(tmp_path / "legacy.pkl", "wb") as f:
+        pickle.dump({"state_dict": Payload()}, f)  # a plain (legacy) pickle
+    for name in ("evil.pt", "legacy.pkl"):
+        with pytest.raises(CheckpointError, match="cannot be loaded safely(?s:.*)--trust-checkpoint"):
+            smoothcore.load_classifier(tmp_path / name)
     assert not (tmp_path / "PWNED").exists()
+    # trusted on purpose: it loads (and runs the payload, which is what trusting means), with a warning
+    from smoothcore.checkpoints import UntrustedCheckpointWarning, load_file
+
+    with pytest.warns(UntrustedCheckpointWarning):
+        load_file(tmp_path / "evil.pt", trust=True)
+    assert (tmp_path / "PWNED").exists()
 
 
 def test_unknown_layout_and_missing_file(tmp_path):

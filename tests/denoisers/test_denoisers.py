@@ -157,7 +157,7 @@ def test_each_objective_reduces_its_loss_on_a_small_batch(objective):
     noisy = noise.sample(x, torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(den.parameters(), lr=1e-2)
     first = None
-    for _ in range(40):
+    for _ in range(25):
         loss = denoiser_loss(objective, den(noisy), x, y, classifier)
         first = first if first is not None else float(loss)
         opt.zero_grad()
@@ -167,8 +167,8 @@ def test_each_objective_reduces_its_loss_on_a_small_batch(objective):
 
 
 def test_train_denoiser_writes_best_and_last_and_lowers_the_error(fashion_dir, tmp_path):
-    cfg = DenoiserConfig(dataset="fashion-mnist", data_dir=str(fashion_dir), arch="dncnn", arch_params={"depth": 4, "channels": 16},
-                         noise="ssn", sigma=0.5, epochs=2, batch_size=32, lr=3e-3, train_limit=1000, eval_limit=200)
+    cfg = DenoiserConfig(dataset="fashion-mnist", data_dir=str(fashion_dir), arch="dncnn", arch_params={"depth": 4, "channels": 8},
+                         noise="ssn", sigma=0.5, epochs=2, batch_size=32, lr=3e-3, train_limit=600, eval_limit=100)
     log = DenoiserTrainer(cfg, tmp_path / "den").run()
     assert (tmp_path / "den" / "denoiser.pt").is_file() and (tmp_path / "den" / "denoiser_best.pt").is_file()
     assert log["val_mse"].iloc[-1] < 0.5 * log["noisy_mse"].iloc[-1]
