@@ -1,12 +1,13 @@
 """Auditing certificates: search for perturbations inside certified radii that change the smoothed prediction.
 
-A certificate claims that the smoothed classifier predicts ``A`` at every ``x' = x + delta`` with ``||delta||``
-within ``radius``. The auditor searches for a counterexample and reports how tight the claim is.
+A certificate claims that the smoothed classifier predicts ``A`` at every ``x' = x + delta`` with
+``||delta||`` within ``radius``. The auditor searches for a counterexample and reports how tight the claim is.
 
-Perturbations live on a grid: every ``delta_i`` is a multiple of ``1 / grid`` (``grid = 255``, the pixel grid that
-DSSN certifies) and ``x'`` stays in ``[0, 1]^d``. Three searches spend a budget of base-classifier evaluations:
+Perturbations live on a grid: every ``delta_i`` is a multiple of ``1 / grid`` (``grid = 255``, the pixel grid
+that DSSN certifies) and ``x'`` stays in ``[0, 1]^d``. Three searches spend a budget of base-classifier
+evaluations:
 
-- ``random``: sparse random perturbations of L1 norm equal to the budget (random pixels, signs and split);
+- ``random``: sparse random perturbations that spend the whole L1 budget (random pixels, signs and split);
 - ``greedy``: move, one step at a time, the pixel and direction whose step most reduces the margin
   ``c_A - max_{j != A} (c_j + [j < A])`` (the prediction changes exactly when it is negative) under recomputed
   counts; pixels are pre-screened by the gradient of the surrogate below when there are many;
@@ -21,30 +22,38 @@ What a violation means:
 
 - **Exact noises** (DSSN): the search uses every draw, so its margins are exact; a candidate counts as a
   violation only after the counts over all draws are recomputed from scratch for ``x'``
-  (:meth:`smoothcore.engine.Engine.exact_counts`, as certification does) and give a prediction other than ``A``,
-  with ``||delta||_1 <= radius``. A violation is a deterministic counterexample; a sound certificate never has one.
-- **Monte-Carlo noises**: the search estimates margins on ``n_search`` fixed draws (common random numbers). The
-  best candidate of each search that seems to flip is then *tested* with ``n_test`` fresh draws, independent of
-  everything else: it is a violation when, for some class ``c != A``, the one-sided Clopper-Pearson upper bound
-  on ``p_A(x')`` lies below the one-sided lower bound on ``p_c(x')``, each bound at level ``alpha / (C * M)``
-  (``C`` classes, ``M = images * searches``, the most tests the audit can run). If ``A`` is the smoothed
-  prediction at every tested ``x'`` (``p_A(x') >= p_c(x')`` for all ``c``), a rejection needs one of the ``C``
-  bounds of some test to fail, so the probability that the audit reports any violation at all is at most
-  ``alpha`` (Bonferroni over classes and tests). Only perturbations strictly inside the radius are tested.
+  (:meth:`smoothcore.engine.Engine.exact_counts`, as certification does) and give a prediction other than
+  ``A``, with ``||delta||_1 <= radius``. A violation is a deterministic counterexample; a sound certificate
+  never has one.
+- **Monte-Carlo noises**: the search estimates margins on ``n_search`` fixed draws (common random numbers).
+  The best candidate of each search that seems to flip is then *tested* with ``n_test`` fresh draws,
+  independent of everything else: it is a violation when, for some class ``c != A``, the one-sided
+  Clopper-Pearson upper bound on ``p_A(x')`` lies below the one-sided lower bound on ``p_c(x')``, each bound
+  at level ``alpha / (C * M)`` (``C`` classes, ``M = images * searches``, the most tests the audit can run).
+  If ``A`` is the smoothed prediction at every tested ``x'`` (``p_A(x') >= p_c(x')`` for all ``c``), a
+  rejection needs one of the ``C`` bounds of some test to fail, so the probability that the audit reports any
+  violation at all is at most ``alpha`` (Bonferroni over classes and tests). Only perturbations strictly
+  inside the radius are tested.
 
-Other norms: a perturbation with ``||delta||_1 <= r`` also has ``||delta||_2 <= r`` and ``||delta||_inf <= r``,
-so the L1-bounded searches test L2 and L-infinity certificates too (a subset of their ball).
+Other norms: a perturbation with ``||delta||_1 <= r`` also has ``||delta||_2 <= r`` and
+``||delta||_inf <= r``, so the L1-bounded searches test L2 and L-infinity certificates too (a subset of their
+ball).
 
 Tightness: the auditor also searches beyond the radius and shrinks what it finds (scaling ``delta`` down by
 bisection, then dropping pixels). ``smallest_flip`` is the smallest norm (in the certificate's norm) of a
-perturbation found to change the prediction (exact: recomputed over all draws; Monte-Carlo: a point estimate on
-``n_test`` fresh draws, not a test), and ``tightness = radius / smallest_flip``. Since the true smallest flip can
-only be smaller, ``tightness`` is a lower bound on the true ratio: above 1 only with a violation, and for DSSN at
-most ``radius / (radius + 1/255)`` when the certificate is sound.
+perturbation found to change the prediction (exact: recomputed over all draws; Monte-Carlo: the test above on
+``n_test`` fresh draws, its bounds at level ``alpha / C`` for this one confirmation), and
+``tightness = radius / smallest_flip``. Since the true smallest flip can only be smaller, ``tightness`` is a
+lower bound on the true ratio (Monte-Carlo: unless a confirmation errs, which each does with probability at
+most ``alpha``). For exact noises it exceeds 1 only with a violation, and for DSSN it is at most
+``radius / (radius + 1/255)`` when the certificate is sound.
 
-Cost per image (base-classifier evaluations): the base draws (all ``num_draws``, or ``n_search``), at most
-``budget`` per search inside the radius and ``budget`` more beyond it (plus one batch of overshoot each, a
-gradient over ``n`` draws counting ``3 n``), and a few confirmations (``num_draws`` or ``n_test`` each).
+Cost per image, in base-classifier evaluations: the base draws (all ``num_draws``, or ``n_search``); at most
+``budget`` per search inside the radius, ``1.5 budget`` beyond it and ``max(budget, 6 n_search)`` to shrink
+(exact: ``budget``), each plus at most one round of candidates; and confirmations of ``num_draws`` or
+``n_test`` draws (one per search for violations; for the smallest flip one if exact, at most six if
+Monte-Carlo). A gradient over ``n`` draws counts ``3 n``; a candidate all of whose noisy draws were already
+classified counts 1.
 """
 
 from __future__ import annotations
@@ -73,28 +82,29 @@ NORMS = ("l1", "l2", "linf")
 CHUNK_ELEMENTS = 1 << 24  # at most this many noisy pixel values are held at once per evaluation
 CACHE_ENTRIES = 1 << 18  # classes of noisy draws remembered per image
 EXACT_STATEMENT = ("exact noise: a violation is a perturbation on the 1/{grid} grid, kept in [0, 1]^d, with "
-                   "||delta||_1 <= radius, whose counts over every draw, recomputed from scratch, predict another "
-                   "class (deterministic, no statistics)")
-MC_STATEMENT = ("Monte-Carlo noise: a violation is a perturbation strictly inside the radius at which, on "
-                "{n_test} fresh draws, the one-sided Clopper-Pearson upper bound on p_A is below the lower bound on "
-                "p_c for some other class c, each bound at level alpha / (C * M) = {alpha:g} / ({classes} * {tests}); "
-                "if no audited prediction is broken, the chance that any violation is reported is at most "
-                "alpha = {alpha:g}")
+                   "||delta||_1 <= radius, whose counts over every draw, recomputed from scratch, predict "
+                   "another class (deterministic, no statistics)")
+MC_STATEMENT = ("Monte-Carlo noise: a violation is a perturbation strictly inside the radius at which, "
+                "on {n_test} fresh draws, the one-sided Clopper-Pearson upper bound on p_A is below the "
+                "lower bound on p_c for some other class c, each bound at level alpha / (C * M) = "
+                "{alpha:g} / ({classes} * {tests}); if no audited prediction is broken, the chance that any "
+                "violation is reported is at most alpha = {alpha:g}")
 
 
-# -- configuration and results ------------------------------------------------------------------------------------
+# -- configuration and results -------------------------------------------------------------------------------
 @dataclass
 class AuditConfig:
     """How hard to search.
 
-    ``budget``: base-classifier evaluations per image and search inside the radius (and again for the search
-    beyond it). ``grid``: perturbations are multiples of ``1 / grid`` per pixel. ``pool``: pixels the greedy
-    search tries per step. ``grad_draws``: draws of the surrogate's gradient. Monte-Carlo: ``n_search`` draws
-    for the search's estimates, ``n_test`` fresh draws per test, ``alpha`` the family-wise level of the tests.
+    ``budget``: base-classifier evaluations per image and search inside the radius (1.5 times as many beyond
+    it, and as many to shrink the smallest flip). ``grid``: perturbations are multiples of ``1 / grid`` per
+    pixel. ``pool``: pixels the greedy search tries per step. ``grad_draws``: draws behind each gradient.
+    Monte-Carlo: ``n_search`` draws for the search's estimates, ``n_test`` fresh draws per test, ``alpha`` the
+    family-wise level of the tests.
     """
 
     searches: tuple[str, ...] = SEARCHES
-    budget: int = 500
+    budget: int = 300
     tightness: bool = True
     seed: int = 0
     grid: int = 255
@@ -108,7 +118,8 @@ class AuditConfig:
         searches = tuple(self.searches)
         unknown = [s for s in searches if s not in SEARCHES]
         if not searches or unknown:
-            raise ConfigError(f"searches must be a non-empty subset of {', '.join(SEARCHES)}, got {', '.join(searches) or '(none)'}")
+            raise ConfigError(f"searches must be a non-empty subset of {', '.join(SEARCHES)}, "
+                              f"got {', '.join(searches) or '(none)'}")
         for name in ("budget", "grid", "pool", "grad_draws", "n_search", "n_test"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -123,13 +134,15 @@ class AuditConfig:
 class ImageAudit:
     """The audit of one certified image. Norms are in the certificate's ``norm``; NaN where nothing was found.
 
-    ``violation``: a confirmed perturbation inside the radius changes the prediction (see the module docstring),
-    of norm ``violation_norm``, found by ``violation_search``, predicting ``violation_class`` (``evidence`` says
-    why). ``smallest_flip``: the smallest perturbation found that changes the prediction, anywhere;
-    ``tightness = radius / smallest_flip``. ``margins``: per search, the smallest margin reached inside the radius,
-    as a fraction of the draws (negative: a flip on the search's draws). ``perturbation`` and ``flip``: the
-    violating and the smallest flipping ``delta`` themselves (shaped like the image, ``x + delta`` is the input),
-    so anyone can check them.
+    ``steps``: the L1 budget searched inside the radius, in grid steps. ``violation``: a confirmed
+    perturbation inside the radius changes the prediction (see the module docstring), of norm
+    ``violation_norm``, found by ``violation_search`` (``clean``: the image itself), predicting
+    ``violation_class`` (``evidence`` says why). ``smallest_flip``: the smallest perturbation found that
+    changes the prediction, anywhere; ``tightness = radius / smallest_flip``. ``margins``: per search, the
+    smallest margin reached inside the radius, as a fraction of the draws (negative: a flip on the search's
+    draws; searches after a violation do not run). ``perturbation`` and ``flip``: the violating and the
+    smallest flipping ``delta`` themselves (shaped like the image, ``x + delta`` is the input), so anyone can
+    check them. ``forward_passes``: base-classifier evaluations.
     """
 
     index: int
@@ -155,7 +168,8 @@ class ImageAudit:
 
     def row(self) -> dict[str, Any]:
         """The table row: every field but the perturbations, one ``margin_<search>`` column per search."""
-        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("margins", "perturbation", "flip")}
+        hidden = ("margins", "perturbation", "flip")
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         row.update({f"margin_{name}": self.margins.get(name, math.nan) for name in SEARCHES})
         return row
 
@@ -179,7 +193,7 @@ class AuditReport:
 
     def summary(self) -> dict[str, Any]:
         tight = np.array([im.tightness for im in self.images], dtype=np.float64)
-        found = tight[np.isfinite(tight)]
+        found = tight[~np.isnan(tight)]  # NaN: no flip found; inf: a flip at the image itself
         return {
             "images": len(self.images),
             "violations": len(self.violations),
@@ -192,7 +206,7 @@ class AuditReport:
         }
 
 
-# -- helpers ------------------------------------------------------------------------------------------------------
+# -- helpers -------------------------------------------------------------------------------------------------
 def norm_of(delta: torch.Tensor, norm: str, grid: int) -> float:
     """Norm of a perturbation given in grid steps."""
     d = delta.double().abs() / grid
@@ -206,7 +220,8 @@ def norm_of(delta: torch.Tensor, norm: str, grid: int) -> float:
 
 
 def steps_within(radius: float, grid: int, *, inclusive: bool) -> int:
-    """The largest L1 norm, in grid steps, inside ``radius``: ``<= radius`` when ``inclusive``, else ``< radius``."""
+    """The largest L1 norm, in grid steps, inside ``radius``: ``<= radius`` when ``inclusive``, else
+    ``< radius``."""
     if not math.isfinite(radius) or radius <= 0:
         return 0
     v = radius * grid
@@ -221,20 +236,21 @@ def _generator(device: torch.device, *keys: int) -> torch.Generator:
 
 
 def margin_of(counts: torch.Tensor, top: int) -> torch.Tensor:
-    """``c_A - max_{j != A} (c_j + [j < A])`` per row of ``counts`` ``(m, C)``: ``A`` stays the prediction (argmax,
-    ties to the lowest index) exactly when this is >= 0."""
+    """``c_A - max_{j != A} (c_j + [j < A])`` per row of ``counts`` ``(m, C)``: ``A`` stays the prediction
+    (argmax, ties to the lowest index) exactly when this is >= 0."""
     counts = counts.long()
     rivals = counts + (torch.arange(counts.shape[1], device=counts.device) < top).long()
     rivals[:, top] = torch.iinfo(torch.long).min
     return counts[:, top] - rivals.max(dim=1).values
 
 
-# -- evaluating candidates ------------------------------------------------------------------------------------------
+# -- evaluating candidates -----------------------------------------------------------------------------------
 class _Oracle:
     """Margins of grid perturbations of one image on a fixed set of draws (all of them for exact noises,
     ``n_search`` common random numbers otherwise), re-evaluating only the draws a perturbation changes."""
 
-    def __init__(self, smoothed: SmoothedClassifier, x: torch.Tensor, top: int, cfg: AuditConfig, index: int) -> None:
+    def __init__(self, smoothed: SmoothedClassifier, x: torch.Tensor, top: int, cfg: AuditConfig,
+                 index: int) -> None:
         self.noise, self.engine, self.cfg, self.top = smoothed.noise, smoothed.engine, cfg, top
         self.device = self.engine.device
         self.shape = tuple(x.shape[1:])
@@ -254,7 +270,8 @@ class _Oracle:
             self.x_steps = None
             self.up = torch.floor((1.0 - flat) * self.grid + 1e-9).long().clamp(min=0)
             self.down = torch.floor(flat * self.grid + 1e-9).long().clamp(min=0)
-        self.spent = 0
+        self.spent = 0  # the budget's unit: forward passes, plus one per candidate evaluated
+        self.forward = 0  # forward passes of the base classifier (a gradient over n draws counts 3 n)
         self.cache: dict[tuple[int, bytes], int] = {}
         self.base = self._draws(self.x)[0]
         self.base_classes = self._classify(self.base)
@@ -263,11 +280,12 @@ class _Oracle:
     # the images and their draws
     def images(self, deltas: torch.Tensor) -> torch.Tensor:
         deltas = deltas.to(self.device)
-        if self.x_steps is not None:
-            out = (self.x_steps.to(self.device) + deltas).float() / self.grid
+        if self.x_steps is not None:  # the dataset's own arithmetic: integer grey levels divided by the grid
+            out = (self.x_steps.to(self.device) + deltas).to(self.x.dtype) / self.grid
         else:
-            out = (self.x.reshape(1, -1).double() + deltas.double() / self.grid).clamp(0.0, 1.0).float()
-        return out.reshape(len(deltas), *self.shape).to(self.x.dtype)
+            out = (self.x.reshape(1, -1).double() + deltas.double() / self.grid).clamp(0.0, 1.0)
+            out = out.to(self.x.dtype)
+        return out.reshape(len(deltas), *self.shape)
 
     def _draws(self, xs: torch.Tensor) -> torch.Tensor:
         if self.exact:
@@ -279,8 +297,10 @@ class _Oracle:
         return torch.stack(out)
 
     def _classify(self, batch: torch.Tensor) -> torch.Tensor:
-        parts = [self.engine.classify(batch[i:i + self.engine.max_batch]) for i in range(0, len(batch), self.engine.max_batch)]
+        step = self.engine.max_batch
+        parts = [self.engine.classify(batch[i:i + step]) for i in range(0, len(batch), step)]
         self.spent += len(batch)
+        self.forward += len(batch)
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=self.device)
 
     def counts(self, deltas: torch.Tensor) -> torch.Tensor:
@@ -291,6 +311,7 @@ class _Oracle:
             draws = self._draws(self.images(deltas[i:i + rows]))
             changed = (draws != self.base.unsqueeze(0)).flatten(2).any(dim=2)
             classes = self.base_classes.unsqueeze(0).expand(len(draws), -1).clone()
+            self.spent += len(draws)  # a candidate costs at least one unit, even if all its draws are known
             if bool(changed.any()):
                 classes[changed] = self._classify_cached(draws[changed], changed.nonzero()[:, 1])
             counts = torch.zeros(len(draws), self.engine.num_classes, dtype=torch.long, device=self.device)
@@ -301,7 +322,8 @@ class _Oracle:
         """Classes of changed draws; a noisy image already classified (same draw, same bytes) is not evaluated
         again, so overlapping candidates (bisection, steps of one pixel) cost only their new draws."""
         host = noisy.detach().reshape(len(noisy), -1).cpu().numpy()
-        keys = [(int(k), hashlib.blake2b(row.tobytes(), digest_size=16).digest()) for k, row in zip(draw.tolist(), host)]
+        keys = [(int(k), hashlib.blake2b(row.tobytes(), digest_size=16).digest())
+                for k, row in zip(draw.tolist(), host)]
         missing = [j for j, key in enumerate(keys) if key not in self.cache]
         if missing:
             new = self._classify(noisy[torch.tensor(missing, device=noisy.device)]).tolist()
@@ -311,7 +333,8 @@ class _Oracle:
         return torch.tensor([self.cache[key] for key in keys], dtype=torch.long, device=self.device)
 
     def cost(self, step: int) -> int:
-        """Most draws a single-pixel move of ``step`` grid steps can change (an upper estimate of its cost)."""
+        """Most draws a single-pixel move of ``step`` grid steps can change (an upper estimate of its
+        cost)."""
         return min(self.num, max(1, step)) if self.exact else self.num
 
     def margins(self, deltas: torch.Tensor) -> torch.Tensor:
@@ -336,6 +359,7 @@ class _Oracle:
             surrogate = (logits[:, self.top] - torch.logsumexp(others, dim=1)).mean()
             (grad,) = torch.autograd.grad(surrogate, xv)
         self.spent += 3 * k
+        self.forward += 3 * k
         return grad.detach().reshape(-1).double().cpu()
 
     # the box, given a current perturbation
@@ -346,7 +370,7 @@ class _Oracle:
         return int(torch.maximum(self.up, self.down).sum())
 
 
-# -- the searches -----------------------------------------------------------------------------------------------------
+# -- the searches --------------------------------------------------------------------------------------------
 @dataclass
 class _Found:
     """What one search found: its lowest-margin candidate and any flipping ones (margin < 0)."""
@@ -389,8 +413,8 @@ def _random_search(oracle: _Oracle, cap: int, budget: int, rng: np.random.Genera
 
 
 def _pool(oracle: _Oracle, delta: torch.Tensor, rng: np.random.Generator) -> list[int]:
-    """Pixels the greedy search tries: all of them for small images, else the largest surrogate gradients and a
-    few random ones."""
+    """Pixels the greedy search tries: all of them for small images, else the largest surrogate gradients and
+    a few random ones."""
     size = oracle.cfg.pool
     if oracle.d <= size:
         return list(range(oracle.d))
@@ -401,9 +425,9 @@ def _pool(oracle: _Oracle, delta: torch.Tensor, rng: np.random.Generator) -> lis
 
 
 def _greedy_search(oracle: _Oracle, cap: int, budget: int, rng: np.random.Generator, found: _Found) -> None:
-    """Repeatedly take the single-pixel step (of the remaining budget or a quarter of it) with the largest margin
-    reduction per grid step, until a flip, the L1 cap, the evaluation budget, or no step helps. Each round tries
-    the pool's pixels in order while the estimated cost fits the budget (at least one pixel)."""
+    """Repeatedly take the single-pixel step (of the remaining budget or a quarter of it) with the largest
+    margin reduction per grid step, until a flip, the L1 cap, the evaluation budget, or no step helps. Each
+    round tries the pool's pixels in order while the estimated cost fits the budget (at least one pixel)."""
     stop = oracle.spent + budget
     delta = torch.zeros(oracle.d, dtype=torch.long)
     margin, used = int(oracle.margins(delta.unsqueeze(0))[0]), 0
@@ -437,7 +461,8 @@ def _greedy_search(oracle: _Oracle, cap: int, budget: int, rng: np.random.Genera
         delta, margin, used = deltas[j], int(margins[j]), used + cost[j]
 
 
-def _fill(delta: torch.Tensor, order: Sequence[int], signs: torch.Tensor, rooms: torch.Tensor, amount: int) -> torch.Tensor:
+def _fill(delta: torch.Tensor, order: Sequence[int], signs: torch.Tensor, rooms: torch.Tensor,
+          amount: int) -> torch.Tensor:
     """``delta`` plus ``amount`` grid steps spread along ``order``, each pixel as far as its room allows."""
     out = delta.clone()
     for i in order:
@@ -465,7 +490,7 @@ def _gradient_search(oracle: _Oracle, cap: int, budget: int, rng: np.random.Gene
             return
         rem = cap - used
         step = max(1, -(-rem // 4))
-        deltas = torch.stack([_fill(delta, order, signs, rooms, rem), _fill(delta, order, signs, rooms, step)])
+        deltas = torch.stack([_fill(delta, order, signs, rooms, amount) for amount in (rem, step)])
         if found.add(deltas, oracle.margins(deltas)):
             return
         delta, used = deltas[1], used + int((deltas[1] - delta).abs().sum())
@@ -506,9 +531,10 @@ def _shrink(oracle: _Oracle, delta: torch.Tensor, budget: int) -> torch.Tensor:
     return best
 
 
-# -- one image ------------------------------------------------------------------------------------------------------
+# -- one image -----------------------------------------------------------------------------------------------
 class _ImageAuditor:
-    def __init__(self, smoothed: SmoothedClassifier, x: torch.Tensor, claim: ImageAudit, cfg: AuditConfig, tests_total: int) -> None:
+    def __init__(self, smoothed: SmoothedClassifier, x: torch.Tensor, claim: ImageAudit, cfg: AuditConfig,
+                 tests_total: int) -> None:
         self.smoothed, self.claim, self.cfg, self.tests_total = smoothed, claim, cfg, tests_total
         self.oracle = _Oracle(smoothed, x, claim.prediction, cfg, claim.index)
         self.exact = self.oracle.exact
@@ -525,36 +551,48 @@ class _ImageAuditor:
     # verdicts on fresh evaluations
     def confirm_exact(self, delta: torch.Tensor) -> int:
         """The prediction at ``x + delta`` from counts over every draw, recomputed from scratch."""
-        counts, _ = self.smoothed.engine.exact_counts(self.smoothed.noise, self.oracle.images(delta.unsqueeze(0)))
+        moved = self.oracle.images(delta.unsqueeze(0))
+        counts, _ = self.smoothed.engine.exact_counts(self.smoothed.noise, moved)
         self.oracle.spent += self.oracle.num
+        self.oracle.forward += self.oracle.num
         return int(counts.cpu().argmax(dim=1)[0])
 
     def fresh_counts(self, delta: torch.Tensor, key: int) -> torch.Tensor:
         g = _generator(self.oracle.device, self.cfg.seed, self.claim.index, 2, key)
-        counts = self.smoothed.engine.sampled_counts(self.smoothed.noise, self.oracle.images(delta.unsqueeze(0)), self.cfg.n_test, [g])
+        moved = self.oracle.images(delta.unsqueeze(0))
+        counts = self.smoothed.engine.sampled_counts(self.smoothed.noise, moved, self.cfg.n_test, [g])
         self.oracle.spent += self.cfg.n_test
+        self.oracle.forward += self.cfg.n_test
         return counts.cpu()[0]
 
-    def test_mc(self, delta: torch.Tensor) -> tuple[bool, int, str]:
-        """The Monte-Carlo violation test of the module docstring, on fresh draws."""
-        self.tests_done += 1
-        counts = self.fresh_counts(delta, self.tests_done)
+    def test_mc(self, delta: torch.Tensor, *, tests: int | None = None,
+                key: int | None = None) -> tuple[bool, int, str]:
+        """The Monte-Carlo violation test of the module docstring on fresh draws: does some class beat ``A``
+        at ``x + delta``, each one-sided bound at level ``alpha / (C * tests)`` (default: the audit's
+        ``M``)?"""
+        if key is None:
+            self.tests_done += 1
+            key = self.tests_done
+        counts = self.fresh_counts(delta, key)
         top, n, classes = self.claim.prediction, self.cfg.n_test, len(counts)
-        level = self.cfg.alpha / (classes * self.tests_total)  # one-sided level of each bound
+        level = self.cfg.alpha / (classes * (tests or self.tests_total))  # one-sided level of each bound
         upper_a = float(clopper_pearson_upper(int(counts[top]), n, 2 * level))
         others = [c for c in range(classes) if c != top]
-        lowers = np.asarray(clopper_pearson_lower(counts[others].numpy(), n, 2 * level), dtype=np.float64).reshape(-1)
+        lowers = np.asarray(clopper_pearson_lower(counts[others].numpy(), n, 2 * level), dtype=np.float64)
+        lowers = lowers.reshape(-1)
         j = int(lowers.argmax())
         rival = others[j]
         evidence = (f"n={n}: k_A={int(counts[top])} (upper {upper_a:.4f}) vs k_{rival}={int(counts[rival])} "
                     f"(lower {lowers[j]:.4f}), level {level:.3g} per bound")
         return bool(lowers[j] > upper_a), rival, evidence
 
-    def flip_class(self, delta: torch.Tensor, key: int) -> int:
-        """Exact: the recomputed prediction. Monte-Carlo: the point estimate on fresh draws."""
+    def flips(self, delta: torch.Tensor, key: int) -> bool:
+        """Exact: the prediction recomputed over all draws is not ``A``. Monte-Carlo: the test of the module
+        docstring rejects "still ``A``" on fresh draws, its bounds at level ``alpha / C`` (one
+        confirmation)."""
         if self.exact:
-            return self.confirm_exact(delta)
-        return int(self.fresh_counts(delta, 1000 + key).argmax())
+            return self.confirm_exact(delta) != self.claim.prediction
+        return self.test_mc(delta, tests=1, key=1000 + key)[0]
 
     # the phases
     def run(self) -> ImageAudit:
@@ -572,12 +610,15 @@ class _ImageAuditor:
             if claim.steps > 0:
                 SEARCH_FUNCTIONS[name](oracle, claim.steps, cfg.budget, self.rng(10 + s), found)
             claim.margins[name] = found.best_margin / oracle.num
-            candidate = found.smallest_flip() if self.exact else (found.best if found.best_margin < 0 else None)
+            if self.exact:
+                candidate = found.smallest_flip()
+            else:
+                candidate = found.best if found.best_margin < 0 else None
             if candidate is not None:
                 self.record_violation(candidate, name, flips)
         if cfg.tightness:
             self.tightness(flips)
-        claim.forward_passes = oracle.spent
+        claim.forward_passes = oracle.forward
         claim.seconds = round(time.perf_counter() - t0, 4)
         return claim
 
@@ -585,7 +626,8 @@ class _ImageAuditor:
         claim = self.claim
         if self.exact:
             cls = self.confirm_exact(delta)
-            ok, evidence = cls != claim.prediction, f"exact counts over all {self.oracle.num} draws predict {cls}"
+            ok = cls != claim.prediction
+            evidence = f"exact counts over all {self.oracle.num} draws predict {cls}"
         else:
             ok, cls, evidence = self.test_mc(delta)
         if ok:
@@ -595,14 +637,14 @@ class _ImageAuditor:
             flips.append((delta, search))
 
     def tightness(self, flips: list[tuple[torch.Tensor, str]]) -> None:
-        """Search beyond the radius (unless a violation already flips) with the search that came closest inside
-        it, at an L1 cap of twice the radius (half the budget) and then in the whole box (the budget), shrink the
-        smallest flip found and confirm it."""
+        """Search beyond the radius (unless a violation already flips) with the search that came closest
+        inside it, at an L1 cap of twice the radius (half the budget) and then in the whole box (the budget),
+        shrink the smallest flip found and confirm it."""
         cfg, oracle, claim = self.cfg, self.oracle, self.claim
         candidates = list(flips)
         if not candidates:
-            # near the radius: the search that came closest to a flip inside it (random last on ties); in the whole
-            # box: the gradient search, whose first move sends every pixel against the surrogate's gradient
+            # near the radius: the search that came closest to a flip inside it (random last on ties); in the
+            # whole box: the gradient search, whose first move sends every pixel against the gradient
             closest = min(cfg.searches, key=lambda n: (claim.margins.get(n, math.inf), n == "random"))
             room = oracle.total_room()
             phases = [(min(2 * max(claim.steps, 1), room), closest, cfg.budget // 2),
@@ -617,13 +659,15 @@ class _ImageAuditor:
         if not candidates:
             return
         delta, name = min(candidates, key=lambda c: int(c[0].abs().sum()))
-        shrunk = _shrink(oracle, delta, max(cfg.budget, 12 * oracle.cost(1)))
-        # the bisection stops at the edge on the search's draws; fresh draws may disagree there (Monte-Carlo), so
-        # points a quarter and half of the way back to the original flip are tried before the original itself
-        options = [shrunk] + [shrunk + torch.trunc((delta - shrunk).double() * t).long() for t in (0.25, 0.5)] + [delta]
+        shrunk = _shrink(oracle, delta, max(cfg.budget, 6 * oracle.cost(1)))
+        # the bisection stops at the edge on the search's draws, where a test on fresh draws cannot reject
+        # (Monte-Carlo), so the shrunk perturbation scaled up by 5% to 50% is tried before the original flip
+        grown = [torch.minimum(torch.maximum((shrunk.double() * f).round().long(), -oracle.down), oracle.up)
+                 for f in (1.05, 1.15, 1.3, 1.5)]
+        options = [shrunk, *[g for g in grown if g.abs().sum() < delta.abs().sum()], delta]
         options = [o for j, o in enumerate(options) if not any(torch.equal(o, p) for p in options[:j])]
         for j, option in enumerate(options):
-            if self.flip_class(option, j) != claim.prediction:
+            if self.flips(option, j):
                 claim.smallest_flip = norm_of(option, claim.norm, cfg.grid)
                 claim.flip = self.as_image(option)
                 claim.flip_search = name
@@ -631,7 +675,7 @@ class _ImageAuditor:
                 return
 
 
-# -- the public functions -------------------------------------------------------------------------------------------
+# -- the public functions ------------------------------------------------------------------------------------
 def statement(smoothed: SmoothedClassifier, cfg: AuditConfig, num_images: int) -> str:
     """The sentence that defines a violation for this audit (printed by the CLI, stored with the results)."""
     if smoothed.noise.exact:
@@ -643,12 +687,13 @@ def statement(smoothed: SmoothedClassifier, cfg: AuditConfig, num_images: int) -
 def audit_claims(smoothed: SmoothedClassifier, x: torch.Tensor, prediction: Sequence[int] | torch.Tensor,
                  radius: Sequence[float] | torch.Tensor, *, norm: str | None = None, certificate: str = "",
                  indices: Sequence[int] | None = None, labels: Sequence[int] | None = None,
-                 config: AuditConfig | None = None, on_image: Callable[[ImageAudit], None] | None = None) -> AuditReport:
+                 config: AuditConfig | None = None,
+                 on_image: Callable[[ImageAudit], None] | None = None) -> AuditReport:
     """Audit the claims "the smoothed prediction is ``prediction[i]`` within ``radius[i]`` of ``x[i]``".
 
     Abstentions (``-1``) and NaN radii claim nothing and are skipped. ``indices`` (default ``0 ..``) key each
-    image's random streams, so an audit is reproducible. Returns one :class:`ImageAudit` per audited image; see
-    the module docstring for what a violation and the tightness guarantee.
+    image's random streams, so an audit is reproducible. Returns one :class:`ImageAudit` per audited image;
+    the module docstring says what a violation is and what the tightness guarantees.
     """
     cfg = (config or AuditConfig()).check()
     smoothed.noise.check_input(x)
@@ -662,29 +707,31 @@ def audit_claims(smoothed: SmoothedClassifier, x: torch.Tensor, prediction: Sequ
     if not len(prediction) == len(radius) == len(indices) == len(labels) == len(x):
         raise ConfigError(f"need one prediction, radius, index and label per image ({len(x)} images)")
     if any(p >= smoothed.num_classes or p < ABSTAIN for p in prediction):
-        raise DataError(f"predictions must be classes 0..{smoothed.num_classes - 1} or -1 (abstain), got {prediction}")
-    keep = [i for i in range(len(x)) if prediction[i] != ABSTAIN and math.isfinite(radius[i]) and radius[i] >= 0]
+        raise DataError(f"predictions must be classes 0..{smoothed.num_classes - 1} or -1 (abstain), "
+                        f"got {prediction}")
+    keep = [i for i in range(len(x))
+            if prediction[i] != ABSTAIN and math.isfinite(radius[i]) and radius[i] >= 0]
     images = []
     for i in keep:
-        claim = ImageAudit(index=indices[i], prediction=prediction[i], radius=radius[i], norm=norm, certificate=certificate,
-                           label=labels[i])
+        claim = ImageAudit(index=indices[i], prediction=prediction[i], radius=radius[i], norm=norm,
+                           certificate=certificate, label=labels[i])
         images.append(_ImageAuditor(smoothed, x[i:i + 1], claim, cfg, len(keep) * len(cfg.searches)).run())
         if on_image is not None:
             on_image(images[-1])
     return AuditReport(images, statement(smoothed, cfg, len(keep)), cfg, bool(smoothed.noise.exact))
 
 
-def audit(smoothed: SmoothedClassifier, x: torch.Tensor, *, certificate: str | None = None, n0: int = 64, n: int = 10_000,
-          alpha: float = 0.001, indices: Sequence[int] | None = None, labels: Sequence[int] | None = None,
-          config: AuditConfig | None = None) -> AuditReport:
-    """Certify ``x`` with ``smoothed`` (``certificate``, and ``n0``, ``n``, ``alpha`` for Monte-Carlo noises), then
-    audit every certified image (see :func:`audit_claims`)."""
+def audit(smoothed: SmoothedClassifier, x: torch.Tensor, *, certificate: str | None = None, n0: int = 64,
+          n: int = 10_000, alpha: float = 0.001, indices: Sequence[int] | None = None,
+          labels: Sequence[int] | None = None, config: AuditConfig | None = None) -> AuditReport:
+    """Certify ``x`` with ``smoothed`` (``certificate``, and ``n0``, ``n``, ``alpha`` for Monte-Carlo noises),
+    then audit every certified image (see :func:`audit_claims`)."""
     result = smoothed.certify(x, n0=n0, n=n, alpha=alpha, indices=indices, certificate=certificate)
-    return audit_claims(smoothed, x, result.prediction, result.radius, norm=result.norm, certificate=result.certificate,
-                        indices=indices, labels=labels, config=config)
+    return audit_claims(smoothed, x, result.prediction, result.radius, norm=result.norm,
+                        certificate=result.certificate, indices=indices, labels=labels, config=config)
 
 
-# -- experiment folders ----------------------------------------------------------------------------------------------
+# -- experiment folders --------------------------------------------------------------------------------------
 @dataclass
 class ExperimentAudit:
     """The audit of one result table of an experiment folder, and where it was written."""
@@ -709,26 +756,31 @@ def choose_tag(run_dir: str | Path, tag: str | None) -> str:
     tags = result_tags(run_dir)
     if tag is not None:
         if tag not in tags:
-            raise ExperimentError(f"{run_dir} has no result table certify_{tag}.csv; tables: {', '.join(tags) or '(none)'}")
+            raise ExperimentError(f"{run_dir} has no result table certify_{tag}.csv; "
+                                  f"tables: {', '.join(tags) or '(none)'}")
         return tag
     if not tags:
-        raise ExperimentError(f"{run_dir} has no result tables to audit", hint="certify it first: smoothcore certify RUN_DIR")
+        raise ExperimentError(f"{run_dir} has no result tables to audit",
+                              hint="certify it first: smoothcore certify RUN_DIR")
     if len(tags) > 1:
-        raise ConfigError(f"{run_dir} has several result tables ({', '.join(tags)}); which one?", hint="give --tag")
+        raise ConfigError(f"{run_dir} has several result tables ({', '.join(tags)}); which one?",
+                          hint="give --tag")
     return tags[0]
 
 
-def audit_experiment(run_dir: str | Path, *, tag: str | None = None, limit: int | None = 5, config: AuditConfig | None = None,
-                     data_dir: str | None = None, device: str = "cpu", max_batch: int = 1024,
+def audit_experiment(run_dir: str | Path, *, tag: str | None = None, limit: int | None = 5,
+                     config: AuditConfig | None = None, data_dir: str | None = None, device: str = "cpu",
+                     max_batch: int = 1024,
                      on_image: Callable[[ImageAudit], None] | None = None) -> ExperimentAudit:
-    """Audit the first ``limit`` certified (non-abstaining) images of ``certify_<tag>.csv`` in ``run_dir``: the
-    classifier, denoiser and noise are loaded as certification loaded them (:func:`smoothcore.runner.plan`), the
-    claims are the table's predictions and radii. Writes ``audit_<tag>.csv`` (one row per image) and
-    ``audit_<tag>.json`` (configuration, statement, summary) into the folder."""
+    """Audit the first ``limit`` certified (non-abstaining) images of ``certify_<tag>.csv`` in ``run_dir``:
+    the classifier, denoiser and noise are loaded as certification loaded them
+    (:func:`smoothcore.runner.plan`), the claims are the table's predictions and radii. Writes
+    ``audit_<tag>.csv`` (one row per image) and ``audit_<tag>.json`` (configuration, statement, summary) into
+    the folder."""
     from smoothcore.data import fetch, get_dataset
     from smoothcore.fileio import atomic_write, atomic_write_json, read_json
     from smoothcore.results import load_results
-    from smoothcore.runner import _test_set, plan
+    from smoothcore.runner import load_test_set, plan
 
     cfg = (config or AuditConfig()).check()
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -737,7 +789,8 @@ def audit_experiment(run_dir: str | Path, *, tag: str | None = None, limit: int 
     table_path = Path(run_dir) / f"certify_{tag}.csv"
     meta_path = table_path.with_suffix(".json")
     if not meta_path.is_file():
-        raise ExperimentError(f"{table_path.name} has no parameters file {meta_path.name}; cannot rebuild its noise")
+        raise ExperimentError(f"{table_path.name} has no parameters file {meta_path.name}; "
+                              "cannot rebuild its noise")
     meta = read_json(meta_path)
     run = plan(run_dir, _certify_config(meta, tag, data_dir, device, max_batch))
     _check_same_run(run, meta, table_path)
@@ -747,16 +800,18 @@ def audit_experiment(run_dir: str | Path, *, tag: str | None = None, limit: int 
         raise ExperimentError(f"{table_path.name} has no certified (non-abstaining) images to audit")
     rows = rows.head(limit) if limit is not None else rows
     indices = [int(i) for i in rows["index"]]
-    x, _ = fetch(_test_set(get_dataset(run.dataset), data_dir), indices)
-    report = audit_claims(run.smoothed, x, rows["prediction"].astype(int).tolist(), rows["radius"].astype(float).tolist(),
-                          norm=str(rows["norm"].iloc[0]), certificate=str(meta.get("certificate", "")), indices=indices,
-                          labels=rows["label"].astype(int).tolist(), config=cfg, on_image=on_image)
+    x, _ = fetch(load_test_set(get_dataset(run.dataset), data_dir), indices)
+    certificate = str(meta.get("certificate", ""))
+    report = audit_claims(run.smoothed, x, rows["prediction"].astype(int).tolist(),
+                          rows["radius"].astype(float).tolist(), norm=str(rows["norm"].iloc[0]),
+                          certificate=certificate, indices=indices, labels=rows["label"].astype(int).tolist(),
+                          config=cfg, on_image=on_image)
     output = Path(run_dir) / f"audit_{tag}.csv"
     frame = report.frame()
     atomic_write(output, lambda f: frame.to_csv(f, index=False), mode="w")
     atomic_write_json(output.with_suffix(".json"), {"table": table_path.name, "statement": report.statement,
                                                     "config": asdict(cfg), "summary": report.summary()})
-    return ExperimentAudit(report, tag, table_path, output, run.smoothed.noise.name, str(meta.get("certificate", "")))
+    return ExperimentAudit(report, tag, table_path, output, run.smoothed.noise.name, certificate)
 
 
 def _certify_config(meta: dict[str, Any], tag: str, data_dir: str | None, device: str, max_batch: int) -> Any:
@@ -764,13 +819,16 @@ def _certify_config(meta: dict[str, Any], tag: str, data_dir: str | None, device
     params = dict(meta.get("noise") or {})
     if "name" not in params:
         raise ExperimentError(f"certify_{tag}.json does not record its noise")
-    sigma = params.get("sigma")
-    lambd = params.get("lambda") if sigma is None else None
+    # the half-width, when recorded, fixes a uniform-family noise exactly (DSSN's draw count depends on it)
+    lambd = params.get("lambda")
+    sigma = params.get("sigma") if lambd is None else None
     from smoothcore.runner import CertifyConfig
 
-    return CertifyConfig(noise=params["name"], sigma=sigma, lambd=lambd, noise_seed=int(params.get("seed", 0) or 0),
-               certificate=meta.get("certificate"), dataset=meta.get("dataset"), denoiser=meta.get("denoiser"),
-               data_dir=data_dir, device=device, max_batch=max_batch, tag=tag)
+    seed = int(params.get("seed", 0) or 0)
+    return CertifyConfig(noise=params["name"], sigma=sigma, lambd=lambd, noise_seed=seed,
+                         certificate=meta.get("certificate"), dataset=meta.get("dataset"),
+                         denoiser=meta.get("denoiser"), data_dir=data_dir, device=device, max_batch=max_batch,
+                         tag=tag)
 
 
 def _check_same_run(run: Any, meta: dict[str, Any], table: Path) -> None:
@@ -780,9 +838,26 @@ def _check_same_run(run: Any, meta: dict[str, Any], table: Path) -> None:
                               hint="certify again, then audit")
     old_data, new_data = meta.get("test_fingerprint"), run.meta.get("test_fingerprint")
     if old_data and new_data and old_data != new_data:
-        raise ExperimentError(f"the test data differs from the data {table.name} was certified on (fingerprint differs)",
+        raise ExperimentError(f"the test data differs from the data {table.name} was certified on "
+                              "(fingerprint differs)",
                               hint="point --data-dir at the dataset the table was certified on")
     recorded = json.loads(json.dumps(meta.get("noise") or {}))
     current = json.loads(json.dumps(run.smoothed.noise.params()))
-    if recorded != current:
-        raise ExperimentError(f"{table.name} was certified with noise {recorded}, which rebuilds as {current}")
+    if not _same_params(recorded, current):
+        raise ExperimentError(f"{table.name} was certified with noise {recorded}, "
+                              f"which rebuilds as {current}")
+
+
+def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal keys and values, floats up to rounding (sigma and lambda are derived from each other)."""
+    if a.keys() != b.keys():
+        return False
+    for key, u in a.items():
+        v = b[key]
+        numbers = isinstance(u, (int, float)) and isinstance(v, (int, float))
+        if isinstance(u, float) or isinstance(v, float):
+            if not (numbers and math.isclose(u, v, rel_tol=1e-12)):
+                return False
+        elif u != v:
+            return False
+    return True

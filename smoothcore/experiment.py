@@ -115,7 +115,7 @@ class Experiment:
                 raise ExperimentError(f"{self.path} already holds an experiment",
                                       hint="pass --resume to continue it, --overwrite to replace it, or choose another --out")
             for f in [self.path / CONFIG, self.path / MANIFEST, self.checkpoint, self.train_state, self.train_log, *self.results(),
-                      *self.path.glob("certify_*.json")]:
+                      *self.path.glob("certify_*.json"), *self.path.glob("audit_*.csv"), *self.path.glob("audit_*.json")]:
                 f.unlink(missing_ok=True)
         elif resume:
             raise ExperimentError(f"nothing to resume: {self.path} holds no experiment")

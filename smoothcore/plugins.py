@@ -120,6 +120,16 @@ def use_plugins(*extra_plugins: Any) -> Components:
     return _components
 
 
+def snapshot() -> Components | None:
+    """The loaded components (or None), to hand back to :func:`restore` after a temporary :func:`use_plugins`."""
+    return _components
+
+
+def restore(saved: Components | None) -> None:
+    global _components
+    _components = saved
+
+
 def reset() -> None:
     """Forget the loaded components; the next use reloads them."""
     global _components

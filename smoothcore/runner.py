@@ -147,7 +147,7 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     tag = cfg.tag or result_tag(noise.params(), cert.name, default_certificate(noise), cfg.denoiser is not None)
     if "/" in tag or tag.startswith("."):
         raise ConfigError(f"--tag must be a plain name, got {tag!r}")
-    test_set = _test_set(source, cfg.data_dir)
+    test_set = load_test_set(source, cfg.data_dir)
     test_len = len(test_set)
     fingerprint = getattr(test_set, "fingerprint", None)
     indices = subset_indices(test_len, cfg.skip, cfg.limit, cfg.offset)
@@ -167,7 +167,8 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
 _TEST_SETS: dict[tuple[str, str | None], Any] = {}
 
 
-def _test_set(source, data_dir):
+def load_test_set(source, data_dir):
+    """The test split of ``source`` (cached: a certification and the audit of it read it once)."""
     key = (source.name, data_dir)
     if key not in _TEST_SETS:
         _TEST_SETS.clear()
@@ -219,7 +220,7 @@ def execute(run: CertifyRun, *, resume: bool = False, overwrite: bool = False,
 
 def _certify_rows(run: CertifyRun, resume: bool, chunk: int, on_progress) -> tuple[ResultWriter, float]:
     cfg = run.cfg
-    test_set = _test_set(get_dataset(run.dataset), cfg.data_dir)
+    test_set = load_test_set(get_dataset(run.dataset), cfg.data_dir)
     with ResultWriter(run.table, resume=resume) as writer:
         done = set(int(i) for i in writer.done["index"]) if len(writer.done) else set()
         todo = [i for i in run.indices if i not in done]
