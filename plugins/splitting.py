@@ -94,6 +94,21 @@ class DerandomizedSplittingNoise(ExactNoise):
         t = self._template(device)
         return ((t + k.unsqueeze(-1)) % self.levels + 0.5) / 255.0
 
+    TABLE_LIMIT = 1 << 23  # offsets x pixels up to which the wide-cell outcomes of every draw are kept (3 x 32 MiB)
+
+    def _wide_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """For lambda >= 1/2 and small enough images: the offsets of every draw and both cell midpoints
+        ``(1 + min(s, 1)) / 2`` and ``min(s, 1) / 2``, ``(levels, dim)`` each, computed once per device."""
+        if self.lambd < 0.5 or self.levels * self.dim > self.TABLE_LIMIT:
+            return None
+        cached = getattr(self, "_tables", None)
+        if cached is None or cached[0].device != device:
+            s = self.offsets(torch.arange(self.levels, device=device), device)
+            m = s.clamp(max=1.0)
+            cached = (s, (1.0 + m) / 2.0, (0.0 + m) / 2.0)
+            self._tables = cached
+        return cached
+
     def _split(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Cell midpoints for flat images ``x`` (..., dim) and offsets ``s`` broadcastable to it (float32)."""
         x = x.float()
@@ -109,6 +124,11 @@ class DerandomizedSplittingNoise(ExactNoise):
         if not 0 <= start <= stop <= self.levels:
             raise ConfigError(f"draw range [{start}, {stop}) is outside [0, {self.levels})")
         batch = x.shape[0]
+        tables = self._wide_tables(x.device)
+        if tables is not None:
+            s, high, low = (t[start:stop].unsqueeze(0) for t in tables)
+            out = torch.where(x.reshape(batch, 1, -1).float() > s, high, low)
+            return out.reshape(batch, stop - start, *x.shape[1:]).to(x.dtype)
         k = torch.arange(start, stop, device=x.device)
         s = self.offsets(k, x.device)  # (K, dim)
         out = self._split(x.reshape(batch, 1, -1), s.unsqueeze(0))

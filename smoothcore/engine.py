@@ -21,6 +21,37 @@ MAX_BATCH = 1 << 20  # a million noisy images per forward pass is beyond any dev
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+_ALLOCATOR_TUNED = False
+
+
+def keep_freed_memory() -> bool:
+    """Stop glibc from handing large freed blocks back to the kernel (and faulting them in again on the next batch).
+
+    CPU inference allocates and frees the same few large tensors for every batch; with glibc's defaults each of them
+    is an ``mmap``/``munmap`` pair and a page fault per 4 KiB. On this project's 2-core machine that doubled the wall
+    time of certification and training (benchmarks/RESULTS.md). This sets ``M_MMAP_MAX = 0`` and a 1 GiB
+    ``M_TRIM_THRESHOLD`` once per process, so freed memory is reused; the cost is that the process keeps its peak
+    heap. Linux/glibc only; set ``SMOOTHCORE_MALLOC_TUNING=0`` to leave the allocator alone. Returns whether it applied.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    import ctypes
+    import os
+    import sys
+
+    if os.environ.get("SMOOTHCORE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        return False
+    _ALLOCATOR_TUNED = ok
+    return ok
+
+
 def image_generator(seed: int, index: int, device: torch.device | str) -> torch.Generator:
     """The random stream of image ``index`` under base ``seed``: independent of batching, sharding and resuming."""
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index) & 0xFFFFFFFF]).generate_state(2, np.uint32)
@@ -67,6 +98,8 @@ class Engine:
             param = next(model.parameters(), None)
             device = param.device if param is not None else torch.device("cpu")
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.model = model.to(self.device).eval()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -198,6 +198,10 @@ class Trainer:
         self.cfg = cfg
         self.exp = Experiment(out)
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            from smoothcore.engine import keep_freed_memory
+
+            keep_freed_memory()
         self.source = get_dataset(cfg.dataset)
         self.noise = make_noise_for(cfg, self.source, self.device)
         c, h, _ = self.source.image_shape
