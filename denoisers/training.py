@@ -50,7 +50,9 @@ class DenoiserConfig:
     lr_step: int = 30
     lr_gamma: float = 0.1
     sgd_after: int | None = None
-    weight_decay: float = 0.0
+    sgd_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    trust_checkpoint: bool = False
     seed: int = 0
     train_limit: int | None = None
     eval_limit: int = 1000
@@ -73,8 +75,13 @@ class DenoiserConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
+        for name in ("lr", "sgd_lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {v!r}")
+        v = self.weight_decay
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ConfigError(f"weight_decay must be a finite number >= 0, got {v!r}")
         if self.sgd_after is not None and not 0 <= self.sgd_after < self.epochs:
             raise ConfigError(f"sgd_after must be an epoch in [0, {self.epochs}), got {self.sgd_after!r}")
 
@@ -106,17 +113,19 @@ class DenoiserTrainer:
         self.denoiser = build_denoiser(cfg.arch, in_channels=c, **cfg.arch_params)
         self.classifier = None
         if cfg.classifier:
-            clf, info = load_classifier(cfg.classifier, dataset=cfg.dataset, device=self.device, return_info=True)
+            clf, info = load_classifier(cfg.classifier, dataset=cfg.dataset, device=self.device, return_info=True,
+                                        trust=cfg.trust_checkpoint)
             check_compatible(info, cfg.dataset)
             for p in clf.parameters():
                 p.requires_grad_(False)
             self.classifier = clf.eval()
             cfg.classifier_sha256 = sha256(cfg.classifier)
 
-    def _optimizer(self, kind: str, params) -> torch.optim.Optimizer:
+    def _optimizer(self, kind: str, params, lr: float | None = None) -> torch.optim.Optimizer:
+        lr = self.cfg.lr if lr is None else lr
         if kind == "adam":
-            return torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        return torch.optim.SGD(params, lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay)
+            return torch.optim.Adam(params, lr=lr, weight_decay=self.cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=self.cfg.weight_decay)
 
     def run(self, *, overwrite: bool = False, resume: bool = False,
             on_step: Callable[[int, int, int], None] | None = None,
@@ -152,7 +161,7 @@ class DenoiserTrainer:
         for epoch in range(start, cfg.epochs):
             if cfg.sgd_after is not None and epoch == cfg.sgd_after and kind == "adam":
                 kind = "sgd"
-                optimizer = self._optimizer("sgd", model.parameters())
+                optimizer = self._optimizer("sgd", model.parameters(), lr=cfg.sgd_lr)  # the reference's --start-sgd-lr
                 scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
             t0 = time.time()
             model.train()

@@ -5,7 +5,7 @@
 set -euo pipefail
 OUT=${OUT:-checkpoints/denoised-fmnist}
 SC="uv run --frozen smoothcore"
-DEN="--arch dncnn --arch-param depth=6 --arch-param channels=32 --noise dssn --sigma 0.5 --train-limit 20000 --batch-size 64"
+DEN="--weight-decay 0 --arch dncnn --arch-param depth=6 --arch-param channels=32 --noise dssn --sigma 0.5 --train-limit 20000 --batch-size 64"
 CERT="--noise dssn --sigma 0.5 --skip 50 --limit 200 --max-batch 2048"
 $SC train-classifier --noise none --epochs 2 --out $OUT/clean --overwrite
 $SC train-denoiser $DEN --objective mse --epochs 3 --out $OUT/den-mse --overwrite

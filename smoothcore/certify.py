@@ -94,10 +94,16 @@ class SmoothedClassifier:
             raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
 
     # -- the algorithms --------------------------------------------------------------------------------------
-    def predict(self, x: torch.Tensor, *, n: int = 1000, alpha: float = 0.001, indices=None) -> PredictResult:
+    def predict(self, x: torch.Tensor, *, n: int = 1000, alpha: float = 0.001, indices=None,
+                batch_size: int | None = None) -> PredictResult:
         """Cohen et al.'s PREDICT: the top class of ``n`` draws, or ``-1`` when a two-sided binomial test of its
         count against the runner-up's does not reject equality at level ``alpha``. Exact noises enumerate every
-        draw instead and never abstain (ties go to the lowest class index)."""
+        draw instead and never abstain (ties go to the lowest class index). ``batch_size``: most noisy images per
+        forward pass for this call (default: the engine's ``max_batch``); results do not depend on it."""
+        with self.engine.batch_size(batch_size):
+            return self._predict(x, n=n, alpha=alpha, indices=indices)
+
+    def _predict(self, x: torch.Tensor, *, n: int, alpha: float, indices) -> PredictResult:
         self.noise.check_input(x)
         if self.noise.exact:
             counts, _ = self.engine.exact_counts(self.noise, x)
@@ -112,7 +118,7 @@ class SmoothedClassifier:
         return PredictResult(prediction, counts)
 
     def certify(self, x: torch.Tensor, *, n0: int = 64, n: int = 100_000, alpha: float = 0.001, indices=None,
-                certificate: str | None = None, radii=None, looks: int = 6) -> CertifyResult:
+                certificate: str | None = None, radii=None, looks: int = 6, batch_size: int | None = None) -> CertifyResult:
         """Certify each image of ``x`` ``(batch, *image)``.
 
         Exact noises: counts over every draw, then the exact certificate (``n0``, ``n``, ``alpha`` unused).
@@ -129,7 +135,16 @@ class SmoothedClassifier:
         leave (sound). Monte-Carlo: sequential estimation at ``looks`` pre-planned sample sizes ``n / 2^(looks-1),
         ..., n / 2, n`` with Bonferroni alpha-spending (``alpha / looks`` per look, valid at overall level
         ``alpha`` by the union bound), stopping once each verdict is decided.
+
+        ``batch_size``: most noisy images per forward pass for this call (default: the engine's ``max_batch``);
+        results do not depend on it.
         """
+        with self.engine.batch_size(batch_size):
+            return self._certify(x, n0=n0, n=n, alpha=alpha, indices=indices, certificate=certificate, radii=radii,
+                                 looks=looks)
+
+    def _certify(self, x: torch.Tensor, *, n0: int, n: int, alpha: float, indices, certificate: str | None, radii,
+                 looks: int) -> CertifyResult:
         self.noise.check_input(x)
         cert = resolve_certificate(self.noise, certificate)
         before = self.engine.forward_passes

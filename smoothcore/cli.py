@@ -180,6 +180,7 @@ def noise_options(f):
 @click.option("--eval-limit", type=int, default=1000, show_default=True, help="Test images for the per-epoch noisy accuracy.")
 @click.option("--denoiser", type=click.Path(), default=None, help="Train on top of this frozen denoiser (recorded in the experiment).")
 @click.option("--finetune", type=click.Path(), default=None, help="Start from this checkpoint's weights, except its last layer.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow loading legacy pickled --finetune/--denoiser files (can run code).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on GPUs).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
@@ -206,7 +207,7 @@ def train_classifier_cmd(**opts: Any) -> None:
         eval_limit=opts["eval_limit"], data_dir=opts["data_dir"], denoiser=opts["denoiser"], finetune=opts["finetune"],
         precision=opts["precision"], channels_last=opts["channels_last"], device=device_for(opts["device"], info),
         workers=opts["workers"], save_every=opts["save_every"], save_every_steps=opts["save_every_steps"],
-        model_params=parse_params(opts["model_param"]),
+        model_params=parse_params(opts["model_param"]), trust_checkpoint=opts["trust_checkpoint"],
     )
     trainer = Trainer(cfg, opts["out"])
     console = _console(stderr=True)
@@ -266,6 +267,9 @@ def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--lr-step", type=int, default=30, show_default=True, help="Multiply the learning rate by --lr-gamma every N epochs.")
 @click.option("--lr-gamma", type=float, default=0.1, show_default=True)
 @click.option("--sgd-after", type=int, default=None, help="Continue with SGD (momentum 0.9) from this epoch on.")
+@click.option("--sgd-lr", type=float, default=1e-5, show_default=True, help="Learning rate of SGD after --sgd-after.")
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--trust-checkpoint", is_flag=True, help="Allow loading a legacy pickled --classifier (can run code).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--train-limit", type=int, default=None)
 @click.option("--eval-limit", type=int, default=1000, show_default=True)

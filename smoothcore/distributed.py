@@ -35,11 +35,18 @@ def from_env() -> DistInfo:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("SMOOTHCORE_DIST_BACKEND", "") != "gloo" else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend_for(local_rank))
     return DistInfo(rank, world, local_rank)
+
+
+def backend_for(local_rank: int) -> str:
+    """gloo on CPU-only machines; with GPUs, NCCL for CUDA tensors and gloo for CPU ones (the small host-side
+    reductions of losses and counts), so that collectives work whatever device a tensor is on.
+    ``SMOOTHCORE_DIST_BACKEND=gloo`` forces gloo."""
+    if not torch.cuda.is_available() or os.environ.get("SMOOTHCORE_DIST_BACKEND", "") == "gloo":
+        return "gloo"
+    torch.cuda.set_device(local_rank)
+    return "cpu:gloo,cuda:nccl"
 
 
 def device_for(device: str, info: DistInfo) -> str:

@@ -18,6 +18,7 @@ from smoothcore.errors import ConfigError
 from smoothcore.noise import ExactNoise, Noise
 
 MAX_BATCH = 1 << 20  # a million noisy images per forward pass is beyond any device's memory
+DECISION_POINTS = 16  # early decisions: how often per image an exact enumeration asks whether it is decided
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -78,6 +79,21 @@ def auto_max_batch(model: nn.Module, image_shape: Sequence[int], device: torch.d
     return int(max(1, min(cap, fraction * free // (3 * per_image))))  # draws, activations and slack
 
 
+def exact_chunk(num_draws: int, max_batch: int, decision_points: int | None = None) -> int:
+    """Draws per image in one forward batch of an exact enumeration: all of them if they fit in ``max_batch``, and
+    at most ``num_draws / decision_points`` when early decisions are consulted in between."""
+    chunk = min(num_draws, max_batch)
+    if decision_points:
+        chunk = min(chunk, max(1, -(-num_draws // decision_points)))
+    return chunk
+
+
+def check_batch(size: object, name: str = "batch_size") -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_BATCH:
+        raise ConfigError(f"{name} must be an integer in [1, {MAX_BATCH:,}], got {size!r}")
+    return size
+
+
 class Engine:
     """Forward passes of ``model`` (``[0, 1]`` images -> logits) over noisy draws, counted per image.
 
@@ -88,8 +104,7 @@ class Engine:
 
     def __init__(self, model: nn.Module, num_classes: int, *, max_batch: int = 1024, device: str | torch.device | None = None,
                  precision: str = "fp32", channels_last: bool = False, compile: bool = False) -> None:
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or not 1 <= max_batch <= MAX_BATCH:
-            raise ConfigError(f"max_batch must be an integer in [1, {MAX_BATCH:,}], got {max_batch!r}")
+        check_batch(max_batch, "max_batch")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
@@ -109,6 +124,18 @@ class Engine:
         self.precision = precision
         self.channels_last = channels_last
         self.forward_passes = 0
+
+    @contextlib.contextmanager
+    def batch_size(self, size: int | None):
+        """Within the block, forward batches hold at most ``size`` noisy images (``None``: ``max_batch``)."""
+        if size is None:
+            yield
+            return
+        old, self.max_batch = self.max_batch, check_batch(size)
+        try:
+            yield
+        finally:
+            self.max_batch = old
 
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
@@ -136,7 +163,7 @@ class Engine:
     @torch.inference_mode()
     def exact_counts(self, noise: ExactNoise, x: torch.Tensor,
                      stop_when: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-                     decision_points: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+                     decision_points: int = DECISION_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
         """Counts over draws ``0 .. num_draws - 1`` of every image: ``(batch, classes)`` int64 on the device.
 
         ``stop_when(counts, draws_done) -> bool (batch,)`` may end an image's enumeration early (its verdicts are
@@ -145,27 +172,26 @@ class Engine:
         """
         x = x.to(self.device)
         total = noise.num_draws
-        chunk = min(total, self.max_batch)
-        if stop_when is not None:
-            chunk = min(chunk, max(1, -(-total // decision_points)))
+        chunk = exact_chunk(total, self.max_batch, decision_points if stop_when is not None else None)
         group = max(1, self.max_batch // chunk)
         counts = torch.zeros(x.shape[0], self.num_classes, dtype=torch.long, device=self.device)
-        done = torch.zeros(x.shape[0], dtype=torch.long)
+        done = torch.zeros(x.shape[0], dtype=torch.long, device=self.device)
+        # Index tensors live on the device: a host-to-device copy of an index per batch would synchronise the stream.
+        # The host waits only at decision points (to drop decided images), never per batch.
         for g0 in range(0, x.shape[0], group):
-            active = torch.arange(g0, min(g0 + group, x.shape[0]))
+            active = torch.arange(g0, min(g0 + group, x.shape[0]), device=self.device)
             start = 0
-            while start < total and len(active):
+            while start < total and active.numel():
                 stop = min(start + chunk, total)
-                draws = noise.draws(x[active.to(self.device)], start, stop)  # (g, K, *image)
-                classes = self.classify(draws.flatten(0, 1)).view(len(active), stop - start)
-                rows = active.to(self.device).unsqueeze(1).expand_as(classes)
-                self._count(counts, rows.reshape(-1), classes.reshape(-1))
-                done[active] = stop
+                draws = noise.draws(x.index_select(0, active), start, stop)  # (g, K, *image)
+                classes = self.classify(draws.flatten(0, 1)).view(active.numel(), stop - start)
+                self._count(counts, active.repeat_interleave(stop - start), classes.reshape(-1))
+                done.index_fill_(0, active, stop)
                 start = stop
                 if stop_when is not None and start < total:
-                    decided = stop_when(counts[active.to(self.device)], start).cpu()
+                    decided = torch.as_tensor(stop_when(counts.index_select(0, active), start), device=self.device)
                     active = active[~decided]
-        return counts, done
+        return counts, done.cpu()
 
     @torch.inference_mode()
     def sampled_counts(self, noise: Noise, x: torch.Tensor, num: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
@@ -185,7 +211,7 @@ class Engine:
             if piece is None or filled + piece[1] > self.max_batch:
                 if batch:
                     noisy = torch.cat([noise.sample(x[i].unsqueeze(0).expand(m, *x.shape[1:]), generators[i]) for i, m in batch])
-                    rows = torch.cat([torch.full((m,), i, dtype=torch.long) for i, m in batch]).to(self.device)
+                    rows = torch.cat([torch.full((m,), i, dtype=torch.long, device=self.device) for i, m in batch])
                     self._count(counts, rows, self.classify(noisy))
                 batch, filled = [], 0
             if piece is not None:

@@ -127,7 +127,7 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     if denoiser_path:
         from smoothcore.train import load_frozen_denoiser
 
-        denoiser = load_frozen_denoiser(denoiser_path, source.image_shape[0], device)
+        denoiser = load_frozen_denoiser(denoiser_path, source.image_shape[0], device, trust=cfg.trust_checkpoint)
     noise_name = cfg.noise or train_cfg.get("noise")
     if noise_name is None:
         raise ConfigError("which noise? give --noise (and --sigma)")
@@ -203,8 +203,7 @@ def execute(run: CertifyRun, *, resume: bool = False, overwrite: bool = False,
     atomic_write_json(run.meta_path, meta)
     cfg = run.cfg
     noise = run.smoothed.noise
-    per_image = noise.num_draws if noise.exact else cfg.n0 + cfg.n
-    chunk = images_per_call or max(1, cfg.max_batch // max(1, min(per_image, cfg.max_batch)))
+    chunk = images_per_call or _images_per_call(cfg, noise)
     try:
         writer, elapsed = _certify_rows(run, resume, chunk, on_progress)
     except BaseException:
@@ -216,6 +215,18 @@ def execute(run: CertifyRun, *, resume: bool = False, overwrite: bool = False,
     meta.update(finished=now(), seconds=round(elapsed, 3), discarded_rows=writer.discarded)
     atomic_write_json(run.meta_path, meta)
     return table
+
+
+def _images_per_call(cfg: CertifyConfig, noise) -> int:
+    """Images per certify call so that the engine's forward batches are full: exact enumeration with early decisions
+    evaluates ``num_draws / decision_points`` draws per image per batch, not all of them."""
+    from smoothcore.engine import DECISION_POINTS, exact_chunk
+
+    if noise.exact:
+        per_image = exact_chunk(noise.num_draws, cfg.max_batch, DECISION_POINTS if cfg.radii else None)
+    else:
+        per_image = min(cfg.n0 + cfg.n, cfg.max_batch)
+    return max(1, cfg.max_batch // max(1, per_image))
 
 
 def _certify_rows(run: CertifyRun, resume: bool, chunk: int, on_progress) -> tuple[ResultWriter, float]:
@@ -262,8 +273,7 @@ def _execute_sharded(run: CertifyRun, info: DistInfo, *, resume: bool, overwrite
     mine = [i for i in run.indices[info.rank::info.world] if i not in done_before]
     shard = CertifyRun(run.exp, run.cfg, run.smoothed, run.dataset, mine, run.tag, run.meta)
     shard_table = shard_path(run, info)
-    chunk = max(1, run.cfg.max_batch // max(1, min(run.smoothed.noise.num_draws if run.smoothed.noise.exact
-                                                     else run.cfg.n0 + run.cfg.n, run.cfg.max_batch)))
+    chunk = _images_per_call(run.cfg, run.smoothed.noise)
     shard_run = _ShardRun(shard, shard_table)
     _certify_rows(shard_run, resume and shard_table.exists(), chunk, on_progress if info.main else None)
     barrier(info)

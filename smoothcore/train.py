@@ -66,6 +66,7 @@ class TrainConfig:
     workers: int = 0
     save_every: int = 1
     save_every_steps: int | None = None
+    trust_checkpoint: bool = False
     model_params: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,12 +128,12 @@ def make_noise_for(cfg: TrainConfig, source: DatasetSource, device: torch.device
     return make_noise(cfg.noise, sigma=cfg.sigma, lambd=cfg.lambd, dim=source.dim, seed=cfg.noise_seed, device=device)
 
 
-def load_frozen_denoiser(path: str | None, in_channels: int, device: torch.device) -> nn.Module | None:
+def load_frozen_denoiser(path: str | None, in_channels: int, device: torch.device, *, trust: bool = False) -> nn.Module | None:
     if path is None:
         return None
     from smoothcore.denoise import load_denoiser
 
-    den = load_denoiser(path, device=device)
+    den = load_denoiser(path, device=device, trust=trust)
     expected = getattr(den, "in_channels", in_channels)
     if expected != in_channels:
         raise ConfigError(f"the denoiser {path} takes {expected}-channel images but the data has {in_channels} channels")
@@ -207,7 +208,7 @@ class Trainer:
         c, h, _ = self.source.image_shape
         self.classifier = build_classifier(cfg.model, num_classes=self.source.num_classes, in_channels=c, image_size=h,
                                            mean=self.source.mean, std=self.source.std, **cfg.model_params)
-        self.denoiser = load_frozen_denoiser(cfg.denoiser, c, self.device)
+        self.denoiser = load_frozen_denoiser(cfg.denoiser, c, self.device, trust=cfg.trust_checkpoint)
 
     def _autocast(self):
         dtype = PRECISIONS[self.cfg.precision]
@@ -216,7 +217,7 @@ class Trainer:
     def _init_weights(self) -> None:
         if self.cfg.finetune is None:
             return
-        obj = load_file(self.cfg.finetune)
+        obj = load_file(self.cfg.finetune, trust=self.cfg.trust_checkpoint)
         state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
         if not isinstance(state, dict):
             raise CheckpointError(f"{self.cfg.finetune}: no state dict to fine-tune from")

@@ -173,3 +173,34 @@ def test_certify_refuses_bad_input():
         mc.certify(torch.zeros(1, 1, 4, 4), alpha=1.5)
     with pytest.raises(ConfigError, match="logits of shape"):
         SmoothedClassifier(model, smoothcore.noise("ssn", sigma=0.2, dim=16), 5).certify(torch.zeros(1, 1, 4, 4), n=10)
+
+
+class BatchSpy(nn.Module):
+    """Wraps a model and records the size of every forward batch."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.sizes = inner, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("name", ["uniform", "dssn"])
+def test_a_per_call_batch_size_bounds_the_forward_batches_and_leaves_the_results_unchanged(name):
+    noise = smoothcore.noise(name, sigma=0.3, dim=48)
+    spy = BatchSpy(small_net())
+    smoothed = SmoothedClassifier(spy, noise, 4, max_batch=1000)
+    x = quantised((4, 3, 4, 4), seed=2)
+    wide = smoothed.certify(x, n0=10, n=300)
+    assert max(spy.sizes) > 64
+    spy.sizes.clear()
+    narrow = smoothed.certify(x, n0=10, n=300, batch_size=64)
+    assert max(spy.sizes) <= 64 and smoothed.engine.max_batch == 1000  # the override ends with the call
+    assert torch.equal(wide.prediction, narrow.prediction) and torch.equal(wide.radius.nan_to_num(-1), narrow.radius.nan_to_num(-1))
+    spy.sizes.clear()
+    assert torch.equal(smoothed.predict(x, n=200, batch_size=32).prediction, smoothed.predict(x, n=200).prediction)
+    assert max(spy.sizes) > 32
+    with pytest.raises(ConfigError, match="batch_size"):
+        smoothed.certify(x, batch_size=0)

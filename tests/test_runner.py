@@ -12,7 +12,7 @@ import torch
 import smoothcore
 from smoothcore import ExperimentError
 from smoothcore.data import fetch, get_dataset
-from smoothcore.runner import CertifyConfig, certify_experiment, plan
+from smoothcore.runner import CertifyConfig, certify_experiment, execute, plan
 
 
 def test_certify_writes_one_row_per_image_with_exact_counts(run_copy, fashion_dir):
@@ -73,3 +73,20 @@ def test_existing_results_are_refused_unless_resumed_or_overwritten(run_copy, fa
 def test_certify_can_use_another_noise_than_training(run_copy, fashion_dir):
     run = plan(run_copy, CertifyConfig(noise="uniform", sigma=0.1, limit=2, n0=8, n=50, data_dir=str(fashion_dir)))
     assert run.tag == "uniform_sigma0.1" and run.meta["certificate"] == "standard"
+
+
+def test_early_decisions_keep_the_forward_batches_full_and_the_verdicts_of_full_enumeration(run_copy, fashion_dir):
+    """With --radii, exact enumeration goes num_draws / 16 draws per image at a time: the runner must hand the engine
+    enough images to fill max_batch (220 draws -> 14 per step -> 36 images), not max_batch // num_draws = 2."""
+    common = dict(skip=25, limit=40, data_dir=str(fashion_dir), max_batch=512)
+    full = certify_experiment(run_copy, CertifyConfig(**common, tag="full"))
+    run = plan(run_copy, CertifyConfig(**common, radii=[0.02, 0.05], tag="early"))
+    sizes: list[int] = []
+    classify = run.smoothed.engine.classify
+    run.smoothed.engine.classify = lambda batch: (sizes.append(batch.shape[0]), classify(batch))[1]
+    early = execute(run)
+    assert max(sizes) > 256 and max(sizes) <= 512
+    assert early["prediction"].tolist() == full["prediction"].tolist()
+    for r in (0.02, 0.05):
+        assert ((early["radius"] >= r) & (early["correct"] == 1)).tolist() == ((full["radius"] >= r) & (full["correct"] == 1)).tolist()
+    assert early["forward_passes"].sum() < full["forward_passes"].sum()
