@@ -25,7 +25,7 @@ from smoothcore.fileio import atomic_torch_save
 from smoothcore.loading import check_compatible, load_classifier
 from smoothcore.models import build_denoiser
 from smoothcore.noise import make_noise
-from smoothcore.train import append_csv, resolve_device
+from smoothcore.train import append_csv, resolve_device, truncate_log
 
 OBJECTIVES = ("mse", "stability", "classification")
 DENOISER = "denoiser.pt"
@@ -131,12 +131,13 @@ class DenoiserTrainer:
             on_step: Callable[[int, int, int], None] | None = None,
             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
         cfg = self.cfg
-        resuming = self.exp.prepare({"kind": "denoiser", **cfg.to_dict()}, overwrite=overwrite, resume=resume)
         train_set, test_set = self.source.load("train", cfg.data_dir), self.source.load("test", cfg.data_dir)
         train_idx = subset_indices(len(train_set), 1, cfg.train_limit)
         eval_idx = subset_indices(len(test_set), 1, cfg.eval_limit)
         torch.manual_seed(cfg.seed)  # the initial weights come from the seed, like everything else
         self.denoiser = build_denoiser(cfg.arch, in_channels=self.source.image_shape[0], **cfg.arch_params)
+        # bad input (data, architecture) fails above, before the experiment folder is created or replaced
+        resuming = self.exp.prepare({"kind": "denoiser", **cfg.to_dict()}, overwrite=overwrite, resume=resume)
         model = self.denoiser.to(self.device)
         kind = "sgd" if cfg.optimizer == "sgd" or (cfg.sgd_after == 0) else "adam"
         optimizer = self._optimizer(kind, model.parameters())
@@ -155,6 +156,7 @@ class DenoiserTrainer:
             order_rng.set_state(state["order_rng"])
             noise_rng.set_state(state["noise_rng"])
             start, best = int(state["epoch"]), state.get("best")
+            truncate_log(self.exp.train_log, start)
         else:
             self.exp.train_log.unlink(missing_ok=True)
         steps = math.ceil(len(train_idx) / cfg.batch_size)

@@ -131,7 +131,7 @@ class Experiment:
         atomic_write_json(self.path / MANIFEST, manifest)
 
 
-IGNORED_ON_RESUME = {"device", "workers", "save_every", "save_every_steps", "out", "progress", "trust_checkpoint"}
+IGNORED_ON_RESUME = {"device", "workers", "data_dir", "save_every", "save_every_steps", "out", "progress", "trust_checkpoint"}
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

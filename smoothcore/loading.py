@@ -51,6 +51,42 @@ def detect_layout(obj: Any) -> str:
     return "unknown"
 
 
+def _reference_state(obj: dict[str, Any]) -> dict[str, Any]:
+    """The network weights of a reference ``model_ckpt.torch``, named as this project's ``net.*``."""
+    return {("net." + k[len("model.module."):]): v for k, v in obj.items() if k.startswith("model.module.")}
+
+
+def _denoised_smoothing_state(obj: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The network weights of a denoised-smoothing ``checkpoint.pth.tar`` (``module.`` / ``1.`` prefixes of their
+    DataParallel(Sequential(normalize, model))), named as this project's ``net.*``."""
+    state = obj["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: state_dict is not a mapping")
+    state = {k: v for k, v in state.items() if isinstance(k, str)}
+    state = {("net." + k[2:]): v for k, v in strip_prefix(state, "module.").items() if k.startswith("1.")} or state
+    state = strip_prefix(state, "net.module.")
+    return {("net." + k if not k.startswith("net.") else k): v for k, v in state.items()}
+
+
+def classifier_weights(obj: Any, path: str | Path) -> dict[str, Any]:
+    """The weights of a classifier checkpoint in any known layout, named as this project's modules (for
+    fine-tuning, where the class count and the normalisation may differ from the checkpoint's)."""
+    layout = detect_layout(obj)
+    if layout == "smoothcore":
+        return dict(obj["state_dict"])
+    if layout == "reference":
+        return _reference_state(obj)
+    if layout == "denoised-smoothing":
+        return _denoised_smoothing_state(obj, Path(path))
+    if layout == "state-dict":
+        return dict(obj)
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        return {("net." + k): v for k, v in strip_prefix(obj, "module.").items()}  # a bare torchvision-style state dict
+    raise CheckpointError(f"{path}: no classifier weights smoothcore knows how to read",
+                          hint="known layouts: smoothcore checkpoint.pt, the reference model_ckpt.torch, "
+                               "denoised-smoothing checkpoint.pth.tar, a state dict")
+
+
 def _check_classes(state: dict[str, Any], num_classes: int, dataset: str, path: Path) -> None:
     """A checkpoint whose last layer has another number of outputs than the dataset has classes is refused with
     that fact, before any key-by-key comparison."""
@@ -104,7 +140,7 @@ def load_classifier(path: str | Path, *, model: str | None = None, dataset: str 
         mu, log_sig = obj["norm.module.mu"], obj["norm.module.log_sig"]
         net = build_classifier(model, num_classes=num_classes, in_channels=c, image_size=size,
                                mean=mu.flatten().tolist(), std=torch.exp(log_sig.double()).flatten().tolist())
-        state = {("net." + k[len("model.module."):]): v for k, v in obj.items() if k.startswith("model.module.")}
+        state = _reference_state(obj)
         _check_classes(state, num_classes, dataset, path)
         state["norm.mean"] = mu.float().reshape(net.norm.mean.shape)
         state["norm.std"] = torch.exp(log_sig.float()).reshape(net.norm.std.shape)
@@ -121,13 +157,7 @@ def load_classifier(path: str | Path, *, model: str | None = None, dataset: str 
         model = model or default_model
         dataset = dataset or default_dataset
         num_classes, c, size, mean, std = _dataset_facts(dataset)
-        state = obj["state_dict"]
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{path}: state_dict is not a mapping")
-        state = {k: v for k, v in state.items() if isinstance(k, str)}
-        state = {("net." + k[2:]): v for k, v in strip_prefix(state, "module.").items() if k.startswith("1.")} or state
-        state = strip_prefix(state, "net.module.")
-        state = {("net." + k if not k.startswith("net.") else k): v for k, v in state.items()}
+        state = _denoised_smoothing_state(obj, path)
         _check_classes(state, num_classes, dataset, path)
         params = {}
         if model.startswith("wrn40") and "net.fc.weight" in state:

@@ -150,7 +150,7 @@ def make_noise(name: str, *, sigma: float | None = None, lambd: float | None = N
     from smoothcore.plugins import registry
 
     entry = registry("noise").get(name)
-    built = entry.factory(sigma=sigma, lambd=lambd, dim=dim, seed=seed, device=device, **params)
+    built = entry.build(sigma=sigma, lambd=lambd, dim=dim, seed=seed, device=device, **params)
     if not isinstance(built, Noise):
         from smoothcore.errors import PluginError
 

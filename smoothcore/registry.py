@@ -8,12 +8,13 @@ error that names both plugins.
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothcore.errors import PluginError, UnknownNameError
+from smoothcore.errors import ConfigError, PluginError, SmoothcoreError, UnknownNameError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.:\-]*$")
 
@@ -28,6 +29,35 @@ class Entry:
     plugin: str
     description: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, **params: Any) -> Any:
+        """``factory(**params)``; parameters the factory does not take are a ConfigError naming them and the ones
+        it accepts (user input such as ``--model-param foo=1`` reaches this point)."""
+        try:
+            signature = inspect.signature(self.factory)
+        except (TypeError, ValueError):  # builtins without a signature: let the call decide
+            return self._call(params)
+        try:
+            signature.bind(**params)
+        except TypeError as exc:
+            accepted = [p.name for p in signature.parameters.values()
+                        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            unknown = [k for k in params if k not in accepted]
+            if unknown and not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+                raise ConfigError(f"{self.kind} {self.name!r} takes no parameter {', '.join(map(repr, unknown))}",
+                                  hint=f"it accepts: {', '.join(accepted) or '(none)'}") from None
+            raise ConfigError(f"{self.kind} {self.name!r}: {exc}") from None
+        return self._call(params)
+
+    def _call(self, params: dict[str, Any]) -> Any:
+        try:
+            return self.factory(**params)
+        except SmoothcoreError:
+            raise
+        except Exception as exc:  # a value the factory cannot use, or a bug in the plugin: either way, name it
+            shown = {k: v for k, v in params.items() if k not in ("device",)}
+            raise PluginError(f"plugin {self.plugin!r} could not build {self.kind} {self.name!r} from {shown}: "
+                              f"{type(exc).__name__}: {exc}") from None
 
 
 class Registry:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import math
 import time
 import warnings
@@ -25,7 +26,7 @@ from smoothcore.distributed import DistInfo, barrier
 from smoothcore.engine import PRECISIONS
 from smoothcore.errors import CheckpointError, ConfigError, SmoothcoreError
 from smoothcore.experiment import Experiment
-from smoothcore.fileio import atomic_torch_save
+from smoothcore.fileio import atomic_torch_save, atomic_write
 from smoothcore.loading import classifier_checkpoint
 from smoothcore.models import build_classifier
 from smoothcore.noise import Noise, make_noise
@@ -119,6 +120,23 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def truncate_log(path: Path, epochs: int) -> None:
+    """Keep the rows of the CSV log at ``path`` for epochs ``1 .. epochs`` (resuming from a save at ``epochs``)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [r for r in rows if r.get("epoch", "").isdigit() and int(r["epoch"]) <= epochs]
+    if len(kept) == len(rows):
+        return
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    atomic_write(path, lambda f: f.write(buf.getvalue()), mode="w")
 
 
 def make_noise_for(cfg: TrainConfig, source: DatasetSource, device: torch.device) -> Noise | None:
@@ -217,14 +235,14 @@ class Trainer:
     def _init_weights(self) -> None:
         if self.cfg.finetune is None:
             return
+        from smoothcore.loading import classifier_weights
+
         obj = load_file(self.cfg.finetune, trust=self.cfg.trust_checkpoint)
-        state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{self.cfg.finetune}: no state dict to fine-tune from")
+        state = classifier_weights(obj, self.cfg.finetune)
         own = self.classifier.state_dict()
         usable = {k: v for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
         last = [k for k in own if k.endswith(("fc.weight", "fc.bias"))] or list(own)[-2:]
-        usable = {k: v for k, v in usable.items() if k not in last}
+        usable = {k: v for k, v in usable.items() if k not in last and not k.startswith("norm.")}  # the new data normalises itself
         if not usable:
             raise CheckpointError(f"{self.cfg.finetune} shares no parameters with {self.cfg.model}")
         self.classifier.load_state_dict(usable, strict=False)
@@ -240,15 +258,15 @@ class Trainer:
         info = dist_info or DistInfo()
         if cfg.denoiser is not None and cfg.denoiser_sha256 is None:
             cfg.denoiser_sha256 = sha256(cfg.denoiser)
-        resuming = run_on_main(info, lambda: self.exp.prepare(cfg.to_dict(), overwrite=overwrite, resume=resume))
+        # Everything that can fail on bad input (data, fine-tuning weights) comes before the folder is touched.
         train_set = self.source.load("train", cfg.data_dir)
         test_set = self.source.load("test", cfg.data_dir)
         train_idx = subset_indices(len(train_set), 1, cfg.train_limit)
         eval_idx = subset_indices(len(test_set), 1, cfg.eval_limit)
-
         torch.manual_seed(cfg.seed)
         self.classifier = self.build_fresh()
         self._init_weights()
+        resuming = run_on_main(info, lambda: self.exp.prepare(cfg.to_dict(), overwrite=overwrite, resume=resume))
         model = self.classifier.to(self.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -269,6 +287,8 @@ class Trainer:
             noise_rng.set_state(state["noise_rng"])
             start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
             carried = tuple(state.get("partial", (0.0, 0, 0)))
+            if info.main:
+                truncate_log(self.exp.train_log, start_epoch)  # epochs logged after the last save are trained again
         elif info.main:
             self.exp.train_log.unlink(missing_ok=True)
         if info.main:

@@ -144,3 +144,11 @@ def test_unknown_certificate_and_unknown_command(run_copy, fashion_dir):
           match="does not apply to noise 'ssn'")
     fails("certify", run_copy.parent / "not-there", match="not an experiment folder")
     fails("report", run_copy, match="holds no certification results")
+
+
+def test_unknown_model_parameters_are_a_clean_error_naming_them(tiny_idx_dir, tmp_path):
+    fails("train-classifier", "--data-dir", tiny_idx_dir, "--model-param", "foo=1", "--sigma", 0.25, "--epochs", 1, "--out", tmp_path / "run",
+          match="takes no parameter 'foo'.*width")
+    fails("train-classifier", "--data-dir", tiny_idx_dir, "--model-param", "width=wide", "--sigma", 0.25, "--epochs", 1, "--out", tmp_path / "run",
+          match="could not build classifier 'cnn'")
+    assert not (tmp_path / "run").exists()

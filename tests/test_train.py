@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import smoothcore
 from smoothcore import ConfigError, ExperimentError
 from smoothcore.checkpoints import load_file
 from smoothcore.train import TrainConfig, Trainer, stability_loss, train_classifier
@@ -121,3 +122,45 @@ def test_finetuning_starts_from_a_checkpoint_without_its_last_layer(tiny_idx_dir
     first_conv = "net.features.0.weight"
     assert torch.allclose(base[first_conv], tuned[first_conv], atol=1e-6)  # carried over (lr ~ 0)
     assert not torch.allclose(base["net.classifier.3.weight"], tuned["net.classifier.3.weight"])  # re-initialised head
+
+
+@pytest.mark.parametrize("layout", ["reference", "denoised-smoothing"])
+def test_finetuning_reads_the_published_checkpoint_layouts(tiny_idx_dir, tmp_path, layout):
+    train_classifier(tiny_config(tiny_idx_dir, epochs=1), tmp_path / "base")
+    base = load_file(tmp_path / "base" / "checkpoint.pt")["state_dict"]
+    net = {k[len("net."):]: v for k, v in base.items() if k.startswith("net.")}
+    if layout == "reference":  # model_ckpt.torch: model.module.* plus the learned normalisation
+        obj = {f"model.module.{k}": v for k, v in net.items()}
+        obj |= {"norm.module.mu": torch.zeros(1, 1, 1, 1), "norm.module.log_sig": torch.zeros(1, 1, 1, 1)}
+    else:  # checkpoint.pth.tar: DataParallel(Sequential(normalize, model))
+        obj = {"arch": "cifar_wrn40", "epoch": 1, "state_dict": {f"module.1.{k}": v for k, v in net.items()}}
+    torch.save(obj, tmp_path / "published.pt")
+    Trainer(tiny_config(tiny_idx_dir, epochs=1, finetune=str(tmp_path / "published.pt"), lr=1e-9), tmp_path / "tuned").run()
+    tuned = load_file(tmp_path / "tuned" / "checkpoint.pt")["state_dict"]
+    assert torch.allclose(base["net.features.0.weight"], tuned["net.features.0.weight"], atol=1e-6)
+    assert not torch.allclose(base["net.classifier.3.weight"], tuned["net.classifier.3.weight"])
+
+
+def test_resuming_from_an_earlier_save_drops_the_log_rows_trained_again(tiny_idx_dir, tmp_path):
+    class Crash(Exception):
+        pass
+
+    def crash_in_fourth_epoch(epoch, step, total, loss):
+        if epoch == 3 and step == 1:
+            raise Crash
+
+    cfg = dict(epochs=4, save_every=2, train_limit=64)
+    with pytest.raises(Crash):  # epochs 1-3 logged, the last save after epoch 2
+        Trainer(tiny_config(tiny_idx_dir, **cfg), tmp_path / "run").run(on_step=crash_in_fourth_epoch)
+    log = Trainer(tiny_config(tiny_idx_dir, **cfg), tmp_path / "run").run(resume=True)
+    assert log["epoch"].tolist() == [1, 2, 3, 4]
+
+
+def test_a_start_that_fails_on_bad_input_leaves_no_folder_behind(tiny_idx_dir, tmp_path):
+    with pytest.raises(smoothcore.DataError):
+        Trainer(tiny_config(tmp_path / "no-such-data", epochs=1), tmp_path / "run").run()
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(smoothcore.CheckpointError):
+        Trainer(tiny_config(tiny_idx_dir, epochs=1, finetune=str(tmp_path / "missing.pt")), tmp_path / "run").run()
+    assert not (tmp_path / "run").exists()
+    assert len(Trainer(tiny_config(tiny_idx_dir, epochs=1), tmp_path / "run").run()) == 1  # the corrected rerun just works
