@@ -3,12 +3,13 @@ predictions and certified radii. Certificates are plugins (hook ``register_certi
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
 
-from smoothcore.errors import ConfigError
+from smoothcore.errors import ConfigError, PluginError
 from smoothcore.noise import Noise
 
 MONTE_CARLO = "monte-carlo"
@@ -70,7 +71,13 @@ def top_two(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def get_certificate(name: str) -> Certificate:
     from smoothcore.plugins import registry
 
-    return registry("certificate").get(name).factory()
+    entry = registry("certificate").get(name)
+    cert = entry.factory()
+    if not isinstance(cert, Certificate):
+        raise PluginError(f"plugin {entry.plugin!r} built certificate {name!r} as {type(cert).__name__}, not a Certificate")
+    with contextlib.suppress(AttributeError, TypeError):
+        cert._smoothcore_plugin = entry.plugin
+    return cert
 
 
 def certificates_for(noise: Noise) -> list[str]:

@@ -13,11 +13,37 @@ from scipy.stats import binomtest
 from torch import nn
 
 from smoothcore.certificates import ABSTAIN, Certified, Statistics, resolve_certificate, top_two
-from smoothcore.engine import Engine, image_generator
-from smoothcore.errors import ConfigError
+from smoothcore.engine import Engine, image_generator, plugin_of
+from smoothcore.errors import ConfigError, PluginError, SmoothcoreError
 from smoothcore.noise import Noise
 
 MAX_DRAWS = 10**9
+
+
+def run_certificate(cert, noise: Noise, stats: Statistics, batch: int) -> Certified:
+    """``cert.certify(noise, stats)``, checked: a certificate (possibly third-party) that raises or returns
+    something other than one prediction and one radius per image is an error naming its plugin."""
+    where = f"certificate {cert.name!r} (plugin {plugin_of(cert)!r})"
+    try:
+        out = cert.certify(noise, stats)
+    except SmoothcoreError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{where} failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(out, Certified):
+        raise PluginError(f"{where} returned {type(out).__name__}, not a Certified")
+    for field_name in ("prediction", "radius", "p_lower"):
+        value = getattr(out, field_name)
+        if value is None and field_name == "p_lower":
+            continue
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != (batch,):
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise PluginError(f"{where} returned {field_name} of shape {got} for {batch} images")
+    radius = out.radius.double()
+    certified = out.prediction != -1
+    if bool((radius[certified] < 0).any()) or bool(torch.isnan(radius[certified]).any()):
+        raise PluginError(f"{where} returned a negative or NaN radius for a non-abstaining image")
+    return out
 
 
 @dataclass
@@ -154,7 +180,7 @@ class SmoothedClassifier:
             stop_when = None if not radii else (lambda counts, done: self.noise.decided(counts, total - done, radii))
             counts, done = self.engine.exact_counts(self.noise, x, stop_when=stop_when)
             stats = Statistics(counts=counts.cpu(), num_draws=total, x=x.cpu(), remaining=total - done)
-            out: Certified = cert.certify(self.noise, stats)
+            out = run_certificate(cert, self.noise, stats, len(x))
             draws, full = done, total
         elif radii:
             self._check_mc(n0, n, alpha)
@@ -169,7 +195,7 @@ class SmoothedClassifier:
             selection = self.engine.sampled_counts(self.noise, x, n0, generators)
             counts = self.engine.sampled_counts(self.noise, x, n, generators)
             stats = Statistics(counts=counts.cpu(), num_draws=n, selection=selection.cpu(), alpha=alpha, x=x.cpu())
-            out = cert.certify(self.noise, stats)
+            out = run_certificate(cert, self.noise, stats, len(x))
             draws, full = torch.full((len(x),), n0 + n), n0 + n
         return CertifyResult(
             prediction=out.prediction.long(),

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothcore.errors import ConfigError
+from smoothcore.errors import ConfigError, PluginError, SmoothcoreError
 from smoothcore.noise import ExactNoise, Noise
 
 MAX_BATCH = 1 << 20  # a million noisy images per forward pass is beyond any device's memory
@@ -94,6 +94,16 @@ def check_batch(size: object, name: str = "batch_size") -> int:
     return size
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc)))
+
+
+def plugin_of(component: object) -> str:
+    """The plugin a noise or certificate came from (set when the registry built it), else its module."""
+    return getattr(component, "_smoothcore_plugin", None) or type(component).__module__
+
+
 class Engine:
     """Forward passes of ``model`` (``[0, 1]`` images -> logits) over noisy draws, counted per image.
 
@@ -124,6 +134,43 @@ class Engine:
         self.precision = precision
         self.channels_last = channels_last
         self.forward_passes = 0
+        self._nonfinite_logits = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._nonfinite_draws = torch.zeros((), dtype=torch.bool, device=self.device)
+
+    # -- checks that cost no host synchronisation until the end of a call ---------------------------------------
+    def _start_checks(self) -> None:
+        self._nonfinite_logits.zero_()
+        self._nonfinite_draws.zero_()
+
+    def _finish_checks(self, noise: Noise) -> None:
+        if bool(self._nonfinite_draws):
+            raise PluginError(f"noise {noise.name!r} (plugin {plugin_of(noise)!r}) produced NaN or infinite draws")
+        if bool(self._nonfinite_logits):
+            raise ConfigError("the classifier returned NaN or infinite logits on some noisy images: no certificate can "
+                              "be given", hint="check the checkpoint (and --precision fp16, which can overflow)")
+
+    def _drawn(self, noise: Noise, make: Callable[..., torch.Tensor], args: tuple, shape: tuple[int, ...], images: int) -> torch.Tensor:
+        """Draws from a (possibly third-party) noise, checked: errors and garbage name the plugin."""
+        try:
+            out = make(*args)
+        except SmoothcoreError:
+            raise
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise self._oom(images) from None
+            raise PluginError(f"noise {noise.name!r} (plugin {plugin_of(noise)!r}) failed to draw: "
+                              f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(shape):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise PluginError(f"noise {noise.name!r} (plugin {plugin_of(noise)!r}) returned draws of shape {got}, "
+                              f"expected {tuple(shape)}")
+        if out.is_floating_point():
+            self._nonfinite_draws |= ~torch.isfinite(out).all()
+        return out
+
+    def _oom(self, batch: int) -> ConfigError:
+        return ConfigError(f"out of memory on {self.device} at a forward batch of {batch:,} noisy images",
+                           hint="lower --max-batch (or use --max-batch auto on a GPU)")
 
     @contextlib.contextmanager
     def batch_size(self, size: int | None):
@@ -148,13 +195,22 @@ class Engine:
         """Top class of each image of ``batch`` ``(N, *image)`` -> ``(N,)`` int64 on the device."""
         if self.channels_last and batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            logits = self.forward(batch)
-        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+        try:
+            with self._autocast():
+                logits = self.forward(batch)
+        except RuntimeError as exc:
+            if is_out_of_memory(exc):
+                raise self._oom(batch.shape[0]) from None
+            raise
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            if not isinstance(logits, torch.Tensor):
+                raise ConfigError(f"the model returned {type(logits).__name__}, not a tensor of logits")
             raise ConfigError(
                 f"the model returned logits of shape {tuple(logits.shape)}, expected (batch, {self.num_classes})"
             )
         self.forward_passes += batch.shape[0]
+        if logits.is_floating_point():
+            self._nonfinite_logits |= ~torch.isfinite(logits).all()
         return logits.argmax(dim=1)
 
     def _count(self, counts: torch.Tensor, rows: torch.Tensor, classes: torch.Tensor) -> None:
@@ -171,6 +227,7 @@ class Engine:
         draws_done ``(batch,)``.
         """
         x = x.to(self.device)
+        self._start_checks()
         total = noise.num_draws
         chunk = exact_chunk(total, self.max_batch, decision_points if stop_when is not None else None)
         group = max(1, self.max_batch // chunk)
@@ -183,7 +240,8 @@ class Engine:
             start = 0
             while start < total and active.numel():
                 stop = min(start + chunk, total)
-                draws = noise.draws(x.index_select(0, active), start, stop)  # (g, K, *image)
+                xs = x.index_select(0, active)
+                draws = self._drawn(noise, noise.draws, (xs, start, stop), (xs.shape[0], stop - start, *x.shape[1:]), xs.shape[0] * (stop - start))
                 classes = self.classify(draws.flatten(0, 1)).view(active.numel(), stop - start)
                 self._count(counts, active.repeat_interleave(stop - start), classes.reshape(-1))
                 done.index_fill_(0, active, stop)
@@ -191,6 +249,7 @@ class Engine:
                 if stop_when is not None and start < total:
                     decided = torch.as_tensor(stop_when(counts.index_select(0, active), start), device=self.device)
                     active = active[~decided]
+        self._finish_checks(noise)
         return counts, done.cpu()
 
     @torch.inference_mode()
@@ -203,6 +262,7 @@ class Engine:
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
             raise ConfigError(f"the number of draws must be a positive integer, got {num!r}")
         x = x.to(self.device)
+        self._start_checks()
         counts = torch.zeros(x.shape[0], self.num_classes, dtype=torch.long, device=self.device)
         pieces = [(i, min(self.max_batch, num - s)) for i in range(x.shape[0]) for s in range(0, num, self.max_batch)]
         batch: list[tuple[int, int]] = []
@@ -210,11 +270,13 @@ class Engine:
         for piece in pieces + [None]:
             if piece is None or filled + piece[1] > self.max_batch:
                 if batch:
-                    noisy = torch.cat([noise.sample(x[i].unsqueeze(0).expand(m, *x.shape[1:]), generators[i]) for i, m in batch])
+                    noisy = torch.cat([self._drawn(noise, noise.sample, (x[i].unsqueeze(0).expand(m, *x.shape[1:]), generators[i]),
+                                                   (m, *x.shape[1:]), m) for i, m in batch])
                     rows = torch.cat([torch.full((m,), i, dtype=torch.long, device=self.device) for i, m in batch])
                     self._count(counts, rows, self.classify(noisy))
                 batch, filled = [], 0
             if piece is not None:
                 batch.append(piece)
                 filled += piece[1]
+        self._finish_checks(noise)
         return counts

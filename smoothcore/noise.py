@@ -9,6 +9,7 @@ device: no models, no loops over draws, no host synchronisation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from typing import Any
@@ -155,4 +156,6 @@ def make_noise(name: str, *, sigma: float | None = None, lambd: float | None = N
         from smoothcore.errors import PluginError
 
         raise PluginError(f"plugin {entry.plugin!r} built noise {name!r} as {type(built).__name__}, not a smoothcore Noise")
+    with contextlib.suppress(AttributeError, TypeError):
+        built._smoothcore_plugin = entry.plugin  # so that errors in its draws name the plugin
     return built

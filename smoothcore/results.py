@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -98,6 +99,9 @@ class ResultWriter:
         if new:
             self._write(header_line(columns))
         self.last_sync = time.monotonic()
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._error: OSError | None = None
 
     def _write(self, text: str) -> None:
         try:
@@ -108,24 +112,56 @@ class ResultWriter:
                                   hint="free disk space, then rerun with --resume: finished images are kept") from None
 
     def write(self, row: dict[str, Any]) -> None:
-        self._write(encode_row(row, self.columns))
-        if time.monotonic() - self.last_sync >= self.fsync_every:
+        """Append ``row``; it reaches the disk (fsync) within ``fsync_every`` seconds, even if no other row follows
+        (a background timer syncs what the next write would otherwise leave waiting)."""
+        self._raise_background_error()
+        with self._lock:
+            self._write(encode_row(row, self.columns))
+        waited = time.monotonic() - self.last_sync
+        if waited >= self.fsync_every:
             self.sync()
+        elif self._timer is None:
+            self._timer = threading.Timer(self.fsync_every - waited, self._background_sync)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _background_sync(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self.file.closed:
+                return
+            try:
+                os.fsync(self.file.fileno())
+                self.last_sync = time.monotonic()
+            except OSError as exc:  # reported by the next write or close, in the main thread
+                self._error = exc
+
+    def _raise_background_error(self) -> None:
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise ExperimentError(f"could not write results to {self.path}: {exc.strerror or exc}",
+                                  hint="free disk space, then rerun with --resume: finished images are kept")
 
     def sync(self) -> None:
-        try:
-            os.fsync(self.file.fileno())
-        except OSError as exc:
-            raise ExperimentError(f"could not write results to {self.path}: {exc.strerror or exc}",
-                                  hint="free disk space, then rerun with --resume: finished images are kept") from None
-        self.last_sync = time.monotonic()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        with self._lock:
+            try:
+                os.fsync(self.file.fileno())
+            except OSError as exc:
+                raise ExperimentError(f"could not write results to {self.path}: {exc.strerror or exc}",
+                                      hint="free disk space, then rerun with --resume: finished images are kept") from None
+            self.last_sync = time.monotonic()
+        self._raise_background_error()
 
     def close(self) -> None:
         if not self.file.closed:
             try:
                 self.sync()
             finally:
-                self.file.close()
+                with self._lock:
+                    self.file.close()
 
     def __enter__(self) -> ResultWriter:
         return self

@@ -276,7 +276,7 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
         order_rng = torch.Generator().manual_seed(cfg.seed)
         noise_rng = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        scaler = self._scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         start_epoch, start_step, carried = 0, 0, (0.0, 0, 0)
         if resuming:
             state = load_file(self.exp.train_state)
@@ -287,6 +287,12 @@ class Trainer:
             noise_rng.set_state(state["noise_rng"])
             start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
             carried = tuple(state.get("partial", (0.0, 0, 0)))
+            if "torch_rng" in state:  # dropout and any other use of the global generators continue where they were
+                torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
             if info.main:
                 truncate_log(self.exp.train_log, start_epoch)  # epochs logged after the last save are trained again
         elif info.main:
@@ -407,11 +413,14 @@ class Trainer:
         return float(correct) / max(len(indices), 1)
 
     def save_state(self, model, optimizer, scheduler, order_rng, noise_rng, epoch: int, **extra: Any) -> None:
-        """The resume state (atomic): model, optimiser, scheduler, data-order and noise generators, and, mid-epoch,
+        """The resume state (atomic): model, optimiser, scheduler, data-order and noise generators, the global torch
+        (and CUDA) generators, the fp16 gradient scaler, and, mid-epoch,
         the step reached, the order generator at the start of the epoch and the running epoch totals."""
         atomic_torch_save(self.exp.train_state, {
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "order_rng": order_rng.get_state(), "noise_rng": noise_rng.get_state(), **extra,
+            "order_rng": order_rng.get_state(), "noise_rng": noise_rng.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "scaler": self._scaler.state_dict() if getattr(self, "_scaler", None) is not None else {}, **extra,
         })
 
     def save(self, model, optimizer, scheduler, order_rng, noise_rng, epoch: int) -> None:

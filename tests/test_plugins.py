@@ -133,3 +133,65 @@ def test_builtins_load_without_entry_point_metadata(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [])
     comps = use_plugins()
     assert {name for name, _ in comps.manager.list_name_plugin()} >= set(DEFAULT_PLUGINS)
+
+
+class Misbehaving(ShiftNoise):
+    """A third-party noise that goes wrong the way ``how`` says."""
+
+    name = "misbehaving"
+    how = "raise"
+
+    def sample(self, x, generator=None):
+        if self.how == "raise":
+            raise RuntimeError("kaboom")
+        if self.how == "shape":
+            return x[:1]
+        return torch.full_like(x, float("nan"))
+
+
+@pytest.mark.parametrize("how,match", [("raise", "failed to draw: RuntimeError: kaboom"), ("shape", "returned draws of shape"),
+                                       ("nan", "NaN or infinite draws")])
+def test_a_noise_plugin_that_raises_or_returns_garbage_is_named_when_certifying(how, match):
+    def register_noises(register):
+        register("misbehaving", type(f"Misbehaving_{how}", (Misbehaving,), {"how": how}))
+
+    use_plugins(plugin_module("acme_broken", register_noises=register_noises))
+    noise = smoothcore.noise("misbehaving", sigma=0.1, dim=4)
+    smoothed = smoothcore.SmoothedClassifier(torch.nn.Linear(4, 2), noise, 2)
+    with pytest.raises(PluginError, match=f"noise 'misbehaving' \\(plugin 'acme_broken'\\).*{match}"):
+        smoothed.certify(torch.full((2, 4), 0.5), n0=4, n=20)
+
+
+def test_a_certificate_plugin_returning_garbage_is_named():
+    from smoothcore.certificates import Certificate, Certified
+
+    class Sloppy(Certificate):
+        name, kind = "sloppy", "monte-carlo"
+
+        def applies_to(self, noise):
+            return True
+
+        def certify(self, noise, stats):
+            n = stats.counts.shape[0]
+            return Certified(torch.zeros(n + 2, dtype=torch.long), torch.ones(1, dtype=torch.float64), "l1")
+
+    def register_certificates(register):
+        register("sloppy", Sloppy)
+
+    use_plugins(plugin_module("acme_certs", register_certificates=register_certificates))
+    smoothed = smoothcore.SmoothedClassifier(torch.nn.Linear(4, 2), smoothcore.noise("uniform", sigma=0.1, dim=4), 2)
+    with pytest.raises(PluginError, match="certificate 'sloppy' \\(plugin 'acme_certs'\\) returned prediction of shape \\(5,\\) for 3 images"):
+        smoothed.certify(torch.full((3, 4), 0.5), n0=4, n=20, certificate="sloppy")
+
+
+class NaNModel(torch.nn.Module):
+    def forward(self, x):
+        return torch.full((x.shape[0], 3), float("nan"))
+
+
+@pytest.mark.parametrize("name", ["dssn", "ssn"])
+def test_a_classifier_with_nan_logits_gets_no_certificate(name):
+    """argmax of NaN logits is class 0: without the check, such a model would be 'certified' with a large radius."""
+    smoothed = smoothcore.SmoothedClassifier(NaNModel(), smoothcore.noise(name, sigma=0.5, dim=4), 3)
+    with pytest.raises(smoothcore.ConfigError, match="NaN or infinite logits"):
+        smoothed.certify(torch.full((2, 1, 2, 2), 128 / 255), n0=4, n=50)

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
+import pytest
+
+from smoothcore import ExperimentError
 from smoothcore.results import ResultWriter, load_results, read_valid
 
 
@@ -44,3 +51,35 @@ def test_a_damaged_row_and_everything_after_it_are_discarded(tmp_path):
     lines[2] = lines[2].replace("0.1", "0.9")  # row 1's radius altered: its checksum no longer matches
     path.write_text("".join(lines))
     assert load_results(path)["index"].tolist() == [0]
+
+
+def test_a_row_is_synced_to_disk_within_the_interval_even_when_no_other_row_follows(tmp_path, monkeypatch):
+    synced = threading.Event()
+    real_fsync = os.fsync
+
+    def spy(fd):
+        real_fsync(fd)
+        synced.set()
+
+    w = ResultWriter(tmp_path / "r.csv", resume=False, fsync_every=0.2)
+    monkeypatch.setattr(os, "fsync", spy)
+    w.write(rows(1)[0])  # the next row may be hours away (Monte-Carlo on ImageNet)
+    assert synced.wait(timeout=30), "the row was never fsynced while the writer waited for more"
+    w.close()
+
+
+def test_a_background_sync_failure_is_reported_by_the_next_write(tmp_path, monkeypatch):
+    w = ResultWriter(tmp_path / "r.csv", resume=False, fsync_every=0.05)
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    w.write(rows(1)[0])
+    deadline = time.monotonic() + 30
+    while w._error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(ExperimentError, match="No space left"):
+        w.write(rows(2)[1])
+    monkeypatch.undo()
+    w.close()

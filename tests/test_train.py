@@ -164,3 +164,36 @@ def test_a_start_that_fails_on_bad_input_leaves_no_folder_behind(tiny_idx_dir, t
         Trainer(tiny_config(tiny_idx_dir, epochs=1, finetune=str(tmp_path / "missing.pt")), tmp_path / "run").run()
     assert not (tmp_path / "run").exists()
     assert len(Trainer(tiny_config(tiny_idx_dir, epochs=1), tmp_path / "run").run()) == 1  # the corrected rerun just works
+
+
+def test_resume_continues_the_global_random_stream_of_dropout(tiny_idx_dir, tmp_path):
+    """A model that draws from torch's global generator (dropout) resumes into the identical weights."""
+    from torch import nn
+
+    from smoothcore.plugins import use_plugins
+    from tests.test_plugins import plugin_module
+
+    def dropout_mlp(*, num_classes, in_channels, image_size):
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, 32), nn.ReLU(), nn.Dropout(0.5),
+                             nn.Linear(32, num_classes))
+
+    def register_classifiers(register):
+        register("dropout-mlp", dropout_mlp)
+
+    use_plugins(plugin_module("acme_dropout", register_classifiers=register_classifiers))
+    cfg = dict(model="dropout-mlp", epochs=2, save_every_steps=1, train_limit=96)
+    train_classifier(tiny_config(tiny_idx_dir, **cfg), tmp_path / "straight")
+
+    class Crash(Exception):
+        pass
+
+    def crash(epoch, step, total, _loss):
+        if epoch == 1 and step == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        Trainer(tiny_config(tiny_idx_dir, **cfg), tmp_path / "resumed").run(on_step=crash)
+    Trainer(tiny_config(tiny_idx_dir, **cfg), tmp_path / "resumed").run(resume=True)
+    a = load_file(tmp_path / "straight" / "checkpoint.pt")["state_dict"]
+    b = load_file(tmp_path / "resumed" / "checkpoint.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
