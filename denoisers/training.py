@@ -19,7 +19,7 @@ from torch import nn
 from smoothcore.checkpoints import load_file, sha256
 from smoothcore.data import batches, get_dataset, subset_indices
 from smoothcore.denoise import denoiser_checkpoint
-from smoothcore.errors import ConfigError
+from smoothcore.errors import CheckpointError, ConfigError
 from smoothcore.experiment import Experiment
 from smoothcore.fileio import atomic_torch_save
 from smoothcore.loading import check_compatible, load_classifier
@@ -147,16 +147,20 @@ class DenoiserTrainer:
         start, best = 0, None
         if resuming:
             state = load_file(self.exp.train_state)
-            model.load_state_dict(state["model"])
-            kind = state["optimizer_kind"]
-            optimizer = self._optimizer(kind, model.parameters())
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-            scheduler.load_state_dict(state["scheduler"])
-            order_rng.set_state(state["order_rng"])
-            noise_rng.set_state(state["noise_rng"])
-            start, best = int(state["epoch"]), state.get("best")
-            truncate_log(self.exp.train_log, start)
+            try:
+                model.load_state_dict(state["model"])
+                kind = state["optimizer_kind"]
+                optimizer = self._optimizer(kind, model.parameters())
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+                scheduler.load_state_dict(state["scheduler"])
+                order_rng.set_state(state["order_rng"])
+                noise_rng.set_state(state["noise_rng"])
+                start, best = int(state["epoch"]), state.get("best")
+                truncate_log(self.exp.train_log, start)
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise CheckpointError(f"{self.exp.train_state} is damaged and cannot be resumed from ({type(exc).__name__}: {exc})",
+                                      hint="pass --overwrite to start the run again") from None
         else:
             self.exp.train_log.unlink(missing_ok=True)
         steps = math.ceil(len(train_idx) / cfg.batch_size)

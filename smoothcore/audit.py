@@ -770,13 +770,13 @@ def choose_tag(run_dir: str | Path, tag: str | None) -> str:
 
 def audit_experiment(run_dir: str | Path, *, tag: str | None = None, limit: int | None = 5,
                      config: AuditConfig | None = None, data_dir: str | None = None, device: str = "cpu",
-                     max_batch: int = 1024,
-                     on_image: Callable[[ImageAudit], None] | None = None) -> ExperimentAudit:
+                     max_batch: int = 1024, on_image: Callable[[ImageAudit], None] | None = None,
+                     trust_checkpoint: bool = False) -> ExperimentAudit:
     """Audit the first ``limit`` certified (non-abstaining) images of ``certify_<tag>.csv`` in ``run_dir``:
     the classifier, denoiser and noise are loaded as certification loaded them
     (:func:`smoothcore.runner.plan`), the claims are the table's predictions and radii. Writes
     ``audit_<tag>.csv`` (one row per image) and ``audit_<tag>.json`` (configuration, statement, summary) into
-    the folder."""
+    the folder. ``trust_checkpoint``: as for certification, allow legacy pickled checkpoints."""
     from smoothcore.data import fetch, get_dataset
     from smoothcore.fileio import atomic_write, atomic_write_json, read_json
     from smoothcore.results import load_results
@@ -792,7 +792,12 @@ def audit_experiment(run_dir: str | Path, *, tag: str | None = None, limit: int 
         raise ExperimentError(f"{table_path.name} has no parameters file {meta_path.name}; "
                               "cannot rebuild its noise")
     meta = read_json(meta_path)
-    run = plan(run_dir, _certify_config(meta, tag, data_dir, device, max_batch))
+    try:
+        cfg_certify = _certify_config(meta, tag, data_dir, device, max_batch)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ExperimentError(f"certify_{tag}.json is damaged ({exc})") from None
+    cfg_certify.trust_checkpoint = trust_checkpoint
+    run = plan(run_dir, cfg_certify)
     _check_same_run(run, meta, table_path)
     table = load_results(table_path)
     rows = table[(table["prediction"] != ABSTAIN) & np.isfinite(table["radius"].to_numpy(dtype=float))]

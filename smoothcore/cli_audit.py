@@ -35,9 +35,10 @@ def _searches(text: str) -> tuple[str, ...]:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--max-batch", type=int, default=1024, show_default=True,
               help="Most noisy images per forward pass.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow loading legacy pickled checkpoints (can run code).")
 def audit_cmd(run_dir: str, tag: str | None, limit: int, searches: str, budget: int, no_tightness: bool,
               n_search: int, n_test: int, alpha: float, seed: int, data_dir: str | None, device: str,
-              max_batch: int) -> None:
+              max_batch: int, trust_checkpoint: bool) -> None:
     """Search for perturbations inside the certified radii of RUN_DIR's result table that change the smoothed
     prediction, and measure how tight the radii are. Writes audit_<tag>.csv (one row per image) and
     audit_<tag>.json into RUN_DIR. Exits with status 1 when a violation is found."""
@@ -52,7 +53,8 @@ def audit_cmd(run_dir: str, tag: str | None, limit: int, searches: str, budget: 
     with progress_bar() as bar:
         task = bar.add_task("audit", total=limit)
         result = audit_experiment(run_dir, tag=tag, limit=limit, config=cfg, data_dir=data_dir, device=device,
-                                  max_batch=max_batch, on_image=lambda _im: bar.advance(task))
+                                  max_batch=max_batch, on_image=lambda _im: bar.advance(task),
+                                  trust_checkpoint=trust_checkpoint)
     report, summary = result.report, result.report.summary()
     title = f"audit of {result.table.name}: noise {result.noise}, certificate {result.certificate}"
     table = Table(title=title)

@@ -86,11 +86,14 @@ class Experiment:
         if not self.exists():
             raise ExperimentError(f"{self.path} is not an experiment folder (no {CONFIG})",
                                   hint="train one with `smoothcore train-classifier --out FOLDER`")
-        return read_json(self.path / CONFIG)
+        return check_config(read_json(self.path / CONFIG), self.path / CONFIG)
 
     def manifest(self) -> dict[str, Any]:
         p = self.path / MANIFEST
-        return read_json(p) if p.is_file() else {}
+        data = read_json(p) if p.is_file() else {}
+        if not isinstance(data, dict):
+            raise ExperimentError(f"{p} is damaged (not a JSON object)", hint="delete it; it is rewritten by the next run")
+        return data
 
     def results(self) -> list[Path]:
         return sorted(self.path.glob("certify_*.csv"))
@@ -129,6 +132,25 @@ class Experiment:
         manifest.update(fields)
         manifest["updated"] = now()
         atomic_write_json(self.path / MANIFEST, manifest)
+
+
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "dataset": (str,), "model": (str,), "noise": (str,), "classifier_path": (str,), "checkpoint_model": (str,),
+    "denoiser": (str,), "data_dir": (str,), "finetune": (str,), "sigma": (int, float), "lambd": (int, float),
+    "noise_seed": (int,), "seed": (int,), "epochs": (int,), "model_params": (dict,), "kind": (str,),
+}
+
+
+def check_config(data: Any, path: Path) -> dict[str, Any]:
+    """An experiment's config.json, checked enough that a damaged or edited file is a clear error naming the
+    field, not a failure somewhere downstream."""
+    if not isinstance(data, dict):
+        raise ExperimentError(f"{path} is damaged (not a JSON object)")
+    for key, types in _CONFIG_TYPES.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            raise ExperimentError(f"{path} is damaged: {key} = {value!r} is not a {' or '.join(t.__name__ for t in types)}")
+    return data
 
 
 IGNORED_ON_RESUME = {"device", "workers", "data_dir", "save_every", "save_every_steps", "out", "progress", "trust_checkpoint"}

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from smoothcore.errors import DataError
+from smoothcore.fileio import read_json
 from smoothcore.results import load_results
 
 PAPER_RADII = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
@@ -85,7 +86,9 @@ def _table_run(path: Path, name: str | None = None) -> Run:
         if col not in table.columns:
             raise DataError(f"{path} is not a smoothcore result table (no {col} column)")
     meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_json(meta_path) if meta_path.exists() else {}
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path} is damaged (not a JSON object)")
     norm = str(table["norm"].iloc[0]) if "norm" in table.columns and len(table) else meta.get("norm", "l1")
     run_name = name or f"{path.parent.name}/{path.stem.removeprefix('certify_')}"
     return Run(run_name, table["label"].to_numpy(np.int64), table["prediction"].to_numpy(np.int64),

@@ -280,21 +280,25 @@ class Trainer:
         start_epoch, start_step, carried = 0, 0, (0.0, 0, 0)
         if resuming:
             state = load_file(self.exp.train_state)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            order_rng.set_state(state["epoch_order_rng"] if state.get("step") else state["order_rng"])
-            noise_rng.set_state(state["noise_rng"])
-            start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
-            carried = tuple(state.get("partial", (0.0, 0, 0)))
-            if "torch_rng" in state:  # dropout and any other use of the global generators continue where they were
-                torch.set_rng_state(state["torch_rng"])
-            if state.get("cuda_rng") is not None and self.device.type == "cuda":
-                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            if info.main:
-                truncate_log(self.exp.train_log, start_epoch)  # epochs logged after the last save are trained again
+            try:
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                order_rng.set_state(state["epoch_order_rng"] if state.get("step") else state["order_rng"])
+                noise_rng.set_state(state["noise_rng"])
+                start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
+                carried = tuple(state.get("partial", (0.0, 0, 0)))
+                if "torch_rng" in state:  # dropout and any other use of the global generators continue where they were
+                    torch.set_rng_state(state["torch_rng"])
+                if state.get("cuda_rng") is not None and self.device.type == "cuda":
+                    torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+                if state.get("scaler"):
+                    scaler.load_state_dict(state["scaler"])
+                if info.main:
+                    truncate_log(self.exp.train_log, start_epoch)  # epochs logged after the last save are trained again
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise CheckpointError(f"{self.exp.train_state} is damaged and cannot be resumed from ({type(exc).__name__}: {exc})",
+                                      hint="pass --overwrite to start the run again") from None
         elif info.main:
             self.exp.train_log.unlink(missing_ok=True)
         if info.main:

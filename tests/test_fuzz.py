@@ -129,3 +129,52 @@ def test_certify_counts_with_random_counts(counts):
     except SmoothcoreError:
         return
     assert (tensor.sum(1) == 13).all() and (radius >= 0).all()
+
+
+EXPERIMENT_FILES = ["config.json", "manifest.json", "certify_dssn_sigma0.25.json", "certify_dssn_sigma0.25.csv", "checkpoint.pt"]
+
+
+def damage(path, how: str, blob: bytes, data) -> None:
+    """Damage ``path`` the way a crash, a full disk, a careless edit or an attacker would."""
+    import json
+
+    raw = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif how == "replace":
+        path.write_bytes(blob)
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "edit-json" and path.suffix == ".json":
+        obj = json.loads(raw)
+        if isinstance(obj, dict) and obj:
+            key = data.draw(st.sampled_from(sorted(obj)))
+            obj[key] = data.draw(st.one_of(st.none(), numbers, st.text(max_size=8), st.lists(st.integers(), max_size=2)))
+        path.write_text(json.dumps(obj, default=str))
+    else:
+        path.write_bytes(raw + blob)  # appended junk
+
+
+@pytest.fixture
+def certified_run(run_copy, fashion_dir):
+    from smoothcore.runner import CertifyConfig, certify_experiment
+
+    certify_experiment(run_copy, CertifyConfig(limit=2, data_dir=str(fashion_dir)))
+    return run_copy
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(target=st.sampled_from(EXPERIMENT_FILES), how=st.sampled_from(["truncate", "replace", "empty", "edit-json", "append"]),
+       blob=st.binary(max_size=200), data=st.data())
+def test_damaged_experiment_files_are_clean_errors(certified_run, fashion_dir, tmp_path_factory, target, how, blob, data):
+    import shutil
+
+    folder = tmp_path_factory.mktemp("damaged") / "run"
+    shutil.copytree(certified_run, folder)
+    damage(folder / target, how, blob, data)
+    for args in (["report", folder], ["certify", folder, "--data-dir", fashion_dir, "--limit", 3, "--resume"],
+                 ["audit", folder, "--data-dir", fashion_dir, "--limit", 1, "--budget", 2, "--no-tightness"]):
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+        if args[0] == "audit" and result.exit_code == 1 and "violation" in result.output.lower():
+            continue  # an edited radius that the audit then breaks is the audit doing its job
+        assert_clean(result)

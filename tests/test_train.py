@@ -197,3 +197,12 @@ def test_resume_continues_the_global_random_stream_of_dropout(tiny_idx_dir, tmp_
     a = load_file(tmp_path / "straight" / "checkpoint.pt")["state_dict"]
     b = load_file(tmp_path / "resumed" / "checkpoint.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("state", [{"epoch": 1}, [1, 2, 3], {"model": {"bogus": torch.zeros(1)}, "epoch": 1}])
+def test_resuming_from_a_damaged_train_state_is_a_clear_error(tiny_idx_dir, tmp_path, state):
+    cfg = dict(epochs=2, train_limit=32)
+    Trainer(tiny_config(tiny_idx_dir, **cfg), tmp_path / "run").run()
+    torch.save(state, tmp_path / "run" / "train_state.pt")
+    with pytest.raises(smoothcore.CheckpointError, match="(?s)train_state.pt is damaged.*--overwrite"):
+        Trainer(tiny_config(tiny_idx_dir, **cfg), tmp_path / "run").run(resume=True)
