@@ -114,11 +114,12 @@ def plugins_cmd(as_json: bool) -> None:
         return
     table = Table(title="smoothcore plugins")
     table.add_column("plugin")
-    for kind in KINDS:
+    columns = (*KINDS, "command") if any(row["command"] for row in rows) else tuple(KINDS)
+    for kind in columns:
         table.add_column(kind + "s")
     for row in rows:
         name = row["plugin"] + (" (built-in)" if row["builtin"] else "")
-        table.add_row(name, *[", ".join(row[k]) for k in KINDS])
+        table.add_row(name, *[", ".join(row[k]) for k in columns])
     _console().print(table)
     from smoothcore.certificates import MONTE_CARLO
 

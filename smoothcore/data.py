@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from smoothcore.errors import ConfigError, DataError
+from smoothcore.errors import ConfigError, DataError, SmoothcoreError
 
 SPLITS = ("train", "test")
 
@@ -71,7 +71,28 @@ class DatasetSource:
     def load(self, split: str, data_dir: str | Path | None = None) -> Dataset:
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-        return self.loader(split, Path(data_dir) if data_dir is not None else None)
+        dataset = self.loader(split, Path(data_dir) if data_dir is not None else None)
+        check_labels(dataset, self.num_classes, f"{self.name} {split}")
+        return dataset
+
+
+def check_labels(dataset: Dataset, num_classes: int, what: str) -> None:
+    """Labels a model with ``num_classes`` outputs cannot predict are refused up front (they would end training in
+    an index error and count as silent misclassifications in certification). Datasets that expose their labels
+    (``labels`` or ``targets``) are checked."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        labels = getattr(dataset, "targets", None)
+    if labels is None:
+        return
+    labels = torch.as_tensor(labels)
+    if labels.numel() == 0:
+        return
+    bad = (labels < 0) | (labels >= num_classes)
+    if bool(bad.any()):
+        examples = sorted(set(labels[bad].tolist()))[:5]
+        raise DataError(f"{what}: {int(bad.sum())} labels outside the {num_classes} classes 0..{num_classes - 1} "
+                        f"(for example {examples})", hint="a folder dataset has more class folders than the model has classes?")
 
 
 def get_dataset(name: str) -> DatasetSource:
@@ -126,7 +147,7 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torc
         loader = DataLoader(dataset, batch_sampler=[idx.tolist() for idx in mine], num_workers=workers,
                             pin_memory=device.type == "cuda", persistent_workers=False)
         loaded = iter(loader)
-    for step, (images, labels) in zip(steps, loaded):
+    for step, (images, labels) in zip(steps, _unwrapped(loaded)):
         if images.dtype == torch.uint8:
             if device.type == "cuda":
                 images = images.pin_memory()
@@ -135,6 +156,30 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torc
             images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         yield (images, labels, len(step)) if shard is not None else (images, labels)
+
+
+def _unwrapped(loaded: Iterator) -> Iterator:
+    """Items of a DataLoader; an error of ours raised in a worker process comes back as itself, without the
+    worker's traceback that the DataLoader folds into its message."""
+    while True:
+        try:
+            item = next(loaded)
+        except StopIteration:
+            return
+        except SmoothcoreError as exc:
+            raise worker_error(exc) from None
+        yield item
+
+
+def worker_error(exc: SmoothcoreError) -> SmoothcoreError:
+    text = exc.message
+    if "Original Traceback" not in text:
+        return exc
+    name = f"{type(exc).__name__}: "
+    at = text.rfind(name)
+    body = text[at + len(name):].strip() if at >= 0 else text.strip().splitlines()[-1]
+    message, _, hint = body.partition("\nHint: ")
+    return type(exc)(message.strip(), hint=hint.strip() or None)
 
 
 def random_crop_flip(batch: torch.Tensor, generator: torch.Generator | None, *, padding: int = 4, flip: bool = True) -> torch.Tensor:

@@ -83,6 +83,12 @@ def build_manager(extra_plugins: tuple[Any, ...] = ()) -> pluggy.PluginManager:
         except Exception as exc:  # a broken third-party package must not take the tool down silently
             raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to import: {exc!r}") from exc
         pm.register(plugin, name=ep.name)
+    if allowed is not None:
+        installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        missing = sorted(allowed - installed)
+        if missing:
+            raise PluginError(f"SMOOTHCORE_LOAD_PLUGINS names plugins that are not installed: {', '.join(missing)}",
+                              hint=f"installed entry points in group {ENTRY_POINT_GROUP!r}: {', '.join(sorted(installed)) or '(none)'}")
     for plugin in extra_plugins:
         name = getattr(plugin, "__name__", None) or type(plugin).__name__
         pm.register(plugin, name=name)
@@ -156,4 +162,22 @@ def plugin_summary() -> list[dict[str, Any]]:
         for entry in reg:
             rows.setdefault(entry.plugin, {"plugin": entry.plugin, "builtin": False, "module": "?", **{k: [] for k in KINDS}})
             rows[entry.plugin][kind].append(entry.name)
+    commands = plugin_commands()
+    for name, row in rows.items():
+        row["command"] = commands.get(name, [])
     return list(rows.values())
+
+
+def plugin_commands() -> dict[str, list[str]]:
+    """The CLI commands each plugin adds through ``register_commands`` (collected on a scratch click group)."""
+    import click
+
+    out: dict[str, list[str]] = {}
+    for impl in components().manager.hook.register_commands.get_hookimpls():
+        group = click.Group()
+        try:
+            impl.function(cli=group)
+        except Exception as exc:
+            raise PluginError(f"plugin {impl.plugin_name!r} raised in register_commands: {exc!r}") from exc
+        out[impl.plugin_name] = sorted(group.commands)
+    return out

@@ -152,3 +152,24 @@ def test_unknown_model_parameters_are_a_clean_error_naming_them(tiny_idx_dir, tm
     fails("train-classifier", "--data-dir", tiny_idx_dir, "--model-param", "width=wide", "--sigma", 0.25, "--epochs", 1, "--out", tmp_path / "run",
           match="could not build classifier 'cnn'")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_plugin_dataset_with_labels_outside_its_classes_is_refused_before_training(tmp_path):
+    from smoothcore.data import DatasetSource, ImageTensorDataset
+    from smoothcore.plugins import use_plugins
+    from tests.test_plugins import plugin_module
+
+    def loader(split, data_dir):
+        labels = torch.tensor([0, 1, 2, 12] * 4)
+        return ImageTensorDataset(torch.zeros(16, 1, 8, 8, dtype=torch.uint8), labels, source=f"acme {split}")
+
+    def acme():
+        return DatasetSource(name="acme", num_classes=4, image_shape=(1, 8, 8), mean=(0.5,), std=(0.25,), loader=loader)
+
+    def register_datasets(register):
+        register("acme", acme)
+
+    use_plugins(plugin_module("acme_data", register_datasets=register_datasets))
+    fails("train-classifier", "--dataset", "acme", "--sigma", 0.25, "--epochs", 1, "--out", tmp_path / "run",
+          match=r"acme train: 4 labels outside the 4 classes 0\.\.3 \(for example \[12\]\)")
+    assert not (tmp_path / "run").exists()

@@ -120,6 +120,22 @@ def test_entry_points_load_and_can_be_restricted(monkeypatch):
     assert "shift" not in use_plugins()["noise"]
     monkeypatch.setenv("SMOOTHCORE_LOAD_PLUGINS", "acme")
     assert "shift" in use_plugins()["noise"]
+    monkeypatch.setenv("SMOOTHCORE_LOAD_PLUGINS", "acme,acme-typo")
+    with pytest.raises(PluginError, match="(?s)not installed: acme-typo.*installed entry points.*acme"):
+        use_plugins()
+
+
+def test_commands_a_plugin_adds_are_listed_with_it():
+    import click
+
+    def register_commands(cli):
+        @cli.command("hello")
+        def hello():
+            click.echo("hi")
+
+    use_plugins(plugin_module("acme_cli", register_commands=register_commands))
+    row = next(r for r in plugin_summary() if r["plugin"] == "acme_cli")
+    assert row["command"] == ["hello"]
 
 
 def test_an_entry_point_that_fails_to_import_is_named(monkeypatch):

@@ -147,3 +147,25 @@ def test_random_crop_flip_keeps_shape_and_the_grid():
     assert torch.equal(out * 255, (out * 255).round())
     unshifted = random_crop_flip(x, torch.Generator().manual_seed(0), padding=0, flip=False)
     assert torch.equal(unshifted, x)
+
+
+def test_imagenet_folder_that_is_missing_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGENET_TEST_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"nowhere \(\$IMAGENET_TEST_DIR\) is not a folder"):
+        get_dataset("imagenet").load("test")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_jpeg_is_named_without_a_worker_traceback(tmp_path, monkeypatch, workers):
+    from PIL import Image
+
+    from smoothcore.data import batches
+
+    (tmp_path / "val" / "n01440764").mkdir(parents=True)
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(tmp_path / "val" / "n01440764" / "good.JPEG")
+    (tmp_path / "val" / "n01440764" / "bad.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    monkeypatch.setenv("IMAGENET_TEST_DIR", str(tmp_path / "val"))
+    ds = get_dataset("imagenet").load("test")
+    with pytest.raises(DataError) as err:
+        list(batches(ds, 2, shuffle=False, workers=workers))
+    assert "bad.JPEG" in str(err.value) and "Traceback" not in str(err.value) and "worker" not in str(err.value)
