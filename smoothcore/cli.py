@@ -390,6 +390,12 @@ def _external_experiment(run_dir: str, checkpoint: str, model: str | None, opts:
         raise ExperimentError(f"{run_dir} already holds another experiment", hint="choose another RUN_DIR")
     exp.path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(exp.path / "config.json", config)
+    from smoothcore.checkpoints import sha256
+    from smoothcore.experiment import now, plugin_versions, versions
+
+    manifest = exp.manifest()
+    exp.update_manifest(created=manifest.get("created", now()), versions=versions(), plugins=plugin_versions(),
+                        classifier_path=str(ckpt), checkpoint_sha256=sha256(ckpt), layout=info["layout"])
     if opts.get("dataset") is None:
         opts["dataset"] = config["dataset"]
 

@@ -35,6 +35,7 @@ class Run:
     norm: str = "l1"
     meta: dict[str, Any] = field(default_factory=dict)
     index: np.ndarray | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)  # of the experiment folder holding the table
 
     @property
     def correct(self) -> np.ndarray:
@@ -91,8 +92,11 @@ def _table_run(path: Path, name: str | None = None) -> Run:
         raise DataError(f"{meta_path} is damaged (not a JSON object)")
     norm = str(table["norm"].iloc[0]) if "norm" in table.columns and len(table) else meta.get("norm", "l1")
     run_name = name or f"{path.parent.name}/{path.stem.removeprefix('certify_')}"
+    manifest_path = path.parent / "manifest.json"
+    manifest = read_json(manifest_path) if manifest_path.is_file() else {}
     return Run(run_name, table["label"].to_numpy(np.int64), table["prediction"].to_numpy(np.int64),
-               pd.to_numeric(table["radius"], errors="coerce").to_numpy(np.float64), norm, meta, table["index"].to_numpy(np.int64))
+               pd.to_numeric(table["radius"], errors="coerce").to_numpy(np.float64), norm, meta, table["index"].to_numpy(np.int64),
+               manifest if isinstance(manifest, dict) else {})
 
 
 def load_runs(paths) -> list[Run]:
@@ -165,6 +169,20 @@ def comparability_warnings(runs: list[Run]) -> list[str]:
     for key, shas in by_model.items():
         if len(shas) > 1:
             out.append(f"runs with the same noise and certificate ({key}) used {len(shas)} different classifier checkpoints")
+    for r in runs:
+        current, used = r.manifest.get("checkpoint_sha256"), r.meta.get("classifier_sha256")
+        if current and used and current != used:
+            out.append(f"{r.name} was certified with an earlier checkpoint: the experiment's classifier has changed since "
+                       "(trained further or replaced); certify again to report the current model")
+    settings: dict[str, set[str]] = {}
+    for r in runs:
+        if r.meta.get("classifier_sha256") and r.meta.get("noise") and r.meta.get("n") is not None:
+            key = json.dumps(r.meta["noise"], sort_keys=True) + r.meta["classifier_sha256"]
+            settings.setdefault(key, set()).add(f"n={r.meta.get('n')}, alpha={r.meta.get('alpha')}")
+    for seen in settings.values():
+        if len(seen) > 1:
+            out.append(f"runs of one model and noise use different Monte-Carlo settings ({'; '.join(sorted(seen))}): their "
+                       "radii hold at different confidence or sample sizes")
     return out
 
 

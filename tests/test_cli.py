@@ -110,6 +110,11 @@ def test_certify_off_the_shelf_checkpoint(fashion_dir, tmp_path, trained_run):
     out = invoke("certify", tmp_path / "ext", "--checkpoint", trained_run / "checkpoint.pt", "--noise", "ssn", "--sigma", "0.25",
                  "--n0", "8", "--n", "40", "--alpha", "0.01", "--data-dir", fashion_dir, "--limit", "3").output
     assert "certify_ssn_sigma0.25.csv" in out.replace("\n", "")
+    from smoothcore.checkpoints import sha256
+
+    manifest = json.loads((tmp_path / "ext" / "manifest.json").read_text())
+    assert manifest["checkpoint_sha256"] == sha256(trained_run / "checkpoint.pt") and manifest["layout"] == "smoothcore"
+    assert "torch" in manifest["versions"]
 
 
 def test_non_quantised_input_to_dssn_is_refused_through_the_cli(run_copy, fashion_dir):

@@ -36,3 +36,18 @@ def test_warnings_for_runs_on_other_data_images_or_checkpoints():
     assert "different images" in warnings
     assert "2 different classifier checkpoints" in warnings
     assert comparability_warnings([a, a]) == []
+
+
+def test_warnings_for_stale_tables_unfinished_runs_and_mixed_monte_carlo_settings():
+    noise = {"name": "ssn", "sigma": 0.5}
+    stale = run("stale", [0], [0], [0.1], noise=noise, classifier_sha256="old", n=1000, alpha=0.001, finished="x")
+    stale.manifest = {"checkpoint_sha256": "new"}  # the experiment's checkpoint was retrained after this certification
+    fresh = run("fresh", [0], [0], [0.1], noise=noise, classifier_sha256="new", n=1000, alpha=0.001, finished="x")
+    fresh.manifest = {"checkpoint_sha256": "new"}
+    other_n = run("other-n", [0], [0], [0.1], noise=noise, classifier_sha256="new", n=100, alpha=0.001, finished="x")
+    partial = run("partial", [0], [0], [0.1], noise=noise, classifier_sha256="new", n=1000, alpha=0.001, num_images=10)
+    warnings = " | ".join(comparability_warnings([stale, fresh, other_n, partial]))
+    assert "stale was certified with an earlier checkpoint" in warnings and "fresh was certified" not in warnings
+    assert "different Monte-Carlo settings (n=100, alpha=0.001; n=1000, alpha=0.001)" in warnings
+    assert "partial is unfinished (1 of 10 images)" in warnings
+    assert comparability_warnings([fresh]) == []

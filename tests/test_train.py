@@ -27,6 +27,17 @@ def test_training_writes_an_experiment_folder(tiny_idx_dir, tmp_path):
         assert (tmp_path / "run" / name).is_file()
     ckpt = load_file(tmp_path / "run" / "checkpoint.pt")
     assert ckpt["model"] == "cnn" and ckpt["noise"]["name"] == "dssn" and ckpt["epoch"] == 2
+    import json
+
+    from smoothcore.checkpoints import sha256
+
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["checkpoint_sha256"] == sha256(tmp_path / "run" / "checkpoint.pt") and manifest["epoch"] == 2
+    assert {"smoothcore", "torch", "python"} <= set(manifest["versions"])
+    assert manifest["plugins"]["smoothcore_plugins.splitting"] == "built-in"
+    assert manifest["noise"]["name"] == "dssn" and manifest["noise"]["sigma"] == 0.25
+    assert manifest["data"]["dataset"] == "fashion-mnist" and manifest["data"]["train_images"] == 64
+    assert len(manifest["data"]["train_fingerprint"]) >= 16
 
 
 def test_noise_augmentation_learns_real_data(fashion_dir, tmp_path):
