@@ -90,3 +90,22 @@ def test_early_decisions_keep_the_forward_batches_full_and_the_verdicts_of_full_
     for r in (0.02, 0.05):
         assert ((early["radius"] >= r) & (early["correct"] == 1)).tolist() == ((full["radius"] >= r) & (full["correct"] == 1)).tolist()
     assert early["forward_passes"].sum() < full["forward_passes"].sum()
+
+
+def test_the_certificate_chosen_is_recorded_per_row_and_report_shows_them_side_by_side(run_copy, fashion_dir):
+    from smoothcore.report import certified_accuracy_table, load_runs
+
+    common = dict(noise="ssn", sigma=0.25, n0=8, n=200, alpha=0.01, skip=200, limit=6, data_dir=str(fashion_dir))
+    tables = {name: certify_experiment(run_copy, CertifyConfig(**common, certificate=name))
+              for name in ("standard", "two-sided", "box")}
+    for name, table in tables.items():
+        assert set(table["certificate"]) == {name}
+        if name != "standard":
+            extra = [json.loads(e) for e in table["extra"]]
+            assert all("p_b_upper" in e for e in extra)
+    same = tables["standard"]["prediction"] >= 0
+    assert (tables["two-sided"]["radius"][same] >= tables["standard"]["radius"][same] - 1e-12).all()
+    assert (tables["box"]["radius"].fillna(-1) >= tables["two-sided"]["radius"].fillna(-1) - 1e-12).all()
+    runs = load_runs([run_copy])
+    assert sorted(r.name.split("/")[-1] for r in runs) == ["ssn_sigma0.25", "ssn_sigma0.25_box", "ssn_sigma0.25_two-sided"]
+    assert len(certified_accuracy_table(runs, [0.0, 0.1])) == 4  # three runs and the envelope
