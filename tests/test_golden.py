@@ -71,6 +71,36 @@ def test_monte_carlo_radii_are_the_noise_formula_at_p_lower(golden, run):
     assert np.array_equal(np.float32(2 * noise.lambd) * (p32 - np.float32(0.5)), published.astype(np.float32))
 
 
+@pytest.mark.parametrize("run", MC_RUNS)
+def test_monte_carlo_predictions_and_radii_come_from_our_standard_certificate(golden, run, cp_table):
+    """Per image: the selection counts (64 draws) and the estimation count k recovered from prob_lb, through the
+    standard certificate plugin, give the published radius and predict argmax(selection) exactly where it is
+    positive (abstaining elsewhere), for all 10,000 images."""
+    from smoothcore.certificates import Statistics, get_certificate
+
+    name, sigma = MC_RUNS[run]
+    noise = smoothcore.noise(name, sigma=sigma, dim=CIFAR_DIM)
+    folder = golden / run
+    selection = torch.from_numpy(np.rint(np.load(folder / "preds.npy") * 64).astype(np.int64))
+    assert (selection.sum(dim=1) == 64).all()
+    published_p = np.load(folder / "prob_lb.npy").astype(np.float32)
+    table32 = cp_table.astype(np.float32)
+    above = np.clip(np.searchsorted(table32, published_p), 1, len(table32) - 1)
+    k = np.where(np.abs(table32[above - 1] - published_p) < np.abs(table32[above] - published_p), above - 1, above)
+    top = selection.argmax(dim=1)
+    rows = torch.arange(len(top))
+    counts = torch.zeros(len(top), 10, dtype=torch.long)
+    counts[rows, top] = torch.from_numpy(k)
+    counts[rows, (top + 1) % 10] = 100_000 - torch.from_numpy(k)
+    out = get_certificate("standard").certify(noise, Statistics(counts=counts, num_draws=100_000, selection=selection,
+                                                                  alpha=0.001))
+    published_r = np.load(folder / "radius_l1.npy")
+    certified = published_r > 0
+    assert np.array_equal(out.prediction.numpy() >= 0, certified)
+    assert np.array_equal(out.prediction.numpy()[certified], top.numpy()[certified])
+    assert np.allclose(out.radius.numpy()[certified], published_r[certified], rtol=0, atol=3e-6)
+
+
 def published_table(golden) -> dict[str, list[float]]:
     text = (golden.parent / "README.md").read_text()
     rows = {}
