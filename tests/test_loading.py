@@ -165,3 +165,25 @@ def test_an_imagenet_checkpoint_used_with_cifar10_is_refused_with_that_fact(tmp_
         smoothcore.load_classifier(tmp_path / "imagenet.pth.tar", dataset="cifar10")
     loaded, info = smoothcore.load_classifier(tmp_path / "imagenet.pth.tar", return_info=True)
     assert info["dataset"] == "imagenet" and info["model"] == "torchvision:resnet18"
+
+
+@pytest.mark.parametrize("arch", ["cifar_wrn40", "cifar_resnet110"])
+def test_published_classifiers_give_the_logits_of_the_original_architecture(tmp_path, arch):
+    """The original code (independent transcriptions in tests/reference_archs.py) and load_classifier on its
+    denoised-smoothing checkpoint agree: same weights, same normalisation, same logits."""
+    from tests.reference_archs import OriginalCifarResNet, OriginalWideResNet, randomise_batch_norm
+
+    torch.manual_seed(5)
+    original = OriginalWideResNet(40, 10, 2) if arch == "cifar_wrn40" else OriginalCifarResNet(110, 10)
+    original = randomise_batch_norm(original, seed=6)
+    # denoised smoothing saves torch.nn.DataParallel(Sequential(NormalizeLayer, model)): keys module.1.<original keys>
+    torch.save({"arch": arch, "epoch": 90, "state_dict": {f"module.1.{k}": v for k, v in original.state_dict().items()}},
+               tmp_path / "checkpoint.pth.tar")
+    loaded = smoothcore.load_classifier(tmp_path / "checkpoint.pth.tar")
+    x = torch.rand(6, 3, 32, 32)
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = original((x - mean) / std)
+        assert (expected - expected.mean(dim=0)).abs().max() > 1e-3  # images differ in logits: wiring mistakes show
+        assert torch.allclose(loaded(x), expected, atol=1e-6, rtol=1e-4)
