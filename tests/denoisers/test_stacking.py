@@ -84,3 +84,56 @@ def test_a_three_channel_denoiser_on_grey_data_is_refused(run_copy, fashion_dir,
         from smoothcore.train import load_frozen_denoiser
 
         load_frozen_denoiser(str(den_path), 1, torch.device("cpu"))
+
+
+def test_a_stacked_model_round_trips_through_save_and_load_with_identical_outputs(tmp_path):
+    from smoothcore.loading import classifier_checkpoint
+    from smoothcore.models import build_classifier
+
+    torch.manual_seed(3)
+    den = DnCNN(1, 4, 8).eval()
+    with torch.no_grad():
+        den.dncnn[-1].weight.normal_(0, 0.1)  # a denoiser that really changes its input
+    clf = build_classifier("cnn", num_classes=10, in_channels=1, image_size=28, mean=(0.3,), std=(0.3,)).eval()
+    in_memory = smoothcore.stack(den, clf)
+    save_denoiser(den, tmp_path / "den.pt")
+    torch.save(classifier_checkpoint(clf, name="cnn", params={}, dataset="fashion-mnist", num_classes=10, in_channels=1,
+                                     image_size=28), tmp_path / "clf.pt")
+    reloaded = smoothcore.stack(smoothcore.load_denoiser(tmp_path / "den.pt"), smoothcore.load_classifier(tmp_path / "clf.pt"))
+    x = quantised((5, 1, 28, 28), seed=4)
+    with torch.no_grad():
+        assert not torch.allclose(den(x), x)
+        assert torch.equal(in_memory(x), reloaded(x))
+
+
+def test_off_the_shelf_published_classifier_and_denoiser_certify_on_cifar10(tmp_path):
+    """The denoised-smoothing setting without training: their cifar_wrn40 classifier (through wrn40-compat) and
+    their cifar_dncnn denoiser, both as DataParallel checkpoint.pth.tar files, stacked by certify on CIFAR-10 data."""
+    import numpy as np
+    import pandas as pd
+
+    from smoothcore.data import fetch, get_dataset
+    from tests.plugins.test_datasets import write_cifar_fixture
+    from tests.reference_archs import OriginalWideResNet, randomise_batch_norm
+
+    data = write_cifar_fixture(tmp_path / "cifar-10-batches-py", n_per_batch=4)
+    torch.manual_seed(7)
+    wrn = randomise_batch_norm(OriginalWideResNet(40, 10, 2), seed=8)
+    torch.save({"arch": "cifar_wrn40", "state_dict": {f"module.1.{k}": v for k, v in wrn.state_dict().items()}},
+               tmp_path / "classifier.pth.tar")
+    dncnn = DnCNN(3, 17, 64).eval()
+    torch.save({"arch": "cifar_dncnn", "state_dict": {f"module.{k}": v for k, v in dncnn.state_dict().items()}},
+               tmp_path / "denoiser.pth.tar")
+    args = ["certify", str(tmp_path / "stack"), "--checkpoint", str(tmp_path / "classifier.pth.tar"), "--denoiser",
+            str(tmp_path / "denoiser.pth.tar"), "--dataset", "cifar10", "--data-dir", str(data), "--noise", "ssn",
+            "--sigma", "0.5", "--n0", "4", "--n", "24", "--alpha", "0.1", "--limit", "2"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(next((tmp_path / "stack").glob("certify_*.csv")))
+    x, _ = fetch(get_dataset("cifar10").load("test", data), [0, 1])
+    by_hand = smoothcore.stack(smoothcore.load_denoiser(tmp_path / "denoiser.pth.tar"),
+                               smoothcore.load_classifier(tmp_path / "classifier.pth.tar"))
+    expected = SmoothedClassifier(by_hand, smoothcore.noise("ssn", sigma=0.5, dim=3072), 10).certify(
+        x, n0=4, n=24, alpha=0.1, indices=[0, 1])
+    assert table["prediction"].tolist() == expected.prediction.tolist()
+    assert np.allclose(table["p_lower"], expected.p_lower.numpy())
