@@ -1,6 +1,7 @@
 # The two commands that do everything on a fresh machine: `make demo` and `make test`.
 SHELL := /bin/bash
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv: on PATH, else ~/.local/bin, else bootstrapped into .tools/ (a private venv: works under PEP 668 too)
+UV := $(shell command -v uv 2>/dev/null || { [ -x $(HOME)/.local/bin/uv ] && echo $(HOME)/.local/bin/uv; } || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
 FASHION := data/fashion-mnist
 DEMO := checkpoints/demo
@@ -10,7 +11,10 @@ DEMO_EPOCHS ?= 3
 .PHONY: demo test lint env data uv clean-demo
 
 uv:
-	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --user --quiet uv || pip install --quiet uv
+	@command -v $(UV) >/dev/null 2>&1 || { echo "installing uv into .tools/"; \
+	  { python3 -m venv .tools && .tools/bin/pip install --quiet uv; } || \
+	  { rm -rf .tools && mkdir -p .tools/bin && python3 -m pip install --user --quiet uv && ln -sf $(HOME)/.local/bin/uv .tools/bin/uv; } || \
+	  { echo "could not install uv: see https://docs.astral.sh/uv/getting-started/installation/" >&2; exit 1; }; }
 
 env: uv
 	@$(UV) sync --frozen --quiet
@@ -19,7 +23,10 @@ env: uv
 data:
 	@if [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || [ -f $(FASHION)/t10k-labels-idx1-ubyte.gz ]; then :; else \
 	  echo "fetching Fashion-MNIST (Debian package dataset-fashion-mnist) into $(FASHION)"; \
-	  tmp=$$(mktemp -d) && (cd $$tmp && apt-get download dataset-fashion-mnist >/dev/null 2>&1) && \
+	  tmp=$$(mktemp -d) && { (cd $$tmp && apt-get download dataset-fashion-mnist >$$tmp/log 2>&1) || \
+	    { cat $$tmp/log >&2; echo "could not fetch the Debian package dataset-fashion-mnist (run 'sudo apt-get update' first?)." \
+	      "Or put the four *-ubyte.gz files of https://github.com/zalandoresearch/fashion-mnist into $(FASHION)/" >&2; \
+	      rm -rf $$tmp; exit 1; }; } && \
 	  dpkg -x $$tmp/dataset-fashion-mnist_*.deb $$tmp/pkg && mkdir -p $(FASHION) && \
 	  cp $$tmp/pkg/usr/share/datasets/fashion-mnist/*.gz $(FASHION)/ && rm -rf $$tmp; fi
 
