@@ -160,7 +160,9 @@ class SmoothedClassifier:
         the verdicts equal full enumeration's and the radius recorded is the smallest the remaining draws could
         leave (sound). Monte-Carlo: sequential estimation at ``looks`` pre-planned sample sizes ``n / 2^(looks-1),
         ..., n / 2, n`` with Bonferroni alpha-spending (``alpha / looks`` per look, valid at overall level
-        ``alpha`` by the union bound), stopping once each verdict is decided.
+        ``alpha`` by the union bound over the looks whatever the stopping rule; the simplest alpha-spending
+        function of group-sequential testing; Jennison & Turnbull 2000, "Group Sequential Methods with
+        Applications to Clinical Trials"), stopping once each verdict is decided.
 
         ``batch_size``: most noisy images per forward pass for this call (default: the engine's ``max_batch``);
         results do not depend on it.
