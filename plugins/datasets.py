@@ -25,9 +25,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # -- locating data ----------------------------------------------------------------------------------------------
-def locate(name: str, data_dir: Path | None, env: str, defaults: tuple[str, ...], required: tuple[str, ...], how: str) -> Path:
+def locate(name: str, data_dir: Path | None, env: str, defaults: tuple[str, ...], required: tuple[str, ...], how: str,
+           probe: tuple[str, ...] = ()) -> Path:
     """The first of ``data_dir``, ``$env`` and ``defaults`` that exists; a DataError saying where we looked and
-    how to get the data otherwise. A folder that exists but lacks ``required`` files names them."""
+    how to get the data otherwise. A folder that exists but lacks ``required`` files names them. A default folder
+    holding none of the ``probe`` files is passed over (``./data/mnist`` may hold torchvision's ``MNIST/raw``)."""
     candidates: list[tuple[str, Path]] = []
     if data_dir is not None:
         candidates.append(("--data-dir", Path(data_dir)))
@@ -37,6 +39,8 @@ def locate(name: str, data_dir: Path | None, env: str, defaults: tuple[str, ...]
     if data_dir is not None or os.environ.get(env):
         candidates = candidates[:1]  # an explicit location is never silently replaced by another
     for origin, path in candidates:
+        if origin == "default" and probe and path.is_dir() and not any((path / f).is_file() for f in probe):
+            continue
         if path.is_dir():
             missing = [f for f in required if not (path / f).is_file()]
             if missing:
@@ -97,12 +101,12 @@ FASHION_HOW = ("install the Debian package dataset-fashion-mnist, or fetch it wi
 
 
 def _idx_loader(name: str, env: str, defaults: tuple[str, ...], how: str, split: str, data_dir: Path | None):
-    folder = locate(name, data_dir, env, defaults, (), how)
+    folder = locate(name, data_dir, env, defaults, (), how, probe=("t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte"))
     return load_idx_split(name, folder, split, 10)
 
 
 def fashion_mnist() -> DatasetSource:
-    defaults = ("data/fashion-mnist", "/usr/share/datasets/fashion-mnist")
+    defaults = ("data/fashion-mnist", "data/fashion-mnist/FashionMNIST/raw", "/usr/share/datasets/fashion-mnist")
     return DatasetSource(
         name="fashion-mnist", num_classes=10, image_shape=(1, 28, 28), mean=(0.2860,), std=(0.3530,),
         loader=partial(_idx_loader, "fashion-mnist", "FASHION_MNIST_DIR", defaults, FASHION_HOW),
@@ -115,7 +119,7 @@ def mnist() -> DatasetSource:
     how = "put the four MNIST IDX files (train-images-idx3-ubyte.gz, ...) in a folder and set $MNIST_DIR or --data-dir"
     return DatasetSource(
         name="mnist", num_classes=10, image_shape=(1, 28, 28), mean=(0.1307,), std=(0.3081,),
-        loader=partial(_idx_loader, "mnist", "MNIST_DIR", ("data/mnist", "/usr/share/datasets/mnist"), how),
+        loader=partial(_idx_loader, "mnist", "MNIST_DIR", ("data/mnist", "data/mnist/MNIST/raw", "/usr/share/datasets/mnist"), how),
         description="MNIST, 28x28 grey, from the four IDX .gz files ($MNIST_DIR, ./data/mnist)",
     )
 

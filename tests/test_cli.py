@@ -178,3 +178,18 @@ def test_a_plugin_dataset_with_labels_outside_its_classes_is_refused_before_trai
     fails("train-classifier", "--dataset", "acme", "--sigma", 0.25, "--epochs", 1, "--out", tmp_path / "run",
           match=r"acme train: 4 labels outside the 4 classes 0\.\.3 \(for example \[12\]\)")
     assert not (tmp_path / "run").exists()
+
+
+def test_certify_with_radii_reports_the_forward_passes_it_saved(run_copy, fashion_dir):
+    import re
+
+    import pandas as pd
+
+    out = invoke("certify", run_copy, "--data-dir", fashion_dir, "--skip", 50, "--limit", 8, "--radii", "0.02,0.05",
+                 "--tag", "early").output.replace("\n", " ")
+    m = re.search(r"forward passes: ([\d,]+) of ([\d,]+) \(([\d.]+)% saved by early decisions\)", out)
+    assert m, out
+    used, full = int(m.group(1).replace(",", "")), int(m.group(2).replace(",", ""))
+    table = pd.read_csv(run_copy / "certify_early.csv")
+    assert used == table["forward_passes"].sum() and full == 8 * 220 and used < full
+    assert float(m.group(3)) == pytest.approx(100 * (1 - used / full), abs=0.05)
