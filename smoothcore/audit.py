@@ -124,6 +124,8 @@ class AuditConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"audit {name} must be a positive integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"audit seed must be an integer in [0, 2**63), got {self.seed!r}")
         if not 0.0 < float(self.alpha) < 0.5:
             raise ConfigError(f"audit alpha must be in (0, 0.5), got {self.alpha!r}")
         self.searches = tuple(dict.fromkeys(searches))

@@ -20,7 +20,7 @@ hookimpl = pluggy.HookimplMarker("smoothcore")
 def register_noises(register: Any) -> None:
     """Register noise distributions.
 
-    ``factory(*, sigma, lambd, dim, seed, device, **params)`` returns a :class:`smoothcore.noise.Noise` (sampled:
+    ``factory(*, sigma, lambd, dim, seed, device, **params)`` returns a :class:`smoothcore.Noise` (sampled:
     ``sample(x, generator)``) or :class:`smoothcore.noise.ExactNoise` (adds ``num_draws`` and ``draws(x, start,
     stop)``). Noises only transform tensors, on the input's device; they never call models or loop over draws.
     ``sigma`` and ``lambd`` are None when not given; the factory validates them and raises ConfigError.

@@ -46,7 +46,7 @@ class Sweep:
                 raise ConfigError("TOML recipes need Python >= 3.11; use JSON") from None
             try:
                 data = tomllib.loads(path.read_text())
-            except (OSError, tomllib.TOMLDecodeError) as exc:
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError(f"{path} is not a readable TOML recipe: {exc}") from None
         else:
             data = read_json(path)

@@ -14,7 +14,7 @@ which noise to check::
 
 Every ``test_*`` method then runs against your noise:
 
-- it is registered, builds a :class:`smoothcore.noise.Noise`, records JSON parameters naming it, has a known
+- it is registered, builds a :class:`smoothcore.Noise`, records JSON parameters naming it, has a known
   norm;
 - ``sample`` keeps shape, dtype (float32 and float64) and device (the CPU, and CUDA when available), does not
   modify its input, and is a function of the generator: the same seed gives the same draws, another seed

@@ -1,6 +1,6 @@
 """Fuzzing the CLI and the public API with random and malformed arguments and files: every failure is a clean
 error (SmoothcoreError in Python; a message and exit status 2 on the command line), never a traceback or a partial
-result."""
+result. ``SMOOTHCORE_FUZZ_EXAMPLES=300`` runs a deeper search than the suite's 40 examples per test."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import smoothcore
 from smoothcore import SmoothcoreError
 from smoothcore.cli import cli
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(max_examples=int(__import__("os").environ.get("SMOOTHCORE_FUZZ_EXAMPLES", 40)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 numbers = st.one_of(st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0, -1, 1e9]))
 junk = st.one_of(numbers.map(str), st.text(max_size=12), st.sampled_from(["", "nan", "-inf", "../../etc", "1,2,x", "auto"]))
@@ -178,3 +178,56 @@ def test_damaged_experiment_files_are_clean_errors(certified_run, fashion_dir, t
         if args[0] == "audit" and result.exit_code == 1 and "violation" in result.output.lower():
             continue  # an edited radius that the audit then breaks is the audit doing its job
         assert_clean(result)
+
+
+DENOISER_OPTIONS = ["--arch", "--arch-param", "--noise", "--sigma", "--lambda", "--objective", "--classifier", "--epochs",
+                    "--batch-size", "--lr", "--optimizer", "--lr-step", "--lr-gamma", "--sgd-after", "--sgd-lr",
+                    "--weight-decay", "--train-limit", "--eval-limit", "--device"]
+SWEEP_OPTIONS = ["--recipe", "--dataset", "--model", "--noises", "--sigmas", "--stability", "--epochs", "--train-option",
+                 "--certify-option", "--radii"]
+AUDIT_OPTIONS = ["--tag", "--limit", "--searches", "--budget", "--n-search", "--n-test", "--alpha", "--seed", "--max-batch",
+                 "--device"]
+
+
+@FUZZ
+@given(picks=st.lists(st.tuples(st.sampled_from(DENOISER_OPTIONS), junk), min_size=1, max_size=3), blob=st.binary(max_size=200))
+def test_train_denoiser_with_random_options_fails_cleanly(tiny_idx_dir, tmp_path, picks, blob):
+    args = ["train-denoiser", "--data-dir", str(tiny_idx_dir), "--sigma", "0.3", "--epochs", "1", "--eval-limit", "8",
+            "--train-limit", "16", "--arch-param", "depth=3", "--arch-param", "channels=4", "--out", str(tmp_path / "den"),
+            "--overwrite"]
+    for opt, value in picks:
+        if opt == "--classifier":
+            value = garbage_file(tmp_path, blob, ".pt")
+        if opt in ("--epochs", "--train-limit", "--batch-size"):
+            value = str(value)[:2]
+        args += [opt, value]
+    assert_clean(CliRunner().invoke(cli, args))
+
+
+@FUZZ
+@given(picks=st.lists(st.tuples(st.sampled_from(SWEEP_OPTIONS), junk), min_size=1, max_size=3), blob=st.binary(max_size=300))
+def test_sweep_with_random_options_fails_cleanly(tmp_path, picks, blob):
+    args = ["sweep", "--dry-run", "--out", str(tmp_path / "sweep")]
+    for opt, value in picks:
+        if opt == "--recipe":
+            value = garbage_file(tmp_path, blob, data_suffix(blob))
+        args += [opt, value]
+    assert_clean(CliRunner().invoke(cli, args))
+
+
+def data_suffix(blob: bytes) -> str:
+    return ".toml" if len(blob) % 2 else ".json"
+
+
+@FUZZ
+@given(picks=st.lists(st.tuples(st.sampled_from(AUDIT_OPTIONS), junk), min_size=1, max_size=3))
+def test_audit_with_random_options_fails_cleanly(certified_run, fashion_dir, picks):
+    args = ["audit", str(certified_run), "--data-dir", str(fashion_dir), "--limit", "1", "--budget", "2", "--no-tightness"]
+    for opt, value in picks:
+        if opt in ("--limit", "--budget", "--n-search", "--n-test"):
+            value = str(value)[:2]
+        args += [opt, value]
+    result = CliRunner().invoke(cli, args)
+    if result.exit_code == 1 and "violation" in result.output.lower():
+        return
+    assert_clean(result)
