@@ -140,7 +140,7 @@ class DenoiserTrainer:
         resuming = self.exp.prepare({"kind": "denoiser", **cfg.to_dict()}, overwrite=overwrite, resume=resume)
         model = self.denoiser.to(self.device)
         kind = "sgd" if cfg.optimizer == "sgd" or (cfg.sgd_after == 0) else "adam"
-        optimizer = self._optimizer(kind, model.parameters())
+        optimizer = self._optimizer(kind, model.parameters(), lr=cfg.sgd_lr if cfg.sgd_after == 0 else None)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
         order_rng = torch.Generator().manual_seed(cfg.seed)
         noise_rng = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)

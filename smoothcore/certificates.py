@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from smoothcore.errors import ConfigError, PluginError
+from smoothcore.errors import ConfigError, PluginError, SmoothcoreError
 from smoothcore.noise import Noise
 
 MONTE_CARLO = "monte-carlo"
@@ -84,16 +84,34 @@ def certificates_for(noise: Noise) -> list[str]:
     """Names of the registered certificates that apply to ``noise``."""
     from smoothcore.plugins import registry
 
-    return [e.name for e in registry("certificate") if e.factory().applies_to(noise)]
+    names = []
+    for e in registry("certificate"):
+        try:
+            if applies(get_certificate(e.name), noise):
+                names.append(e.name)
+        except PluginError:  # a broken plugin is reported when it is used, not when others are listed
+            continue
+    return names
 
 
 def default_certificate(noise: Noise) -> str:
     return "exact" if noise.exact else "standard"
 
 
+def applies(cert: Certificate, noise: Noise) -> bool:
+    """``cert.applies_to(noise)``; a (third-party) certificate that raises there is an error naming its plugin."""
+    try:
+        return bool(cert.applies_to(noise))
+    except SmoothcoreError:
+        raise
+    except Exception as exc:
+        plugin = getattr(cert, "_smoothcore_plugin", None) or type(cert).__module__
+        raise PluginError(f"certificate {cert.name!r} (plugin {plugin!r}) failed in applies_to: {type(exc).__name__}: {exc}") from None
+
+
 def resolve_certificate(noise: Noise, name: str | None) -> Certificate:
     cert = get_certificate(name or default_certificate(noise))
-    if not cert.applies_to(noise):
+    if not applies(cert, noise):
         ok = ", ".join(certificates_for(noise)) or "(none)"
         raise ConfigError(f"certificate {cert.name!r} does not apply to noise {noise.name!r}; certificates for it: {ok}")
     return cert

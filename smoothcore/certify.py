@@ -39,6 +39,11 @@ def run_certificate(cert, noise: Noise, stats: Statistics, batch: int) -> Certif
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != (batch,):
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise PluginError(f"{where} returned {field_name} of shape {got} for {batch} images")
+    num_classes = stats.counts.shape[1]
+    if bool(((out.prediction < -1) | (out.prediction >= num_classes)).any()):
+        raise PluginError(f"{where} returned predictions outside -1..{num_classes - 1}")
+    if out.p_lower is not None and bool(((out.p_lower < 0) | (out.p_lower > 1)).any()):
+        raise PluginError(f"{where} returned p_lower outside [0, 1]")
     radius = out.radius.double()
     certified = out.prediction != -1
     if bool((radius[certified] < 0).any()) or bool(torch.isnan(radius[certified]).any()):

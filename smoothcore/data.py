@@ -85,9 +85,15 @@ def check_labels(dataset: Dataset, num_classes: int, what: str) -> None:
         labels = getattr(dataset, "targets", None)
     if labels is None:
         return
-    labels = torch.as_tensor(labels)
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(f"{what}: the dataset's labels are not class indices ({type(labels).__name__})") from None
     if labels.numel() == 0:
         return
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.dim() != 1:
+        raise DataError(f"{what}: labels must be a 1-D sequence of integer class indices, got {labels.dtype} "
+                        f"{tuple(labels.shape)}")
     bad = (labels < 0) | (labels >= num_classes)
     if bool(bad.any()):
         examples = sorted(set(labels[bad].tolist()))[:5]

@@ -157,5 +157,7 @@ IGNORED_ON_RESUME = {"device", "workers", "data_dir", "save_every", "save_every_
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted((set(old) | set(new)) - IGNORED_ON_RESUME)
+    """What changed between a run's recorded configuration and the one it is resumed with. Options that did not
+    exist when the run was made (absent from ``old``) are not differences: the run cannot have used them."""
+    keys = sorted((set(old) & set(new)) - IGNORED_ON_RESUME) + sorted(set(old) - set(new) - IGNORED_ON_RESUME)
     return [f"{k}: was {old.get(k)!r}, now {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]

@@ -80,8 +80,13 @@ def classifier_weights(obj: Any, path: str | Path) -> dict[str, Any]:
         return _denoised_smoothing_state(obj, Path(path))
     if layout == "state-dict":
         return dict(obj)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # a generic {"state_dict": ..., "epoch": ...}
+        obj = obj["state_dict"]
     if isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        return {("net." + k): v for k, v in strip_prefix(obj, "module.").items()}  # a bare torchvision-style state dict
+        state = strip_prefix(obj, "module.")
+        if any(k.startswith("net.") for k in state):
+            return state
+        return {("net." + k): v for k, v in state.items()}  # a bare torchvision-style state dict
     raise CheckpointError(f"{path}: no classifier weights smoothcore knows how to read",
                           hint="known layouts: smoothcore checkpoint.pt, the reference model_ckpt.torch, "
                                "denoised-smoothing checkpoint.pth.tar, a state dict")

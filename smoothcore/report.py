@@ -176,7 +176,8 @@ def comparability_warnings(runs: list[Run]) -> list[str]:
                        "(trained further or replaced); certify again to report the current model")
     settings: dict[str, set[str]] = {}
     for r in runs:
-        if r.meta.get("classifier_sha256") and r.meta.get("noise") and r.meta.get("n") is not None:
+        if (r.meta.get("classifier_sha256") and r.meta.get("noise") and r.meta.get("n") is not None
+                and r.meta.get("certificate") != "exact"):
             key = json.dumps(r.meta["noise"], sort_keys=True) + r.meta["classifier_sha256"]
             settings.setdefault(key, set()).add(f"n={r.meta.get('n')}, alpha={r.meta.get('alpha')}")
     for seen in settings.values():

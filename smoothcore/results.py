@@ -143,9 +143,10 @@ class ResultWriter:
                                   hint="free disk space, then rerun with --resume: finished images are kept")
 
     def sync(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        with self._lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
         with self._lock:
             try:
                 os.fsync(self.file.fileno())

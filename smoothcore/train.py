@@ -24,7 +24,7 @@ from smoothcore.checkpoints import load_file, sha256
 from smoothcore.data import DatasetSource, batches, get_dataset, subset_indices
 from smoothcore.distributed import DistInfo, barrier
 from smoothcore.engine import PRECISIONS
-from smoothcore.errors import CheckpointError, ConfigError, SmoothcoreError
+from smoothcore.errors import CheckpointError, ConfigError, ExperimentError, SmoothcoreError
 from smoothcore.experiment import Experiment
 from smoothcore.fileio import atomic_torch_save, atomic_write
 from smoothcore.loading import classifier_checkpoint
@@ -303,8 +303,14 @@ class Trainer:
             self.exp.train_log.unlink(missing_ok=True)
         if info.main:
             data_fp = getattr(train_set, "fingerprint", None)
+            fingerprint = data_fp() if data_fp else None
+            before = (self.exp.manifest().get("data") or {}).get("train_fingerprint") if resuming else None
+            if before and fingerprint and before != fingerprint:  # --data-dir may move, the data may not change
+                raise ExperimentError(f"--resume of {self.exp.path} reads other training data than the run started with "
+                                      f"(fingerprint {fingerprint}, was {before})",
+                                      hint="point --data-dir at the data the run was started with")
             self.exp.update_manifest(data={"dataset": cfg.dataset, "train_images": len(train_idx),
-                                           "train_fingerprint": data_fp() if data_fp else None},
+                                           "train_fingerprint": fingerprint},
                                      noise=self.noise.params() if self.noise is not None else None)
         train_model = self._wrap_distributed(model, info)
 

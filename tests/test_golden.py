@@ -74,8 +74,9 @@ def test_monte_carlo_radii_are_the_noise_formula_at_p_lower(golden, run):
 @pytest.mark.parametrize("run", MC_RUNS)
 def test_monte_carlo_predictions_and_radii_come_from_our_standard_certificate(golden, run, cp_table):
     """Per image: the selection counts (64 draws) and the estimation count k recovered from prob_lb, through the
-    standard certificate plugin, give the published radius and predict argmax(selection) exactly where it is
-    positive (abstaining elsewhere), for all 10,000 images."""
+    standard certificate plugin, give the published radius where it is positive and abstain exactly where it is
+    not, for all 10,000 images; the prediction is the published selection's top class. (The counts are built
+    around that class, so the prediction check guards the plumbing, not the choice of class.)"""
     from smoothcore.certificates import Statistics, get_certificate
 
     name, sigma = MC_RUNS[run]
@@ -97,7 +98,8 @@ def test_monte_carlo_predictions_and_radii_come_from_our_standard_certificate(go
     published_r = np.load(folder / "radius_l1.npy")
     certified = published_r > 0
     assert np.array_equal(out.prediction.numpy() >= 0, certified)
-    assert np.array_equal(out.prediction.numpy()[certified], top.numpy()[certified])
+    published_top = np.argmax(np.load(folder / "preds.npy"), axis=1)  # the selection's top class, ties to the lowest
+    assert np.array_equal(out.prediction.numpy()[certified], published_top[certified])
     assert np.allclose(out.radius.numpy()[certified], published_r[certified], rtol=0, atol=3e-6)
 
 

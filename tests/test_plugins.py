@@ -200,6 +200,41 @@ def test_a_certificate_plugin_returning_garbage_is_named():
         smoothed.certify(torch.full((3, 4), 0.5), n0=4, n=20, certificate="sloppy")
 
 
+def test_a_certificate_plugin_that_raises_in_applies_to_or_predicts_unknown_classes_is_named():
+    from smoothcore.certificates import Certificate, Certified
+
+    class Broken(Certificate):
+        name, kind = "broken", "monte-carlo"
+
+        def applies_to(self, noise):
+            raise RuntimeError("kaboom")
+
+        def certify(self, noise, stats):
+            raise AssertionError("never reached")
+
+    class Inventive(Certificate):
+        name, kind = "inventive", "monte-carlo"
+
+        def applies_to(self, noise):
+            return True
+
+        def certify(self, noise, stats):
+            n = stats.counts.shape[0]
+            return Certified(torch.full((n,), 7), torch.ones(n, dtype=torch.float64), "l1")
+
+    def register_certificates(register):
+        register("broken", Broken)
+        register("inventive", Inventive)
+
+    use_plugins(plugin_module("acme_odd", register_certificates=register_certificates))
+    smoothed = smoothcore.SmoothedClassifier(torch.nn.Linear(4, 2), smoothcore.noise("uniform", sigma=0.1, dim=4), 2)
+    x = torch.full((2, 4), 0.5)
+    with pytest.raises(PluginError, match="certificate 'broken' \\(plugin 'acme_odd'\\) failed in applies_to: RuntimeError: kaboom"):
+        smoothed.certify(x, n0=4, n=20, certificate="broken")
+    with pytest.raises(PluginError, match="predictions outside -1..1"):
+        smoothed.certify(x, n0=4, n=20, certificate="inventive")
+
+
 class NaNModel(torch.nn.Module):
     def forward(self, x):
         return torch.full((x.shape[0], 3), float("nan"))

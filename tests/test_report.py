@@ -51,3 +51,10 @@ def test_warnings_for_stale_tables_unfinished_runs_and_mixed_monte_carlo_setting
     assert "different Monte-Carlo settings (n=100, alpha=0.001; n=1000, alpha=0.001)" in warnings
     assert "partial is unfinished (1 of 10 images)" in warnings
     assert comparability_warnings([fresh]) == []
+
+
+def test_exact_and_monte_carlo_runs_of_one_model_are_not_flagged_as_mixed_settings():
+    noise = {"name": "dssn", "sigma": 0.5}
+    exact = run("exact", [0], [0], [0.1], noise=noise, classifier_sha256="m", certificate="exact", n=441, alpha=None, finished="x")
+    mc = run("mc", [0], [0], [0.1], noise=noise, classifier_sha256="m", certificate="standard", n=100000, alpha=0.001, finished="x")
+    assert not any("Monte-Carlo settings" in w for w in comparability_warnings([exact, mc]))

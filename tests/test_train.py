@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,7 +136,7 @@ def test_finetuning_starts_from_a_checkpoint_without_its_last_layer(tiny_idx_dir
     assert not torch.allclose(base["net.classifier.3.weight"], tuned["net.classifier.3.weight"])  # re-initialised head
 
 
-@pytest.mark.parametrize("layout", ["reference", "denoised-smoothing"])
+@pytest.mark.parametrize("layout", ["reference", "denoised-smoothing", "generic"])
 def test_finetuning_reads_the_published_checkpoint_layouts(tiny_idx_dir, tmp_path, layout):
     train_classifier(tiny_config(tiny_idx_dir, epochs=1), tmp_path / "base")
     base = load_file(tmp_path / "base" / "checkpoint.pt")["state_dict"]
@@ -143,8 +144,10 @@ def test_finetuning_reads_the_published_checkpoint_layouts(tiny_idx_dir, tmp_pat
     if layout == "reference":  # model_ckpt.torch: model.module.* plus the learned normalisation
         obj = {f"model.module.{k}": v for k, v in net.items()}
         obj |= {"norm.module.mu": torch.zeros(1, 1, 1, 1), "norm.module.log_sig": torch.zeros(1, 1, 1, 1)}
-    else:  # checkpoint.pth.tar: DataParallel(Sequential(normalize, model))
+    elif layout == "denoised-smoothing":  # checkpoint.pth.tar: DataParallel(Sequential(normalize, model))
         obj = {"arch": "cifar_wrn40", "epoch": 1, "state_dict": {f"module.1.{k}": v for k, v in net.items()}}
+    else:  # what many training scripts save: {"state_dict": ..., "epoch": ...}
+        obj = {"state_dict": base, "epoch": 1}
     torch.save(obj, tmp_path / "published.pt")
     Trainer(tiny_config(tiny_idx_dir, epochs=1, finetune=str(tmp_path / "published.pt"), lr=1e-9), tmp_path / "tuned").run()
     tuned = load_file(tmp_path / "tuned" / "checkpoint.pt")["state_dict"]
@@ -217,3 +220,35 @@ def test_resuming_from_a_damaged_train_state_is_a_clear_error(tiny_idx_dir, tmp_
     torch.save(state, tmp_path / "run" / "train_state.pt")
     with pytest.raises(smoothcore.CheckpointError, match="(?s)train_state.pt is damaged.*--overwrite"):
         Trainer(tiny_config(tiny_idx_dir, **cfg), tmp_path / "run").run(resume=True)
+
+
+def test_a_resume_that_reads_other_training_data_is_refused(tiny_idx_dir, tmp_path):
+    import shutil
+
+    from tests.conftest import write_idx
+
+    other = tmp_path / "other-data"
+    shutil.copytree(tiny_idx_dir, other)
+    write_idx(other / "train-images-idx3-ubyte.gz", np.zeros((64, 28, 28), dtype=np.uint8))
+    cfg = dict(epochs=2, save_every=1, train_limit=32)
+
+    class Stop(Exception):
+        pass
+
+    def stop(row):
+        raise Stop
+
+    with pytest.raises(Stop):
+        Trainer(tiny_config(tiny_idx_dir, **cfg), tmp_path / "run").run(on_epoch=stop)
+    with pytest.raises(ExperimentError, match="reads other training data"):
+        Trainer(tiny_config(other, **cfg), tmp_path / "run").run(resume=True)
+    assert len(Trainer(tiny_config(tiny_idx_dir, **cfg), tmp_path / "run").run(resume=True)) == 2
+
+
+def test_options_added_after_a_run_was_made_do_not_block_its_resume():
+    from smoothcore.experiment import config_diff
+
+    old = {"lr": 0.1, "epochs": 5}
+    assert config_diff(old, {"lr": 0.1, "epochs": 5, "sgd_lr": 1e-5}) == []
+    assert config_diff(old, {"lr": 0.2, "epochs": 5}) == ["lr: was 0.1, now 0.2"]
+    assert config_diff(old, {"lr": 0.1}) == ["epochs: was 5, now None"]

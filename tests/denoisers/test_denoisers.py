@@ -208,3 +208,14 @@ def test_denoiser_training_resumes_to_the_uninterrupted_result(tiny_idx_dir, tmp
     a = load_file(tmp_path / "straight" / "denoiser.pt")["state_dict"]
     b = load_file(tmp_path / "resumed" / "denoiser.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("sgd_after", [0, 1])
+def test_the_switch_to_sgd_uses_the_sgd_learning_rate_and_the_reference_weight_decay(tiny_idx_dir, tmp_path, sgd_after):
+    cfg = DenoiserConfig(dataset="fashion-mnist", data_dir=str(tiny_idx_dir), arch="dncnn", arch_params={"depth": 3, "channels": 4},
+                         noise="uniform", sigma=0.3, epochs=2, batch_size=16, eval_limit=16, train_limit=32, sgd_after=sgd_after,
+                         sgd_lr=3e-4)
+    assert cfg.weight_decay == 1e-4  # the reference's Adam default
+    log = DenoiserTrainer(cfg, tmp_path / "run").run()
+    assert log["optimizer"].tolist() == ["adam"] * sgd_after + ["sgd"] * (2 - sgd_after)
+    assert log["lr"].iloc[-1] == pytest.approx(3e-4)

@@ -169,3 +169,18 @@ def test_a_corrupt_jpeg_is_named_without_a_worker_traceback(tmp_path, monkeypatc
     with pytest.raises(DataError) as err:
         list(batches(ds, 2, shuffle=False, workers=workers))
     assert "bad.JPEG" in str(err.value) and "Traceback" not in str(err.value) and "worker" not in str(err.value)
+
+
+def test_labels_that_are_not_class_indices_are_a_clean_error():
+    from smoothcore.data import check_labels
+
+    class Named:
+        labels = ["cat", "dog"]
+
+    class Fractional:
+        targets = [0.5, 1.0]
+
+    for bad in (Named(), Fractional()):
+        with pytest.raises(DataError, match="class indices"):
+            check_labels(bad, 10, "acme test")
+    check_labels(type("Fine", (), {"targets": [0, 9]})(), 10, "acme test")
