@@ -150,8 +150,12 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torc
     if isinstance(dataset, ImageTensorDataset):
         loaded = ((dataset.images[idx], dataset.labels[idx]) for idx in mine)
     else:
+        # the loader seeds its workers from its own generator, drawn from the order generator: creating it leaves
+        # torch's global generator (dropout, resumed exactly) untouched
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else 0
         loader = DataLoader(dataset, batch_sampler=[idx.tolist() for idx in mine], num_workers=workers,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
+                            pin_memory=device.type == "cuda", persistent_workers=False,
+                            generator=torch.Generator().manual_seed(seed))
         loaded = iter(loader)
     for step, (images, labels) in zip(steps, _unwrapped(loaded)):
         if images.dtype == torch.uint8:

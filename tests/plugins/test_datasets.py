@@ -184,3 +184,20 @@ def test_labels_that_are_not_class_indices_are_a_clean_error():
         with pytest.raises(DataError, match="class indices"):
             check_labels(bad, 10, "acme test")
     check_labels(type("Fine", (), {"targets": [0, 9]})(), 10, "acme test")
+
+
+def test_batches_from_a_folder_dataset_leave_the_global_generator_alone(tmp_path, monkeypatch):
+    """Training resumes torch's global generator (dropout); reading folder datasets must not draw from it."""
+    from PIL import Image
+
+    from smoothcore.data import batches
+
+    (tmp_path / "val" / "n01440764").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((40, 40, 3), 10 * i, dtype=np.uint8)).save(tmp_path / "val" / "n01440764" / f"{i}.JPEG")
+    monkeypatch.setenv("IMAGENET_TEST_DIR", str(tmp_path / "val"))
+    ds = get_dataset("imagenet").load("test")
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    list(batches(ds, 2, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(torch.get_rng_state(), before)
