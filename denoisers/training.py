@@ -77,11 +77,14 @@ class DenoiserConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         for name in ("lr", "sgd_lr"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ConfigError(f"{name} must be a finite number > 0, got {v!r}")
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 10):
+                raise ConfigError(f"{name} must be a number in (0, 10], got {v!r}")
+        v = self.lr_gamma
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1):
+            raise ConfigError(f"lr_gamma must be a number in (0, 1], got {v!r}")
         v = self.weight_decay
-        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ConfigError(f"weight_decay must be a finite number >= 0, got {v!r}")
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= 1):
+            raise ConfigError(f"weight_decay must be a number in [0, 1], got {v!r}")
         if self.sgd_after is not None and not 0 <= self.sgd_after < self.epochs:
             raise ConfigError(f"sgd_after must be an epoch in [0, {self.epochs}), got {self.sgd_after!r}")
 

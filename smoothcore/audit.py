@@ -795,7 +795,9 @@ def audit_experiment(run_dir: str | Path, *, tag: str | None = None, limit: int 
     if not meta_path.is_file():
         raise ExperimentError(f"{table_path.name} has no parameters file {meta_path.name}; "
                               "cannot rebuild its noise")
-    meta = read_json(meta_path)
+    from smoothcore.report import check_meta
+
+    meta = check_meta(read_json(meta_path), meta_path)
     try:
         cfg_certify = _certify_config(meta, tag, data_dir, device, max_batch)
     except (TypeError, ValueError, AttributeError) as exc:

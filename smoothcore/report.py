@@ -87,9 +87,7 @@ def _table_run(path: Path, name: str | None = None) -> Run:
         if col not in table.columns:
             raise DataError(f"{path} is not a smoothcore result table (no {col} column)")
     meta_path = path.with_suffix(".json")
-    meta = read_json(meta_path) if meta_path.exists() else {}
-    if not isinstance(meta, dict):
-        raise DataError(f"{meta_path} is damaged (not a JSON object)")
+    meta = check_meta(read_json(meta_path), meta_path) if meta_path.exists() else {}
     norm = str(table["norm"].iloc[0]) if "norm" in table.columns and len(table) else meta.get("norm", "l1")
     run_name = name or f"{path.parent.name}/{path.stem.removeprefix('certify_')}"
     manifest_path = path.parent / "manifest.json"
@@ -97,6 +95,24 @@ def _table_run(path: Path, name: str | None = None) -> Run:
     return Run(run_name, table["label"].to_numpy(np.int64), table["prediction"].to_numpy(np.int64),
                pd.to_numeric(table["radius"], errors="coerce").to_numpy(np.float64), norm, meta, table["index"].to_numpy(np.int64),
                manifest if isinstance(manifest, dict) else {})
+
+
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "dataset": (str,), "test_fingerprint": (str,), "classifier_sha256": (str,), "denoiser_sha256": (str,),
+    "denoiser": (str,), "certificate": (str,), "finished": (str,), "started": (str,), "norm": (str,), "layout": (str,), "num_images": (int,),
+    "n": (int,), "n0": (int,), "alpha": (int, float), "noise": (dict,),
+}
+
+
+def check_meta(meta: Any, path: Path) -> dict[str, Any]:
+    """A result table's parameters file, checked enough that a damaged or edited one is a clear error."""
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} is damaged (not a JSON object)")
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            raise DataError(f"{path} is damaged: {key} = {value!r} is not a {' or '.join(t.__name__ for t in types)}")
+    return meta
 
 
 def load_runs(paths) -> list[Run]:

@@ -80,10 +80,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         if self.train_limit is not None and (not isinstance(self.train_limit, int) or self.train_limit < 1):
             raise ConfigError(f"train_limit must be a positive integer, got {self.train_limit!r}")
-        for name in ("lr", "weight_decay", "momentum", "stability_weight"):
+        for name, high in (("lr", 10.0), ("weight_decay", 1.0), ("momentum", 1.0), ("stability_weight", 1e6)):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
-                raise ConfigError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or v > high \
+                    or (name == "lr" and v == 0) or (name == "momentum" and v == 1):
+                bounds = {"lr": "in (0, 10]", "momentum": "in [0, 1)"}.get(name, f"in [0, {high:g}]")
+                raise ConfigError(f"{name} must be a number {bounds}, got {v!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 

@@ -163,7 +163,7 @@ def certified_run(run_copy, fashion_dir):
     return run_copy
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=int(__import__("os").environ.get("SMOOTHCORE_FUZZ_EXAMPLES", 25)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(target=st.sampled_from(EXPERIMENT_FILES), how=st.sampled_from(["truncate", "replace", "empty", "edit-json", "append"]),
        blob=st.binary(max_size=200), data=st.data())
 def test_damaged_experiment_files_are_clean_errors(certified_run, fashion_dir, tmp_path_factory, target, how, blob, data):
