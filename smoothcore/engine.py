@@ -233,22 +233,42 @@ class Engine:
         group = max(1, self.max_batch // chunk)
         counts = torch.zeros(x.shape[0], self.num_classes, dtype=torch.long, device=self.device)
         done = torch.zeros(x.shape[0], dtype=torch.long, device=self.device)
-        # Index tensors live on the device: a host-to-device copy of an index per batch would synchronise the stream.
-        # The host waits only at decision points (to drop decided images), never per batch.
-        for g0 in range(0, x.shape[0], group):
-            active = torch.arange(g0, min(g0 + group, x.shape[0]), device=self.device)
-            start = 0
-            while start < total and active.numel():
+        # Images go through in cohorts, each at one position of the enumeration (noise.draws takes one range per
+        # call); a forward batch holds every live cohort's next chunk. When early decisions retire images, the room
+        # they leave is given to new images at once, so the batches stay full. Index tensors live on the device (a
+        # host-to-device copy per batch would synchronise the stream); the host waits only at decision points.
+        order = torch.arange(x.shape[0], device=self.device)
+        admitted = 0
+        cohorts: list[tuple[torch.Tensor, int]] = []  # (images, draws done), sizes known on the host
+        while admitted < x.shape[0] or cohorts:
+            room = group - sum(images.numel() for images, _ in cohorts)
+            if room > 0 and admitted < x.shape[0]:
+                cohorts.append((order[admitted:admitted + room], 0))
+                admitted = min(admitted + room, x.shape[0])
+            parts, spans = [], []
+            for images, start in cohorts:
                 stop = min(start + chunk, total)
-                xs = x.index_select(0, active)
-                draws = self._drawn(noise, noise.draws, (xs, start, stop), (xs.shape[0], stop - start, *x.shape[1:]), xs.shape[0] * (stop - start))
-                classes = self.classify(draws.flatten(0, 1)).view(active.numel(), stop - start)
-                self._count(counts, active.repeat_interleave(stop - start), classes.reshape(-1))
-                done.index_fill_(0, active, stop)
-                start = stop
-                if stop_when is not None and start < total:
-                    decided = torch.as_tensor(stop_when(counts.index_select(0, active), start), device=self.device)
-                    active = active[~decided]
+                xs = x.index_select(0, images)
+                draws = self._drawn(noise, noise.draws, (xs, start, stop), (xs.shape[0], stop - start, *x.shape[1:]),
+                                    xs.shape[0] * (stop - start))
+                parts.append(draws.flatten(0, 1))
+                spans.append(stop - start)
+            classes = self.classify(parts[0] if len(parts) == 1 else torch.cat(parts))
+            offset, live = 0, []
+            for (images, start), k in zip(cohorts, spans):
+                self._count(counts, images.repeat_interleave(k), classes[offset:offset + images.numel() * k])
+                offset += images.numel() * k
+                stop = start + k
+                done.index_fill_(0, images, stop)
+                if stop >= total:
+                    continue
+                if stop_when is not None:
+                    decided = torch.as_tensor(stop_when(counts.index_select(0, images), stop), device=self.device)
+                    images = images[~decided]
+                    if not images.numel():
+                        continue
+                live.append((images, stop))
+            cohorts = live
         self._finish_checks(noise)
         return counts, done.cpu()
 

@@ -219,14 +219,17 @@ def execute(run: CertifyRun, *, resume: bool = False, overwrite: bool = False,
 
 def _images_per_call(cfg: CertifyConfig, noise) -> int:
     """Images per certify call so that the engine's forward batches are full: exact enumeration with early decisions
-    evaluates ``num_draws / decision_points`` draws per image per batch, not all of them."""
+    evaluates ``num_draws / decision_points`` draws per image per batch, not all of them, and needs images in
+    reserve to refill the room that decided images leave."""
     from smoothcore.engine import DECISION_POINTS, exact_chunk
 
     if noise.exact:
         per_image = exact_chunk(noise.num_draws, cfg.max_batch, DECISION_POINTS if cfg.radii else None)
     else:
         per_image = min(cfg.n0 + cfg.n, cfg.max_batch)
-    return max(1, cfg.max_batch // max(1, per_image))
+    images = max(1, cfg.max_batch // max(1, per_image))
+    # with early decisions the engine refills the room of decided images from the rest of the call
+    return images * 4 if noise.exact and cfg.radii else images
 
 
 def _certify_rows(run: CertifyRun, resume: bool, chunk: int, on_progress) -> tuple[ResultWriter, float]:

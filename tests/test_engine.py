@@ -70,3 +70,31 @@ def test_bf16_autocast_and_channels_last_run_and_agree_on_clear_cases():
     bf16 = smoothcore.SmoothedClassifier(model, noise, 3, precision="bf16", channels_last=True).certify(x)
     assert bf16.counts.sum(1).tolist() == fp32.counts.sum(1).tolist()
     assert (bf16.counts - fp32.counts).abs().sum() <= 0.1 * fp32.counts.sum()
+
+
+
+
+def test_images_retired_by_early_decisions_make_room_for_new_ones():
+    """Images decide at different times; the room they leave goes to waiting images, so forward batches stay
+    (nearly) full, and every image's counts and draws done equal those of enumerating it alone."""
+    torch.manual_seed(0)
+    noise = smoothcore.noise("dssn", sigma=0.3, dim=16)  # 265 draws: 17 per step between the 16 decision points
+    x = quantised((40, 1, 4, 4), seed=5)
+    spy = Spy()
+    with torch.no_grad():
+        spy.head.weight.copy_(torch.tensor([[8.0], [0.0], [-8.0]]))
+        spy.head.bias.copy_(torch.tensor([-3.0, 0.0, 5.0]))
+
+    def rule(c, d):  # decides some images early, some late, some never
+        return (c[:, 0] > 0.9 * d) | (c[:, 2] > 0.9 * d)
+
+    alone, alone_done = Engine(spy, 3, max_batch=17).exact_counts(noise, x, stop_when=rule)  # one image at a time
+    spy.sizes.clear()
+    counts, done = Engine(spy, 3, max_batch=170).exact_counts(noise, x, stop_when=rule)  # cohorts of 10 images
+    assert torch.equal(counts, alone) and torch.equal(done, alone_done)
+    assert 0 < int((done < noise.num_draws).sum()) < 40  # some images stopped early, not all
+    assert max(spy.sizes) <= 170
+    # full while images wait (without the refill, the images retired from a cohort left its batches mostly empty);
+    # then only the slow images remain, for at most the 16 steps of one enumeration
+    assert spy.sizes[:6] == [170] * 6
+    assert len(spy.sizes) <= -(-sum(spy.sizes) // 170) + 16
