@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from smoothcore.errors import ExperimentError
-from smoothcore.fileio import atomic_write_json, read_json
+from smoothcore.fileio import atomic_write_json, check_fields, read_json
 
 CONFIG = "config.json"
 MANIFEST = "manifest.json"
@@ -142,15 +142,8 @@ _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def check_config(data: Any, path: Path) -> dict[str, Any]:
-    """An experiment's config.json, checked enough that a damaged or edited file is a clear error naming the
-    field, not a failure somewhere downstream."""
-    if not isinstance(data, dict):
-        raise ExperimentError(f"{path} is damaged (not a JSON object)")
-    for key, types in _CONFIG_TYPES.items():
-        value = data.get(key)
-        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
-            raise ExperimentError(f"{path} is damaged: {key} = {value!r} is not a {' or '.join(t.__name__ for t in types)}")
-    return data
+    """An experiment's config.json, its fields checked (see :func:`smoothcore.fileio.check_fields`)."""
+    return check_fields(data, path, _CONFIG_TYPES)
 
 
 IGNORED_ON_RESUME = {"device", "workers", "data_dir", "save_every", "save_every_steps", "out", "progress", "trust_checkpoint"}

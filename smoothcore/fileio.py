@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from smoothcore.errors import ExperimentError
+from smoothcore.errors import ExperimentError, SmoothcoreError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -60,6 +60,20 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
     import torch
 
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def check_fields(data: Any, path: str | Path, types: dict[str, tuple[type, ...]],
+                 error: type[SmoothcoreError] = ExperimentError) -> dict[str, Any]:
+    """``data`` read from the JSON file ``path``, checked to be an object whose ``types`` fields (where present and
+    not null) have those types: a damaged or hand-edited file is a clear ``error`` naming the field, not a failure
+    somewhere downstream."""
+    if not isinstance(data, dict):
+        raise error(f"{path} is damaged (not a JSON object)")
+    for key, allowed in types.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, allowed) or isinstance(value, bool)):
+            raise error(f"{path} is damaged: {key} = {value!r} is not a {' or '.join(t.__name__ for t in allowed)}")
+    return data
 
 
 def read_json(path: str | Path) -> Any:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from smoothcore.errors import DataError
-from smoothcore.fileio import read_json
+from smoothcore.fileio import check_fields, read_json
 from smoothcore.results import load_results
 
 PAPER_RADII = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
@@ -105,14 +105,8 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def check_meta(meta: Any, path: Path) -> dict[str, Any]:
-    """A result table's parameters file, checked enough that a damaged or edited one is a clear error."""
-    if not isinstance(meta, dict):
-        raise DataError(f"{path} is damaged (not a JSON object)")
-    for key, types in _META_TYPES.items():
-        value = meta.get(key)
-        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
-            raise DataError(f"{path} is damaged: {key} = {value!r} is not a {' or '.join(t.__name__ for t in types)}")
-    return meta
+    """A result table's parameters file, its fields checked (see :func:`smoothcore.fileio.check_fields`)."""
+    return check_fields(meta, path, _META_TYPES, DataError)
 
 
 def load_runs(paths) -> list[Run]:
