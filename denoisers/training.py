@@ -19,13 +19,13 @@ from torch import nn
 from smoothcore.checkpoints import load_file, sha256
 from smoothcore.data import batches, get_dataset, subset_indices
 from smoothcore.denoise import denoiser_checkpoint
-from smoothcore.errors import CheckpointError, ConfigError
+from smoothcore.errors import ConfigError
 from smoothcore.experiment import Experiment
 from smoothcore.fileio import atomic_torch_save
 from smoothcore.loading import check_compatible, load_classifier
 from smoothcore.models import build_denoiser
 from smoothcore.noise import make_noise
-from smoothcore.train import append_csv, resolve_device, truncate_log
+from smoothcore.train import append_csv, damaged_train_state, resolve_device, truncate_log
 
 OBJECTIVES = ("mse", "stability", "classification")
 DENOISER = "denoiser.pt"
@@ -162,8 +162,7 @@ class DenoiserTrainer:
                 start, best = int(state["epoch"]), state.get("best")
                 truncate_log(self.exp.train_log, start)
             except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-                raise CheckpointError(f"{self.exp.train_state} is damaged and cannot be resumed from ({type(exc).__name__}: {exc})",
-                                      hint="pass --overwrite to start the run again") from None
+                raise damaged_train_state(self.exp.train_state, exc) from None
         else:
             self.exp.train_log.unlink(missing_ok=True)
         steps = math.ceil(len(train_idx) / cfg.batch_size)

@@ -301,8 +301,8 @@ class _Oracle:
     def _classify(self, batch: torch.Tensor) -> torch.Tensor:
         step = self.engine.max_batch
         parts = [self.engine.classify(batch[i:i + step]) for i in range(0, len(batch), step)]
-        if parts and bool(self.engine._nonfinite_logits):  # NaN logits would read as class 0: no verdict either way
-            self.engine._finish_checks(self.noise)
+        if parts:  # NaN logits would read as class 0: no verdict either way
+            self.engine.finish_checks(self.noise)
         self.spent += len(batch)
         self.forward += len(batch)
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=self.device)

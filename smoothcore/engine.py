@@ -145,7 +145,8 @@ class Engine:
         # the built-in noises map finite images (checked on input) to finite draws; plugins' draws are checked
         self._check_draws = not plugin_of(noise).startswith("smoothcore_plugins.")
 
-    def _finish_checks(self, noise: Noise) -> None:
+    def finish_checks(self, noise: Noise) -> None:
+        """Raise if any draw or logit since the last counts call was NaN or infinite (one host sync)."""
         if bool(self._nonfinite_draws):
             raise PluginError(f"noise {noise.name!r} (plugin {plugin_of(noise)!r}) produced NaN or infinite draws")
         if bool(self._nonfinite_logits):
@@ -272,7 +273,7 @@ class Engine:
                         continue
                 live.append((images, stop))
             cohorts = live
-        self._finish_checks(noise)
+        self.finish_checks(noise)
         return counts, done.cpu()
 
     @torch.inference_mode()
@@ -301,5 +302,5 @@ class Engine:
             if piece is not None:
                 batch.append(piece)
                 filled += piece[1]
-        self._finish_checks(noise)
+        self.finish_checks(noise)
         return counts

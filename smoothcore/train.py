@@ -124,6 +124,11 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
         writer.writerow(row)
 
 
+def damaged_train_state(path: Path, exc: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path} is damaged and cannot be resumed from ({type(exc).__name__}: {exc})",
+                           hint="pass --overwrite to start the run again")
+
+
 def truncate_log(path: Path, epochs: int) -> None:
     """Keep the rows of the CSV log at ``path`` for epochs ``1 .. epochs`` (resuming from a save at ``epochs``)."""
     if not path.is_file():
@@ -299,8 +304,7 @@ class Trainer:
                 if info.main:
                     truncate_log(self.exp.train_log, start_epoch)  # epochs logged after the last save are trained again
             except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-                raise CheckpointError(f"{self.exp.train_state} is damaged and cannot be resumed from ({type(exc).__name__}: {exc})",
-                                      hint="pass --overwrite to start the run again") from None
+                raise damaged_train_state(self.exp.train_state, exc) from None
         elif info.main:
             self.exp.train_log.unlink(missing_ok=True)
         if info.main:

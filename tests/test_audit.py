@@ -17,22 +17,18 @@ from smoothcore.audit import AuditConfig, audit, audit_claims, audit_experiment,
 from smoothcore.certificates import EXACT, MONTE_CARLO, Certificate, Certified, get_certificate
 from smoothcore.cli import cli
 from smoothcore.plugins import use_plugins
+from smoothcore.testing import FirstPixelThreshold
 from tests.conftest import quantised
 
 
-class FirstPixel(nn.Module):
+class FirstPixel(FirstPixelThreshold):
     """Class 1 when the first noisy pixel is above ``threshold``, else class 0. Under DSSN with lambda >= 1/2
     and a threshold of 1/2, class 1 wins exactly the draws whose offset lies below the pixel: every grey level
     the pixel moves changes one draw's class, so the DSSN union bound is exactly tight. Under uniform noise of
     half-width lambda, ``P(class 0) = (threshold - x_0 + lambda) / (2 lambda)`` (clipped), known exactly."""
 
     def __init__(self, threshold: float = 0.5, steepness: float = 10.0) -> None:
-        super().__init__()
-        self.threshold, self.steepness = threshold, steepness
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        v = z.reshape(z.shape[0], -1)[:, 0]
-        return torch.stack([self.threshold - v, v - self.threshold], dim=1) * self.steepness
+        super().__init__(threshold, steepness)
 
 
 class Inflated(Certificate):
