@@ -157,18 +157,26 @@ def main() -> None:
     small = args.smoke
     ceiling = matmul_ceiling(device, 256 if small else 8192)
     precision = "bf16" if device.type == "cuda" else "fp32"
+    print(f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, "
+          f"ceiling {ceiling:.1f} TFLOP/s, WRN-40-2 {flops / 1e9:.3f} GFLOP/image", flush=True)
+    cuda = device.type == "cuda"
     if small:  # every code path, at sizes a CPU finishes in seconds: a few draws, a few images, the small CNN
-        rows = [bench_dssn(model, device, 2, precision, False, flops, sigma=0.02),
-                bench_ssn(model, device, 1, 40, precision, flops),
-                bench_train_epoch(device, 32, 16, precision, False, flops, model_name="cnn")]
+        plan = [lambda: bench_dssn(model, device, 2, precision, False, flops, sigma=0.02),
+                lambda: bench_ssn(model, device, 1, 40, precision, flops),
+                lambda: bench_train_epoch(device, 32, 16, precision, False, flops, model_name="cnn")]
     else:
-        rows = [bench_dssn(model, device, 10_000, precision, device.type == "cuda", flops),
-                bench_ssn(model, device, 5, 100_000, precision, flops),
-                bench_train_epoch(device, 50_000, 256, precision, device.type == "cuda", flops)]
-    if device.type == "cuda" and not small:
-        rows.insert(1, bench_dssn(model, device, 10_000, "fp32", False, flops))
-    for row in rows:
+        plan = [lambda: bench_dssn(model, device, 10_000, precision, cuda, flops),
+                lambda: bench_ssn(model, device, 5, 100_000, precision, flops),
+                lambda: bench_train_epoch(device, 50_000, 256, precision, cuda, flops)]
+        if cuda:
+            plan.insert(1, lambda: bench_dssn(model, device, 10_000, "fp32", False, flops))
+    rows = []
+    for step in plan:  # each row is printed as it finishes, so that a run cut short still shows what it measured
+        row = step()
         row["% of ceiling"] = 100.0 * row["model TFLOP/s"] / ceiling
+        print("done: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+              flush=True)
+        rows.append(row)
     record("GPU benchmarks (CIFAR-shaped synthetic images, WRN-40-2)" + (" [smoke]" if small else ""), rows,
            f"WRN-40-2 forward: {flops / 1e9:.3f} GFLOP per image. Measured matmul ceiling: {ceiling:.1f} TFLOP/s "
            f"({'bf16' if device.type == 'cuda' else 'fp32'}). Targets: DSSN 10k images <= 60 s; SSN 100k draws <= 1 s/image; "

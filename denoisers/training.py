@@ -57,7 +57,7 @@ class DenoiserConfig:
     train_limit: int | None = None
     eval_limit: int = 1000
     data_dir: str | None = None
-    device: str = "cpu"
+    device: str = "auto"  # cuda when available, else cpu
     workers: int = 0
     arch_params: dict[str, Any] = field(default_factory=dict)
 

@@ -773,7 +773,7 @@ def choose_tag(run_dir: str | Path, tag: str | None) -> str:
 
 
 def audit_experiment(run_dir: str | Path, *, tag: str | None = None, limit: int | None = 5,
-                     config: AuditConfig | None = None, data_dir: str | None = None, device: str = "cpu",
+                     config: AuditConfig | None = None, data_dir: str | None = None, device: str = "auto",
                      max_batch: int = 1024, on_image: Callable[[ImageAudit], None] | None = None,
                      trust_checkpoint: bool = False) -> ExperimentAudit:
     """Audit the first ``limit`` certified (non-abstaining) images of ``certify_<tag>.csv`` in ``run_dir``:

@@ -32,7 +32,7 @@ def _searches(text: str) -> tuple[str, ...]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the searches and tests.")
 @click.option("--data-dir", type=click.Path(), default=None,
               help="Where the dataset lives (else its default places).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when available).")
 @click.option("--max-batch", type=int, default=1024, show_default=True,
               help="Most noisy images per forward pass.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow loading legacy pickled checkpoints (can run code).")

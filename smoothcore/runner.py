@@ -50,7 +50,7 @@ class CertifyConfig:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
-    device: str = "cpu"
+    device: str = "auto"  # cuda when available, else cpu
     data_dir: str | None = None
     dataset: str | None = None
     denoiser: str | None = None

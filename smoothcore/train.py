@@ -63,7 +63,7 @@ class TrainConfig:
     finetune: str | None = None
     precision: str = "fp32"
     channels_last: bool = False
-    device: str = "cpu"
+    device: str = "auto"  # cuda when available, else cpu
     workers: int = 0
     save_every: int = 1
     save_every_steps: int | None = None

@@ -159,7 +159,7 @@ def test_each_objective_reduces_its_loss_on_a_small_batch(objective):
     first = None
     for _ in range(25):
         loss = denoiser_loss(objective, den(noisy), x, y, classifier)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         opt.zero_grad()
         loss.backward()
         opt.step()
