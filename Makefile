@@ -41,6 +41,8 @@ demo: env data
 
 lint: env
 	@$(RUN) ruff check smoothcore plugins denoisers tests benchmarks examples
+	@$(RUN) ruff format --check --quiet smoothcore plugins denoisers tests benchmarks examples || \
+	  { echo "run: uv run ruff format smoothcore plugins denoisers tests benchmarks examples" >&2; exit 1; }
 
 test: env data lint
 	@$(RUN) pytest -q -x

@@ -26,7 +26,9 @@ def model_for_benchmark() -> torch.nn.Module:
     if demo.exists():
         return smoothcore.load_classifier(demo)
     torch.manual_seed(0)  # speed does not depend on the weights
-    return build_classifier("cnn", num_classes=10, in_channels=1, image_size=28, mean=(0.286,), std=(0.353,)).eval()
+    return build_classifier(
+        "cnn", num_classes=10, in_channels=1, image_size=28, mean=(0.286,), std=(0.353,)
+    ).eval()
 
 
 def bare_forward_seconds(model, batches: list[torch.Tensor]) -> float:
@@ -60,13 +62,22 @@ def bench_dssn(model, x, max_batch: int, repeats: int) -> dict:
 
     def certify_pass():
         for i in range(0, len(x), group):
-            smoothed.certify(x[i:i + group])
+            smoothed.certify(x[i : i + group])
 
-    batches = [noise.draws(x[i:i + group], 0, noise.num_draws).flatten(0, 1) for i in range(0, len(x), group)]
+    batches = [
+        noise.draws(x[i : i + group], 0, noise.num_draws).flatten(0, 1) for i in range(0, len(x), group)
+    ]
     certify_s, bare_s, median = compare(certify_pass, batches, model, repeats)
-    return {"mode": f"DSSN sigma 0.5 ({noise.num_draws} draws)", "images": len(x), "forward passes": len(x) * noise.num_draws,
-            "certify s (best)": certify_s, "bare forward s (best)": bare_s, "ratio of bests": certify_s / bare_s,
-            "median ratio": median, "images/s": len(x) / certify_s}
+    return {
+        "mode": f"DSSN sigma 0.5 ({noise.num_draws} draws)",
+        "images": len(x),
+        "forward passes": len(x) * noise.num_draws,
+        "certify s (best)": certify_s,
+        "bare forward s (best)": bare_s,
+        "ratio of bests": certify_s / bare_s,
+        "median ratio": median,
+        "images/s": len(x) / certify_s,
+    }
 
 
 def bench_mc(model, x, max_batch: int, repeats: int, n0: int = 64, n: int = 2000) -> dict:
@@ -75,17 +86,24 @@ def bench_mc(model, x, max_batch: int, repeats: int, n0: int = 64, n: int = 2000
 
     def certify_pass():
         for i in range(len(x)):
-            smoothed.certify(x[i:i + 1], n0=n0, n=n, indices=[i])
+            smoothed.certify(x[i : i + 1], n0=n0, n=n, indices=[i])
 
     batches = []
     for i in range(len(x)):  # the same noisy inputs in the same batch sizes
         g = image_generator(0, i, "cpu")
         for m in [n0] + [min(max_batch, n - s) for s in range(0, n, max_batch)]:
-            batches.append(noise.sample(x[i:i + 1].expand(m, *x.shape[1:]), g))
+            batches.append(noise.sample(x[i : i + 1].expand(m, *x.shape[1:]), g))
     certify_s, bare_s, median = compare(certify_pass, batches, model, repeats)
-    return {"mode": f"SSN sigma 0.5 (n0={n0}, n={n})", "images": len(x), "forward passes": len(x) * (n0 + n),
-            "certify s (best)": certify_s, "bare forward s (best)": bare_s, "ratio of bests": certify_s / bare_s,
-            "median ratio": median, "images/s": len(x) / certify_s}
+    return {
+        "mode": f"SSN sigma 0.5 (n0={n0}, n={n})",
+        "images": len(x),
+        "forward passes": len(x) * (n0 + n),
+        "certify s (best)": certify_s,
+        "bare forward s (best)": bare_s,
+        "ratio of bests": certify_s / bare_s,
+        "median ratio": median,
+        "images/s": len(x) / certify_s,
+    }
 
 
 def main() -> None:
@@ -98,14 +116,20 @@ def main() -> None:
     test = get_dataset("fashion-mnist").load("test")
     x, _ = fetch(test, list(range(0, 10_000, 10_000 // args.images))[: args.images])
     model = model_for_benchmark()
-    rows = [bench_dssn(model, x, args.max_batch, args.repeats),
-            bench_mc(model, x[: max(1, args.images // 4)], args.max_batch, args.repeats)]
+    rows = [
+        bench_dssn(model, x, args.max_batch, args.repeats),
+        bench_mc(model, x[: max(1, args.images // 4)], args.max_batch, args.repeats),
+    ]
     for r in rows:
         r["peak RSS MiB"] = peak_rss_mib()
-    record("Engine overhead on the CPU (small CNN, Fashion-MNIST)", rows,
-           f"Certification and the bare forward passes over the same noisy batches were alternated {args.repeats} times; "
-           "'ratio of bests' divides the fastest of each, 'median ratio' is the median of the per-repeat ratios "
-           "(target <= 1.10). Peak RSS is the process's maximum.", write=not args.no_write)
+    record(
+        "Engine overhead on the CPU (small CNN, Fashion-MNIST)",
+        rows,
+        f"Certification and the bare forward passes over the same noisy batches were alternated {args.repeats} times; "
+        "'ratio of bests' divides the fastest of each, 'median ratio' is the median of the per-repeat ratios "
+        "(target <= 1.10). Peak RSS is the process's maximum.",
+        write=not args.no_write,
+    )
 
 
 if __name__ == "__main__":

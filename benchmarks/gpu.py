@@ -32,12 +32,20 @@ def sync(device: torch.device) -> None:
 
 def cifar_like(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8), torch.randint(0, 10, (n,), generator=g)
+    return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8), torch.randint(
+        0, 10, (n,), generator=g
+    )
 
 
 def wrn(device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_classifier("wrn40", num_classes=10, in_channels=3, image_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD).to(device).eval()
+    return (
+        build_classifier(
+            "wrn40", num_classes=10, in_channels=3, image_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD
+        )
+        .to(device)
+        .eval()
+    )
 
 
 def matmul_ceiling(device: torch.device, size: int) -> float:
@@ -63,11 +71,14 @@ def forward_flops(model: torch.nn.Module, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_dssn(model, device, n_images: int, precision: str, channels_last: bool, flops: float, sigma: float = 1.0) -> dict:
+def bench_dssn(
+    model, device, n_images: int, precision: str, channels_last: bool, flops: float, sigma: float = 1.0
+) -> dict:
     noise = smoothcore.noise("dssn", sigma=sigma, dim=3072, device=device)
     max_batch = auto_max_batch(model, (3, 32, 32), device, cpu_default=1024)
-    smoothed = smoothcore.SmoothedClassifier(model, noise, 10, max_batch=max_batch, device=device, precision=precision,
-                                             channels_last=channels_last)
+    smoothed = smoothcore.SmoothedClassifier(
+        model, noise, 10, max_batch=max_batch, device=device, precision=precision, channels_last=channels_last
+    )
     images, _ = cifar_like(n_images)
     x = images.to(device).float() / 255.0
     per_call = max(1, max_batch // noise.num_draws) * 8
@@ -75,36 +86,56 @@ def bench_dssn(model, device, n_images: int, precision: str, channels_last: bool
     sync(device)
     t0 = time.perf_counter()
     for i in range(0, n_images, per_call):
-        smoothed.certify(x[i:i + per_call])
+        smoothed.certify(x[i : i + per_call])
     sync(device)
     seconds = time.perf_counter() - t0
     passes = n_images * noise.num_draws
-    return {"benchmark": f"DSSN sigma {sigma:g} ({noise.num_draws} draws), {n_images} images, {precision}"
-                         f"{' channels-last' if channels_last else ''}",
-            "seconds": seconds, "per image ms": 1000 * seconds / n_images, "forward passes/s": passes / seconds,
-            "model TFLOP/s": flops * passes / seconds / 1e12, "max batch": max_batch}
+    return {
+        "benchmark": f"DSSN sigma {sigma:g} ({noise.num_draws} draws), {n_images} images, {precision}"
+        f"{' channels-last' if channels_last else ''}",
+        "seconds": seconds,
+        "per image ms": 1000 * seconds / n_images,
+        "forward passes/s": passes / seconds,
+        "model TFLOP/s": flops * passes / seconds / 1e12,
+        "max batch": max_batch,
+    }
 
 
 def bench_ssn(model, device, n_images: int, n: int, precision: str, flops: float) -> dict:
     noise = smoothcore.noise("ssn", sigma=0.5, dim=3072, device=device)
     max_batch = auto_max_batch(model, (3, 32, 32), device, cpu_default=1024)
-    smoothed = smoothcore.SmoothedClassifier(model, noise, 10, max_batch=max_batch, device=device, precision=precision)
+    smoothed = smoothcore.SmoothedClassifier(
+        model, noise, 10, max_batch=max_batch, device=device, precision=precision
+    )
     images, _ = cifar_like(n_images, seed=1)
     x = images.to(device).float() / 255.0
     smoothed.certify(x[:1], n0=64, n=min(n, 4096))
     sync(device)
     t0 = time.perf_counter()
     for i in range(n_images):
-        smoothed.certify(x[i:i + 1], n0=64, n=n, indices=[i])
+        smoothed.certify(x[i : i + 1], n0=64, n=n, indices=[i])
     sync(device)
     seconds = time.perf_counter() - t0
     passes = n_images * (n + 64)
-    return {"benchmark": f"SSN n={n:,}, {n_images} images, {precision}", "seconds": seconds, "per image ms": 1000 * seconds / n_images,
-            "forward passes/s": passes / seconds, "model TFLOP/s": flops * passes / seconds / 1e12, "max batch": max_batch}
+    return {
+        "benchmark": f"SSN n={n:,}, {n_images} images, {precision}",
+        "seconds": seconds,
+        "per image ms": 1000 * seconds / n_images,
+        "forward passes/s": passes / seconds,
+        "model TFLOP/s": flops * passes / seconds / 1e12,
+        "max batch": max_batch,
+    }
 
 
-def bench_train_epoch(device, n_images: int, batch_size: int, precision: str, channels_last: bool, flops: float,
-                      model_name: str = "wrn40") -> dict:
+def bench_train_epoch(
+    device,
+    n_images: int,
+    batch_size: int,
+    precision: str,
+    channels_last: bool,
+    flops: float,
+    model_name: str = "wrn40",
+) -> dict:
     from smoothcore.hookspecs import hookimpl
     from smoothcore.plugins import use_plugins
     from smoothcore.train import TrainConfig, Trainer
@@ -116,8 +147,15 @@ def bench_train_epoch(device, n_images: int, batch_size: int, precision: str, ch
         @hookimpl
         def register_datasets(register):
             def factory():
-                return DatasetSource("synthetic-cifar", 10, (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD,
-                                     lambda split, d: ImageTensorDataset(images, labels), augment=random_crop_flip)
+                return DatasetSource(
+                    "synthetic-cifar",
+                    10,
+                    (3, 32, 32),
+                    CIFAR10_MEAN,
+                    CIFAR10_STD,
+                    lambda split, d: ImageTensorDataset(images, labels),
+                    augment=random_crop_flip,
+                )
 
             register("synthetic-cifar", factory)
 
@@ -125,21 +163,41 @@ def bench_train_epoch(device, n_images: int, batch_size: int, precision: str, ch
     import tempfile
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(dataset="synthetic-cifar", model=model_name, noise="dssn", sigma=1.0, epochs=1, batch_size=batch_size,
-                          eval_limit=batch_size, device=str(device), precision=precision, channels_last=channels_last)
+        cfg = TrainConfig(
+            dataset="synthetic-cifar",
+            model=model_name,
+            noise="dssn",
+            sigma=1.0,
+            epochs=1,
+            batch_size=batch_size,
+            eval_limit=batch_size,
+            device=str(device),
+            precision=precision,
+            channels_last=channels_last,
+        )
         # warm-up (cuDNN autotuning, allocator): a short run first, then the timed epoch
-        Trainer(TrainConfig(**{**cfg.to_dict(), "train_limit": min(n_images, 20 * batch_size)}), Path(out) / "warm").run()
+        Trainer(
+            TrainConfig(**{**cfg.to_dict(), "train_limit": min(n_images, 20 * batch_size)}),
+            Path(out) / "warm",
+        ).run()
         sync(device)
         trainer = Trainer(cfg, Path(out) / "timed")
         t0 = time.perf_counter()
         log = trainer.run()
         sync(device)
         total = time.perf_counter() - t0
-    seconds = float(log["seconds"].iloc[0])  # the epoch itself (with its small evaluation), not the checkpoint writing
-    return {"benchmark": f"train 1 epoch {model_name} DSSN, {n_images} images, batch {batch_size}, {precision}"
-                         f" (whole run with saving {total:.1f} s)",
-            "seconds": seconds, "per image ms": 1000 * seconds / n_images, "forward passes/s": n_images / seconds,
-            "model TFLOP/s": 3 * flops * n_images / seconds / 1e12, "max batch": batch_size}
+    seconds = float(
+        log["seconds"].iloc[0]
+    )  # the epoch itself (with its small evaluation), not the checkpoint writing
+    return {
+        "benchmark": f"train 1 epoch {model_name} DSSN, {n_images} images, batch {batch_size}, {precision}"
+        f" (whole run with saving {total:.1f} s)",
+        "seconds": seconds,
+        "per image ms": 1000 * seconds / n_images,
+        "forward passes/s": n_images / seconds,
+        "model TFLOP/s": 3 * flops * n_images / seconds / 1e12,
+        "max batch": batch_size,
+    }
 
 
 def main() -> None:
@@ -157,30 +215,46 @@ def main() -> None:
     small = args.smoke
     ceiling = matmul_ceiling(device, 256 if small else 8192)
     precision = "bf16" if device.type == "cuda" else "fp32"
-    print(f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, "
-          f"ceiling {ceiling:.1f} TFLOP/s, WRN-40-2 {flops / 1e9:.3f} GFLOP/image", flush=True)
+    print(
+        f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, "
+        f"ceiling {ceiling:.1f} TFLOP/s, WRN-40-2 {flops / 1e9:.3f} GFLOP/image",
+        flush=True,
+    )
     cuda = device.type == "cuda"
     if small:  # every code path, at sizes a CPU finishes in seconds: a few draws, a few images, the small CNN
-        plan = [lambda: bench_dssn(model, device, 2, precision, False, flops, sigma=0.02),
-                lambda: bench_ssn(model, device, 1, 40, precision, flops),
-                lambda: bench_train_epoch(device, 32, 16, precision, False, flops, model_name="cnn")]
+        plan = [
+            lambda: bench_dssn(model, device, 2, precision, False, flops, sigma=0.02),
+            lambda: bench_ssn(model, device, 1, 40, precision, flops),
+            lambda: bench_train_epoch(device, 32, 16, precision, False, flops, model_name="cnn"),
+        ]
     else:
-        plan = [lambda: bench_dssn(model, device, 10_000, precision, cuda, flops),
-                lambda: bench_ssn(model, device, 5, 100_000, precision, flops),
-                lambda: bench_train_epoch(device, 50_000, 256, precision, cuda, flops)]
+        plan = [
+            lambda: bench_dssn(model, device, 10_000, precision, cuda, flops),
+            lambda: bench_ssn(model, device, 5, 100_000, precision, flops),
+            lambda: bench_train_epoch(device, 50_000, 256, precision, cuda, flops),
+        ]
         if cuda:
             plan.insert(1, lambda: bench_dssn(model, device, 10_000, "fp32", False, flops))
     rows = []
-    for step in plan:  # each row is printed as it finishes, so that a run cut short still shows what it measured
+    for (
+        step
+    ) in plan:  # each row is printed as it finishes, so that a run cut short still shows what it measured
         row = step()
         row["% of ceiling"] = 100.0 * row["model TFLOP/s"] / ceiling
-        print("done: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
-              flush=True)
+        print(
+            "done: "
+            + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+            flush=True,
+        )
         rows.append(row)
-    record("GPU benchmarks (CIFAR-shaped synthetic images, WRN-40-2)" + (" [smoke]" if small else ""), rows,
-           f"WRN-40-2 forward: {flops / 1e9:.3f} GFLOP per image. Measured matmul ceiling: {ceiling:.1f} TFLOP/s "
-           f"({'bf16' if device.type == 'cuda' else 'fp32'}). Targets: DSSN 10k images <= 60 s; SSN 100k draws <= 1 s/image; "
-           "training epoch <= 10 s.", write=not (args.no_write or small))
+    record(
+        "GPU benchmarks (CIFAR-shaped synthetic images, WRN-40-2)" + (" [smoke]" if small else ""),
+        rows,
+        f"WRN-40-2 forward: {flops / 1e9:.3f} GFLOP per image. Measured matmul ceiling: {ceiling:.1f} TFLOP/s "
+        f"({'bf16' if device.type == 'cuda' else 'fp32'}). Targets: DSSN 10k images <= 60 s; SSN 100k draws <= 1 s/image; "
+        "training epoch <= 10 s.",
+        write=not (args.no_write or small),
+    )
 
 
 if __name__ == "__main__":

@@ -42,11 +42,20 @@ print(json.dumps(out))
 def measure(sigma: float, max_batch: int, images: int, repeats: int) -> dict:
     runs = []
     for _ in range(repeats):
-        done = subprocess.run([sys.executable, "-c", CHILD, str(sigma), str(max_batch), str(images)], check=True,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, str(sigma), str(max_batch), str(images)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     peaks = sorted(r["peak RSS MiB"] for r in runs)
-    row = {"sigma": sigma, **runs[0], "peak RSS MiB": peaks[len(peaks) // 2], "peak RSS range MiB": f"{peaks[0]:,.0f}-{peaks[-1]:,.0f}"}
+    row = {
+        "sigma": sigma,
+        **runs[0],
+        "peak RSS MiB": peaks[len(peaks) // 2],
+        "peak RSS range MiB": f"{peaks[0]:,.0f}-{peaks[-1]:,.0f}",
+    }
     row["seconds"] = sorted(r["seconds"] for r in runs)[len(runs) // 2]
     return row
 
@@ -55,16 +64,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--images", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per sigma (the median is reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="fresh processes per sigma (the median is reported)"
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     rows = [measure(sigma, args.max_batch, args.images, args.repeats) for sigma in (0.25, 3.5)]
     growth = rows[1]["peak RSS MiB"] - rows[0]["peak RSS MiB"]
-    record(f"Peak memory against the number of DSSN draws (224x224x3, max batch {args.max_batch})", rows,
-           f"{args.images} images per run, {args.repeats} fresh processes per sigma (median and range of the peak RSS, "
-           f"median time). The median peak RSS changes by {growth:+.1f} MiB from "
-           f"{rows[0]['draws']} to {rows[1]['draws']} draws ({rows[1]['draws'] / rows[0]['draws']:.0f}x): the forward "
-           "batches hold at most max batch noisy images whatever the draw count.", write=not args.no_write)
+    record(
+        f"Peak memory against the number of DSSN draws (224x224x3, max batch {args.max_batch})",
+        rows,
+        f"{args.images} images per run, {args.repeats} fresh processes per sigma (median and range of the peak RSS, "
+        f"median time). The median peak RSS changes by {growth:+.1f} MiB from "
+        f"{rows[0]['draws']} to {rows[1]['draws']} draws ({rows[1]['draws'] / rows[0]['draws']:.0f}x): the forward "
+        "batches hold at most max batch noisy images whatever the draw count.",
+        write=not args.no_write,
+    )
 
 
 if __name__ == "__main__":

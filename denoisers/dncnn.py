@@ -22,10 +22,16 @@ class DnCNN(nn.Module):
         if channels < 1:
             raise ConfigError(f"DnCNN channels must be positive, got {channels}")
         self.in_channels = in_channels
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1, bias=True), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=True),
+            nn.ReLU(inplace=True),
+        ]
         for _ in range(depth - 2):
-            layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-                       nn.BatchNorm2d(channels, eps=1e-4, momentum=0.95), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(channels, eps=1e-4, momentum=0.95),
+                nn.ReLU(inplace=True),
+            ]
         layers.append(nn.Conv2d(channels, in_channels, 3, padding=1, bias=False))
         self.dncnn = nn.Sequential(*layers)
         for m in self.modules():

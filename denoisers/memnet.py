@@ -50,14 +50,18 @@ class MemoryBlock(nn.Module):
 class MemNet(nn.Module):
     """``reconstructor(memory blocks(feature_extractor(x))) + x``."""
 
-    def __init__(self, in_channels: int = 3, channels: int = 64, num_memblock: int = 3, num_resblock: int = 6) -> None:
+    def __init__(
+        self, in_channels: int = 3, channels: int = 64, num_memblock: int = 3, num_resblock: int = 6
+    ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ConfigError(f"MemNet takes 1- or 3-channel images, got in_channels={in_channels}")
         self.in_channels = in_channels
         self.feature_extractor = BNReLUConv(in_channels, channels)
         self.reconstructor = BNReLUConv(channels, in_channels)
-        self.dense_memory = nn.ModuleList([MemoryBlock(channels, num_resblock, i + 1) for i in range(num_memblock)])
+        self.dense_memory = nn.ModuleList(
+            [MemoryBlock(channels, num_resblock, i + 1) for i in range(num_memblock)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.feature_extractor(x)

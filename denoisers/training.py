@@ -68,7 +68,9 @@ class DenoiserConfig:
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.objective != "mse" and not self.classifier:
-            raise ConfigError(f"the {self.objective} objective needs a frozen classifier: give --classifier PATH")
+            raise ConfigError(
+                f"the {self.objective} objective needs a frozen classifier: give --classifier PATH"
+            )
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
         for name in ("epochs", "batch_size", "eval_limit", "lr_step"):
@@ -89,8 +91,13 @@ class DenoiserConfig:
             raise ConfigError(f"sgd_after must be an epoch in [0, {self.epochs}), got {self.sgd_after!r}")
 
 
-def denoiser_loss(objective: str, denoised: torch.Tensor, clean: torch.Tensor, labels: torch.Tensor,
-                  classifier: nn.Module | None) -> torch.Tensor:
+def denoiser_loss(
+    objective: str,
+    denoised: torch.Tensor,
+    clean: torch.Tensor,
+    labels: torch.Tensor,
+    classifier: nn.Module | None,
+) -> torch.Tensor:
     """``mse``: mean squared error to the clean image. ``stability``: cross-entropy of the frozen classifier on
     the denoised image against its own prediction on the clean one. ``classification``: against the label."""
     if objective == "mse":
@@ -112,12 +119,24 @@ class DenoiserTrainer:
         self.device = resolve_device(cfg.device)
         self.source = get_dataset(cfg.dataset)
         c = self.source.image_shape[0]
-        self.noise = make_noise(cfg.noise, sigma=cfg.sigma, lambd=cfg.lambd, dim=self.source.dim, seed=cfg.noise_seed, device=self.device)
+        self.noise = make_noise(
+            cfg.noise,
+            sigma=cfg.sigma,
+            lambd=cfg.lambd,
+            dim=self.source.dim,
+            seed=cfg.noise_seed,
+            device=self.device,
+        )
         self.denoiser = build_denoiser(cfg.arch, in_channels=c, **cfg.arch_params)
         self.classifier = None
         if cfg.classifier:
-            clf, info = load_classifier(cfg.classifier, dataset=cfg.dataset, device=self.device, return_info=True,
-                                        trust=cfg.trust_checkpoint)
+            clf, info = load_classifier(
+                cfg.classifier,
+                dataset=cfg.dataset,
+                device=self.device,
+                return_info=True,
+                trust=cfg.trust_checkpoint,
+            )
             check_compatible(info, cfg.dataset)
             for p in clf.parameters():
                 p.requires_grad_(False)
@@ -130,9 +149,14 @@ class DenoiserTrainer:
             return torch.optim.Adam(params, lr=lr, weight_decay=self.cfg.weight_decay)
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=self.cfg.weight_decay)
 
-    def run(self, *, overwrite: bool = False, resume: bool = False,
-            on_step: Callable[[int, int, int], None] | None = None,
-            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
+    def run(
+        self,
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        on_step: Callable[[int, int, int], None] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ) -> pd.DataFrame:
         cfg = self.cfg
         train_set, test_set = self.source.load("train", cfg.data_dir), self.source.load("test", cfg.data_dir)
         train_idx = subset_indices(len(train_set), 1, cfg.train_limit)
@@ -155,7 +179,9 @@ class DenoiserTrainer:
                 kind = state["optimizer_kind"]
                 optimizer = self._optimizer(kind, model.parameters())
                 optimizer.load_state_dict(state["optimizer"])
-                scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+                scheduler = torch.optim.lr_scheduler.StepLR(
+                    optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma
+                )
                 scheduler.load_state_dict(state["scheduler"])
                 order_rng.set_state(state["order_rng"])
                 noise_rng.set_state(state["noise_rng"])
@@ -169,15 +195,30 @@ class DenoiserTrainer:
         for epoch in range(start, cfg.epochs):
             if cfg.sgd_after is not None and epoch == cfg.sgd_after and kind == "adam":
                 kind = "sgd"
-                optimizer = self._optimizer("sgd", model.parameters(), lr=cfg.sgd_lr)  # the reference's --start-sgd-lr
-                scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+                optimizer = self._optimizer(
+                    "sgd", model.parameters(), lr=cfg.sgd_lr
+                )  # the reference's --start-sgd-lr
+                scheduler = torch.optim.lr_scheduler.StepLR(
+                    optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma
+                )
             t0 = time.time()
             model.train()
             total = torch.zeros((), device=self.device)
             seen = 0
-            for step, (x, y) in enumerate(batches(train_set, cfg.batch_size, shuffle=True, generator=order_rng, indices=train_idx,
-                                                  workers=cfg.workers, device=self.device)):
-                loss = denoiser_loss(cfg.objective, model(self.noise.sample(x, noise_rng)), x, y, self.classifier)
+            for step, (x, y) in enumerate(
+                batches(
+                    train_set,
+                    cfg.batch_size,
+                    shuffle=True,
+                    generator=order_rng,
+                    indices=train_idx,
+                    workers=cfg.workers,
+                    device=self.device,
+                )
+            ):
+                loss = denoiser_loss(
+                    cfg.objective, model(self.noise.sample(x, noise_rng)), x, y, self.classifier
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -186,8 +227,14 @@ class DenoiserTrainer:
                 if on_step is not None:
                     on_step(epoch, step + 1, steps)
             scheduler.step()
-            row = {"epoch": epoch + 1, "train_loss": float(total) / max(seen, 1), **self.validate(model, test_set, eval_idx),
-                   "lr": optimizer.param_groups[0]["lr"], "optimizer": kind, "seconds": round(time.time() - t0, 3)}
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": float(total) / max(seen, 1),
+                **self.validate(model, test_set, eval_idx),
+                "lr": optimizer.param_groups[0]["lr"],
+                "optimizer": kind,
+                "seconds": round(time.time() - t0, 3),
+            }
             score = -row["val_mse"] if cfg.objective == "mse" else row["val_accuracy"]
             improved = best is None or score > best
             if improved:
@@ -220,18 +267,38 @@ class DenoiserTrainer:
             out["val_accuracy"] = float("nan")
         return out
 
-    def save(self, model, optimizer, scheduler, order_rng, noise_rng, epoch: int, kind: str, best, improved: bool) -> None:
+    def save(
+        self, model, optimizer, scheduler, order_rng, noise_rng, epoch: int, kind: str, best, improved: bool
+    ) -> None:
         cfg = self.cfg
-        extra = {"epoch": epoch, "noise": self.noise.params(), "objective": cfg.objective, "dataset": cfg.dataset}
-        ckpt = denoiser_checkpoint(model, arch=cfg.arch, params=cfg.arch_params, in_channels=self.source.image_shape[0], extra=extra)
+        extra = {
+            "epoch": epoch,
+            "noise": self.noise.params(),
+            "objective": cfg.objective,
+            "dataset": cfg.dataset,
+        }
+        ckpt = denoiser_checkpoint(
+            model, arch=cfg.arch, params=cfg.arch_params, in_channels=self.source.image_shape[0], extra=extra
+        )
         atomic_torch_save(self.exp.path / DENOISER, ckpt)
         if improved:
             atomic_torch_save(self.exp.path / DENOISER_BEST, ckpt)
-        atomic_torch_save(self.exp.train_state, {
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "optimizer_kind": kind,
-            "scheduler": scheduler.state_dict(), "order_rng": order_rng.get_state(), "noise_rng": noise_rng.get_state(), "best": best,
-        })
-        self.exp.update_manifest(epoch=epoch, denoiser_sha256=sha256(self.exp.path / DENOISER), noise=self.noise.params())
+        atomic_torch_save(
+            self.exp.train_state,
+            {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "optimizer_kind": kind,
+                "scheduler": scheduler.state_dict(),
+                "order_rng": order_rng.get_state(),
+                "noise_rng": noise_rng.get_state(),
+                "best": best,
+            },
+        )
+        self.exp.update_manifest(
+            epoch=epoch, denoiser_sha256=sha256(self.exp.path / DENOISER), noise=self.noise.params()
+        )
 
 
 def train_denoiser(cfg: DenoiserConfig, out: str | Path, **kwargs: Any) -> pd.DataFrame:

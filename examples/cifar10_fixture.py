@@ -31,8 +31,12 @@ def write(folder: Path, per_batch: int, test: int, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", test)]:
         labels = rng.integers(0, 10, n)
-        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": images_for(labels, rng),
-                 b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels.tolist(),
+            b"data": images_for(labels, rng),
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(n)],
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
     return folder

@@ -70,4 +70,8 @@ class LaplaceNoise(Noise):
 @hookimpl
 def register_noises(register) -> None:
     register("gaussian", GaussianNoise, description="additive N(0, sigma^2) noise (Cohen et al. 2019); L2")
-    register("laplace", LaplaceNoise, description="additive Laplace noise, b = sigma/sqrt(2) (Teng et al. 2020); L1")
+    register(
+        "laplace",
+        LaplaceNoise,
+        description="additive Laplace noise, b = sigma/sqrt(2) (Teng et al. 2020); L1",
+    )

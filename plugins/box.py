@@ -38,7 +38,9 @@ def margin_bounds(stats: Statistics) -> tuple[torch.Tensor, torch.Tensor, torch.
     probability at least ``1 - alpha``. (``p_B_upper <= 1 - p_A_lower`` always; the minimum is taken anyway.)
     """
     if stats.alpha is None:
-        raise ConfigError("this certificate is Monte-Carlo: it needs alpha (and selection and estimation counts)")
+        raise ConfigError(
+            "this certificate is Monte-Carlo: it needs alpha (and selection and estimation counts)"
+        )
     counts = stats.counts.cpu().long()
     selection = (stats.selection if stats.selection is not None else stats.counts).cpu()
     top = selection.argmax(dim=1)
@@ -86,9 +88,13 @@ def box_radius(rooms: torch.Tensor, margin: torch.Tensor, lambd: float) -> torch
     rooms = rooms.double()
     margin = margin.double().reshape(-1)
     if rooms.dim() != 2 or len(rooms) != len(margin):
-        raise ConfigError(f"rooms must be (batch, d) and margin (batch,), got {tuple(rooms.shape)} and {tuple(margin.shape)}")
+        raise ConfigError(
+            f"rooms must be (batch, d) and margin (batch,), got {tuple(rooms.shape)} and {tuple(margin.shape)}"
+        )
     rows = max(1, CHUNK_ELEMENTS // max(1, rooms.shape[1]))
-    parts = [_box_radius(rooms[i:i + rows], margin[i:i + rows], lambd) for i in range(0, len(rooms), rows)]
+    parts = [
+        _box_radius(rooms[i : i + rows], margin[i : i + rows], lambd) for i in range(0, len(rooms), rows)
+    ]
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
 
@@ -97,12 +103,18 @@ def _box_radius(rooms: torch.Tensor, margin: torch.Tensor, lambd: float) -> torc
     threshold = (1.0 - margin / 2.0).unsqueeze(1)
     caps = rooms.clamp(max=width).sort(dim=1, descending=True).values
     ones = torch.ones(len(caps), 1, dtype=torch.float64)
-    kept = torch.cat([ones, torch.cumprod(1.0 - caps / width, dim=1)], dim=1)  # agreement after filling j pixels
+    kept = torch.cat(
+        [ones, torch.cumprod(1.0 - caps / width, dim=1)], dim=1
+    )  # agreement after filling j pixels
     spent = torch.cat([ones * 0.0, torch.cumsum(caps, dim=1)], dim=1)  # their L1 norm
-    alive = (kept > threshold).sum(dim=1)  # kept is non-increasing: fills 0 .. alive-1 stay above the threshold
+    alive = (kept > threshold).sum(
+        dim=1
+    )  # kept is non-increasing: fills 0 .. alive-1 stay above the threshold
     j = (alive - 1).clamp(min=0).unsqueeze(1)
     kept_j, spent_j = kept.gather(1, j).squeeze(1), spent.gather(1, j).squeeze(1)
-    partial = width * (1.0 - threshold.squeeze(1) / kept_j)  # the next pixel moves by a: kept_j (1 - a / width) = threshold
+    partial = width * (
+        1.0 - threshold.squeeze(1) / kept_j
+    )  # the next pixel moves by a: kept_j (1 - a / width) = threshold
     radius = spent_j + partial
     radius = torch.where(alive == 0, torch.zeros_like(radius), radius)
     return torch.where(alive == caps.shape[1] + 1, rooms.sum(dim=1), radius)
@@ -140,7 +152,9 @@ class TwoSidedCertificate(_MarginCertificate):
     ``2 lambda (p_A_lower - 1/2)``, since ``p_B_upper <= 1 - p_A_lower``."""
 
     name = "two-sided"
-    description = "lambda (p_A_lower - p_B_upper), Clopper-Pearson bounds on top class and runner-up (uniform, ssn)"
+    description = (
+        "lambda (p_A_lower - p_B_upper), Clopper-Pearson bounds on top class and runner-up (uniform, ssn)"
+    )
 
     def radius(self, noise: Noise, margin: torch.Tensor, stats: Statistics) -> torch.Tensor:
         return union_radius(margin, noise.lambd)

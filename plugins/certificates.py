@@ -10,7 +10,9 @@ from smoothcore.hookspecs import hookimpl
 from smoothcore.stats import clopper_pearson_lower
 
 
-def dssn_margins(counts: torch.Tensor, remaining: torch.Tensor | int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dssn_margins(
+    counts: torch.Tensor, remaining: torch.Tensor | int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For counts over the draws evaluated so far and ``remaining`` draws still to come (per image), the current
     leader ``a`` and the smallest and largest final margin ``min_j (c_a - c_j - [j < a])`` over every way the
     remaining draws can fall (all to one rival, or all to ``a``). With nothing remaining the margin is exactly
@@ -32,7 +34,9 @@ def margin_radius(margin: torch.Tensor) -> torch.Tensor:
     return torch.div(margin, 2, rounding_mode="floor").double() / 255.0
 
 
-def dssn_certificate(counts: torch.Tensor, remaining: torch.Tensor | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def dssn_certificate(
+    counts: torch.Tensor, remaining: torch.Tensor | int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact DSSN certificate: prediction ``a = argmax c`` and radius ``floor((c_a - c_b - [b < a]) / 2) / 255``
     (float64), ``b`` the runner-up, ties to the lowest index. With ``remaining`` draws not evaluated (an early
     decision), the radius is the smallest the remaining draws could leave: sound, and the prediction is final
@@ -67,11 +71,15 @@ class StandardCertificate(Certificate):
         selection = stats.selection if stats.selection is not None else stats.counts
         top = selection.argmax(dim=1)
         k = stats.counts.gather(1, top.unsqueeze(1)).squeeze(1)
-        p_lower = np.asarray(clopper_pearson_lower(k.cpu().numpy(), stats.num_draws, stats.alpha), dtype=np.float64)
+        p_lower = np.asarray(
+            clopper_pearson_lower(k.cpu().numpy(), stats.num_draws, stats.alpha), dtype=np.float64
+        )
         p_lower = torch.as_tensor(p_lower.reshape(-1))
         certified = p_lower >= 0.5
         prediction = torch.where(certified, top.cpu(), torch.full_like(top.cpu(), ABSTAIN))
-        radius = torch.where(certified, torch.as_tensor(noise.radius(p_lower), dtype=torch.float64), torch.nan)
+        radius = torch.where(
+            certified, torch.as_tensor(noise.radius(p_lower), dtype=torch.float64), torch.nan
+        )
         return Certified(prediction, radius, noise.norm, p_lower=p_lower)
 
 
@@ -80,7 +88,9 @@ class ExactCertificate(Certificate):
 
     name = "exact"
     kind = EXACT
-    description = "deterministic certificate of an exact noise from counts over all its draws (DSSN: Levine & Feizi)"
+    description = (
+        "deterministic certificate of an exact noise from counts over all its draws (DSSN: Levine & Feizi)"
+    )
 
     def applies_to(self, noise) -> bool:
         from smoothcore.noise import ExactNoise

@@ -19,7 +19,9 @@ from smoothcore.hookspecs import hookimpl
 class SmallCNN(nn.Module):
     """Two conv blocks (width and 2 x width channels, batch norm, max-pool) and a 128-unit hidden layer; 28x28 or 32x32."""
 
-    def __init__(self, num_classes: int, in_channels: int, image_size: int, width: int = 16, batch_norm: bool = True) -> None:
+    def __init__(
+        self, num_classes: int, in_channels: int, image_size: int, width: int = 16, batch_norm: bool = True
+    ) -> None:
         super().__init__()
         if image_size % 4:
             raise ConfigError(f"the cnn needs an image size divisible by 4, got {image_size}")
@@ -28,13 +30,20 @@ class SmallCNN(nn.Module):
             return nn.BatchNorm2d(c) if batch_norm else nn.Identity()
 
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=not batch_norm), norm(width), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=not batch_norm),
+            norm(width),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=not batch_norm), norm(2 * width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=not batch_norm),
+            norm(2 * width),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(2 * width * (image_size // 4) ** 2, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes)
+            nn.Flatten(),
+            nn.Linear(2 * width * (image_size // 4) ** 2, 128),
+            nn.ReLU(inplace=True),
+            nn.Linear(128, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +62,9 @@ class WideBasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
         self.drop_rate = drop_rate
         self.equal_in_out = in_planes == out_planes
-        self.convShortcut = None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+        self.convShortcut = (
+            None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # As in the standard implementation: the shortcut of a widening block sees the pre-activated input.
@@ -70,12 +81,18 @@ class WideBasicBlock(nn.Module):
 
 
 class NetworkBlock(nn.Module):
-    def __init__(self, num_layers: int, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0) -> None:
+    def __init__(
+        self, num_layers: int, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0
+    ) -> None:
         super().__init__()
-        self.layer = nn.Sequential(*[
-            WideBasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate)
-            for i in range(num_layers)
-        ])
+        self.layer = nn.Sequential(
+            *[
+                WideBasicBlock(
+                    in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate
+                )
+                for i in range(num_layers)
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)
@@ -84,8 +101,14 @@ class NetworkBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-k with the standard parameter names (``conv1``, ``block{1,2,3}.layer.N...``, ``bn1``, ``fc``)."""
 
-    def __init__(self, depth: int = 40, num_classes: int = 10, widen_factor: int = 2, in_channels: int = 3,
-                 drop_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        depth: int = 40,
+        num_classes: int = 10,
+        widen_factor: int = 2,
+        in_channels: int = 3,
+        drop_rate: float = 0.0,
+    ) -> None:
         super().__init__()
         if (depth - 4) % 6:
             raise ConfigError(f"WideResNet depth must be 6n + 4, got {depth}")
@@ -119,7 +142,9 @@ class WideResNet(nn.Module):
 class CifarBasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -159,7 +184,9 @@ class CifarResNet(nn.Module):
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
         layers = [CifarBasicBlock(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes
         layers += [CifarBasicBlock(planes, planes) for _ in range(1, blocks)]
@@ -184,14 +211,20 @@ class RepeatChannels(nn.Module):
         return self.net(x.repeat(1, self.times, 1, 1))
 
 
-def torchvision_model(*, num_classes: int, in_channels: int, image_size: int, variant: str | None = None) -> nn.Module:
+def torchvision_model(
+    *, num_classes: int, in_channels: int, image_size: int, variant: str | None = None
+) -> nn.Module:
     import torchvision.models as tvm
 
     if variant is None:
-        raise ConfigError("give the torchvision architecture as torchvision:<name>, for example torchvision:resnet18")
+        raise ConfigError(
+            "give the torchvision architecture as torchvision:<name>, for example torchvision:resnet18"
+        )
     available = tvm.list_models(module=tvm)
     if variant not in available:
-        raise ConfigError(f"torchvision has no classification model {variant!r}; available: {', '.join(sorted(available))}")
+        raise ConfigError(
+            f"torchvision has no classification model {variant!r}; available: {', '.join(sorted(available))}"
+        )
     net = tvm.get_model(variant, weights=None, num_classes=num_classes)
     if in_channels == 1:
         net = RepeatChannels(net, 3)
@@ -208,11 +241,15 @@ def resnet50(*, num_classes: int, in_channels: int, image_size: int) -> nn.Modul
     return tvm.resnet50(weights=None, num_classes=num_classes)
 
 
-def cnn(*, num_classes: int, in_channels: int, image_size: int, width: int = 16, batch_norm: bool = True) -> nn.Module:
+def cnn(
+    *, num_classes: int, in_channels: int, image_size: int, width: int = 16, batch_norm: bool = True
+) -> nn.Module:
     return SmallCNN(num_classes, in_channels, image_size, width, bool(batch_norm))
 
 
-def wrn40(*, num_classes: int, in_channels: int, image_size: int, widen_factor: int = 2, drop_rate: float = 0.0) -> nn.Module:
+def wrn40(
+    *, num_classes: int, in_channels: int, image_size: int, widen_factor: int = 2, drop_rate: float = 0.0
+) -> nn.Module:
     return WideResNet(40, num_classes, widen_factor, in_channels, drop_rate)
 
 
@@ -224,9 +261,18 @@ def resnet110(*, num_classes: int, in_channels: int, image_size: int) -> nn.Modu
 def register_classifiers(register) -> None:
     register("cnn", cnn, description="small CNN (2 conv blocks, 16/32 channels) for 28x28 and 32x32 images")
     register("wrn40", wrn40, description="WideResNet-40-2, the paper's CIFAR-10 model")
-    register("wrn40-compat", wrn40, description="WideResNet-40-2 that loads denoised-smoothing checkpoint.pth.tar "
-             "classifiers (WideResNetCompat)", compat="denoised-smoothing")
+    register(
+        "wrn40-compat",
+        wrn40,
+        description="WideResNet-40-2 that loads denoised-smoothing checkpoint.pth.tar "
+        "classifiers (WideResNetCompat)",
+        compat="denoised-smoothing",
+    )
     register("resnet110", resnet110, description="CIFAR ResNet-110 (Cohen et al.)")
     register("resnet50", resnet50, description="ResNet-50 from torchvision, the paper's ImageNet model")
-    register("torchvision", torchvision_model, description="any torchvision classification model: torchvision:<name>",
-             variants=True)
+    register(
+        "torchvision",
+        torchvision_model,
+        description="any torchvision classification model: torchvision:<name>",
+        variants=True,
+    )

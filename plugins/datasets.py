@@ -25,8 +25,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # -- locating data ----------------------------------------------------------------------------------------------
-def locate(name: str, data_dir: Path | None, env: str, defaults: tuple[str, ...], required: tuple[str, ...], how: str,
-           probe: tuple[str, ...] = ()) -> Path:
+def locate(
+    name: str,
+    data_dir: Path | None,
+    env: str,
+    defaults: tuple[str, ...],
+    required: tuple[str, ...],
+    how: str,
+    probe: tuple[str, ...] = (),
+) -> Path:
     """The first of ``data_dir``, ``$env`` and ``defaults`` that exists; a DataError saying where we looked and
     how to get the data otherwise. A folder that exists but lacks ``required`` files names them. A default folder
     holding none of the ``probe`` files is passed over (``./data/mnist`` may hold torchvision's ``MNIST/raw``)."""
@@ -44,7 +51,10 @@ def locate(name: str, data_dir: Path | None, env: str, defaults: tuple[str, ...]
         if path.is_dir():
             missing = [f for f in required if not (path / f).is_file()]
             if missing:
-                raise DataError(f"{name}: the folder {path} ({origin}) is incomplete: missing {', '.join(missing)}", hint=how)
+                raise DataError(
+                    f"{name}: the folder {path} ({origin}) is incomplete: missing {', '.join(missing)}",
+                    hint=how,
+                )
             return path
     looked = ", ".join(f"{p} ({o})" for o, p in candidates)
     raise DataError(f"{name}: no data found; looked in {looked}", hint=how)
@@ -63,12 +73,16 @@ def read_idx(path: Path, expect_dims: int) -> np.ndarray:
         raise DataError(f"{path} is not an IDX file (only {len(raw)} bytes)")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08 or ndim != expect_dims:
-        raise DataError(f"{path} is not an IDX file of unsigned bytes with {expect_dims} dimensions (header {raw[:4].hex()})")
+        raise DataError(
+            f"{path} is not an IDX file of unsigned bytes with {expect_dims} dimensions (header {raw[:4].hex()})"
+        )
     header = 4 + 4 * ndim
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     expected = int(np.prod(dims))
     if len(raw) - header != expected:
-        raise DataError(f"{path} is truncated or corrupt: header says {dims} = {expected} bytes, file holds {len(raw) - header}")
+        raise DataError(
+            f"{path} is truncated or corrupt: header says {dims} = {expected} bytes, file holds {len(raw) - header}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -79,11 +93,18 @@ def load_idx_split(name: str, folder: Path, split: str, num_classes: int) -> Ima
     images = read_idx(images_path, 3)
     labels = read_idx(labels_path, 1)
     if images.shape[0] != labels.shape[0]:
-        raise DataError(f"{name}: {images_path.name} holds {images.shape[0]} images but {labels_path.name} {labels.shape[0]} labels")
+        raise DataError(
+            f"{name}: {images_path.name} holds {images.shape[0]} images but {labels_path.name} {labels.shape[0]} labels"
+        )
     if labels.size and int(labels.max()) >= num_classes:
-        raise DataError(f"{name}: {labels_path} holds label {int(labels.max())}, outside 0..{num_classes - 1}")
-    return ImageTensorDataset(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
-                              source=f"{name} {split}")
+        raise DataError(
+            f"{name}: {labels_path} holds label {int(labels.max())}, outside 0..{num_classes - 1}"
+        )
+    return ImageTensorDataset(
+        torch.from_numpy(images.copy()).unsqueeze(1),
+        torch.from_numpy(labels.astype(np.int64)),
+        source=f"{name} {split}",
+    )
 
 
 def _idx_path(folder: Path, stem: str) -> Path:
@@ -93,33 +114,63 @@ def _idx_path(folder: Path, stem: str) -> Path:
     raise DataError(f"missing {stem}.gz (or {stem}) in {folder}")
 
 
-IDX_FILES = tuple(f"{s}.gz" for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+IDX_FILES = tuple(
+    f"{s}.gz"
+    for s in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    )
+)
 
-FASHION_HOW = ("install the Debian package dataset-fashion-mnist, or fetch it without root: "
-               "apt-get download dataset-fashion-mnist && dpkg -x dataset-fashion-mnist_*.deb pkg && "
-               "export FASHION_MNIST_DIR=$PWD/pkg/usr/share/datasets/fashion-mnist (make data does this into ./data)")
+FASHION_HOW = (
+    "install the Debian package dataset-fashion-mnist, or fetch it without root: "
+    "apt-get download dataset-fashion-mnist && dpkg -x dataset-fashion-mnist_*.deb pkg && "
+    "export FASHION_MNIST_DIR=$PWD/pkg/usr/share/datasets/fashion-mnist (make data does this into ./data)"
+)
 
 
 def _idx_loader(name: str, env: str, defaults: tuple[str, ...], how: str, split: str, data_dir: Path | None):
-    folder = locate(name, data_dir, env, defaults, (), how, probe=("t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte"))
+    folder = locate(
+        name, data_dir, env, defaults, (), how, probe=("t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte")
+    )
     return load_idx_split(name, folder, split, 10)
 
 
 def fashion_mnist() -> DatasetSource:
-    defaults = ("data/fashion-mnist", "data/fashion-mnist/FashionMNIST/raw", "/usr/share/datasets/fashion-mnist")
+    defaults = (
+        "data/fashion-mnist",
+        "data/fashion-mnist/FashionMNIST/raw",
+        "/usr/share/datasets/fashion-mnist",
+    )
     return DatasetSource(
-        name="fashion-mnist", num_classes=10, image_shape=(1, 28, 28), mean=(0.2860,), std=(0.3530,),
+        name="fashion-mnist",
+        num_classes=10,
+        image_shape=(1, 28, 28),
+        mean=(0.2860,),
+        std=(0.3530,),
         loader=partial(_idx_loader, "fashion-mnist", "FASHION_MNIST_DIR", defaults, FASHION_HOW),
         description="Fashion-MNIST, 28x28 grey, from the four IDX .gz files ($FASHION_MNIST_DIR, ./data/fashion-mnist, "
-                    "/usr/share/datasets/fashion-mnist)",
+        "/usr/share/datasets/fashion-mnist)",
     )
 
 
 def mnist() -> DatasetSource:
     how = "put the four MNIST IDX files (train-images-idx3-ubyte.gz, ...) in a folder and set $MNIST_DIR or --data-dir"
     return DatasetSource(
-        name="mnist", num_classes=10, image_shape=(1, 28, 28), mean=(0.1307,), std=(0.3081,),
-        loader=partial(_idx_loader, "mnist", "MNIST_DIR", ("data/mnist", "data/mnist/MNIST/raw", "/usr/share/datasets/mnist"), how),
+        name="mnist",
+        num_classes=10,
+        image_shape=(1, 28, 28),
+        mean=(0.1307,),
+        std=(0.3081,),
+        loader=partial(
+            _idx_loader,
+            "mnist",
+            "MNIST_DIR",
+            ("data/mnist", "data/mnist/MNIST/raw", "/usr/share/datasets/mnist"),
+            how,
+        ),
         description="MNIST, 28x28 grey, from the four IDX .gz files ($MNIST_DIR, ./data/mnist)",
     )
 
@@ -129,8 +180,12 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles only what CIFAR batches contain (dicts, lists, bytes, numpy arrays): never arbitrary code."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
         ("_codecs", "encode"),
     }
 
@@ -141,8 +196,10 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
-CIFAR_HOW = ("download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, extract it and point "
-             "--data-dir or $CIFAR10_DIR at the cifar-10-batches-py folder")
+CIFAR_HOW = (
+    "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, extract it and point "
+    "--data-dir or $CIFAR10_DIR at the cifar-10-batches-py folder"
+)
 
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +212,9 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path} is not a CIFAR-10 batch (no data/labels entries)")
     data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-        raise DataError(f"{path} is corrupt: data {data.dtype} {data.shape}, {labels.shape[0]} labels (expected uint8 (N, 3072))")
+        raise DataError(
+            f"{path} is corrupt: data {data.dtype} {data.shape}, {labels.shape[0]} labels (expected uint8 (N, 3072))"
+        )
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"{path} holds labels outside 0..9")
     return data.reshape(-1, 3, 32, 32), labels
@@ -163,17 +222,31 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _cifar_loader(split: str, data_dir: Path | None) -> ImageTensorDataset:
     files = CIFAR_TRAIN if split == "train" else ("test_batch",)
-    folder = locate("cifar10", data_dir, "CIFAR10_DIR", ("data/cifar_10/cifar-10-batches-py", "data/cifar_10"), files, CIFAR_HOW)
+    folder = locate(
+        "cifar10",
+        data_dir,
+        "CIFAR10_DIR",
+        ("data/cifar_10/cifar-10-batches-py", "data/cifar_10"),
+        files,
+        CIFAR_HOW,
+    )
     parts = [read_cifar_batch(folder / f) for f in files]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
-    return ImageTensorDataset(torch.from_numpy(images.copy()), torch.from_numpy(labels), source=f"cifar10 {split}")
+    return ImageTensorDataset(
+        torch.from_numpy(images.copy()), torch.from_numpy(labels), source=f"cifar10 {split}"
+    )
 
 
 def cifar10() -> DatasetSource:
     return DatasetSource(
-        name="cifar10", num_classes=10, image_shape=(3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD,
-        loader=_cifar_loader, augment=random_crop_flip,
+        name="cifar10",
+        num_classes=10,
+        image_shape=(3, 32, 32),
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        loader=_cifar_loader,
+        augment=random_crop_flip,
         description="CIFAR-10 from cifar-10-batches-py (--data-dir, $CIFAR10_DIR, ./data/cifar_10); crop 32 pad 4 + flip",
     )
 
@@ -190,7 +263,10 @@ def _imagenet_loader(split: str, data_dir: Path | None):
     elif os.environ.get(env):
         folder, origin = Path(os.environ[env]), f"${env}"
     else:
-        raise DataError(f"imagenet: ${env} is not set", hint=f"set ${env} to the folder of class sub-folders of JPEGs, or give --data-dir with train/ and val/")
+        raise DataError(
+            f"imagenet: ${env} is not set",
+            hint=f"set ${env} to the folder of class sub-folders of JPEGs, or give --data-dir with train/ and val/",
+        )
     if not folder.is_dir():
         raise DataError(f"imagenet: {folder} ({origin}) is not a folder")
     if split == "train":
@@ -198,8 +274,11 @@ def _imagenet_loader(split: str, data_dir: Path | None):
     else:
         transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])
     try:
-        ds = ImageFolder(str(folder), transform=T.Compose([transform, T.ConvertImageDtype(torch.float32)]),
-                         loader=_safe_rgb_loader)
+        ds = ImageFolder(
+            str(folder),
+            transform=T.Compose([transform, T.ConvertImageDtype(torch.float32)]),
+            loader=_safe_rgb_loader,
+        )
     except (FileNotFoundError, OSError) as exc:
         raise DataError(f"imagenet: {folder} holds no class folders of images: {exc}") from None
     return ds
@@ -218,10 +297,14 @@ def _safe_rgb_loader(path: str):
 
 def imagenet() -> DatasetSource:
     return DatasetSource(
-        name="imagenet", num_classes=1000, image_shape=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        name="imagenet",
+        num_classes=1000,
+        image_shape=(3, 224, 224),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
         loader=_imagenet_loader,
         description="ImageNet class folders ($IMAGENET_TRAIN_DIR, $IMAGENET_TEST_DIR); random resized crop 224 + flip, "
-                    "test resize 256 + centre crop 224",
+        "test resize 256 + centre crop 224",
     )
 
 

@@ -20,6 +20,16 @@ def memnet(*, in_channels: int, channels: int = 64, num_memblock: int = 3, num_r
 
 @hookimpl
 def register_denoisers(register) -> None:
-    register("dncnn", dncnn, description="DnCNN, 17 layers of 64 channels (denoised-smoothing cifar_dncnn / imagenet_dncnn)")
-    register("dncnn-wide", dncnn_wide, description="DnCNN with 128 channels (denoised-smoothing cifar_dncnn_wide)")
-    register("memnet", memnet, description="MemNet, 3 memory blocks of 6 residual blocks, 64 channels (memnet / imagenet_memnet)")
+    register(
+        "dncnn",
+        dncnn,
+        description="DnCNN, 17 layers of 64 channels (denoised-smoothing cifar_dncnn / imagenet_dncnn)",
+    )
+    register(
+        "dncnn-wide", dncnn_wide, description="DnCNN with 128 channels (denoised-smoothing cifar_dncnn_wide)"
+    )
+    register(
+        "memnet",
+        memnet,
+        description="MemNet, 3 memory blocks of 6 residual blocks, 64 channels (memnet / imagenet_memnet)",
+    )

@@ -30,16 +30,24 @@ def fetch(dataset: str, root: str | Path | None = None) -> Path:
     from smoothcore.data import get_dataset
 
     if dataset not in DOWNLOADABLE:
-        raise DataError(f"no downloader for {dataset!r}; available: {', '.join(DOWNLOADABLE)}",
-                        hint="ImageNet must be obtained from image-net.org; point $IMAGENET_TRAIN_DIR/$IMAGENET_TEST_DIR at it")
+        raise DataError(
+            f"no downloader for {dataset!r}; available: {', '.join(DOWNLOADABLE)}",
+            hint="ImageNet must be obtained from image-net.org; point $IMAGENET_TRAIN_DIR/$IMAGENET_TEST_DIR at it",
+        )
     class_name, default_root, inner = DOWNLOADABLE[dataset]
     root = Path(root or default_root)
     try:
         for train in (True, False):
             getattr(tvd, class_name)(str(root), train=train, download=True)
-    except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError; torchvision raises RuntimeError on bad checksums
-        raise DataError(f"could not download {dataset} into {root}: {exc}",
-                        hint="this needs a network; otherwise copy the files in their standard layout and use --data-dir") from None
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+    ) as exc:  # URLError is an OSError; torchvision raises RuntimeError on bad checksums
+        raise DataError(
+            f"could not download {dataset} into {root}: {exc}",
+            hint="this needs a network; otherwise copy the files in their standard layout and use --data-dir",
+        ) from None
     folder = root / inner
     get_dataset(dataset).load("test", folder)  # what smoothcore will read, checked now
     return folder
@@ -49,8 +57,12 @@ def fetch(dataset: str, root: str | Path | None = None) -> Path:
 def register_commands(cli) -> None:
     @cli.command("fetch-data")
     @click.argument("dataset", type=click.Choice(sorted(DOWNLOADABLE)))
-    @click.option("--root", type=click.Path(), default=None,
-                  help="Download into this folder (default: ./data/cifar_10, ./data/fashion-mnist or ./data/mnist).")
+    @click.option(
+        "--root",
+        type=click.Path(),
+        default=None,
+        help="Download into this folder (default: ./data/cifar_10, ./data/fashion-mnist or ./data/mnist).",
+    )
     def fetch_data(dataset: str, root: str | None) -> None:
         """Download DATASET with torchvision's downloader (needs a network; never required)."""
         folder = fetch(dataset, root)

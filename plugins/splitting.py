@@ -76,7 +76,9 @@ class DerandomizedSplittingNoise(ExactNoise):
                 f" (sigma={self.sigma:.4g})"
             )
         if levels > MAX_DSSN_DRAWS:
-            raise ConfigError(f"dssn with lambda={self.lambd:.4g} needs {levels} draws per image; at most {MAX_DSSN_DRAWS} are allowed")
+            raise ConfigError(
+                f"dssn with lambda={self.lambd:.4g} needs {levels} draws per image; at most {MAX_DSSN_DRAWS} are allowed"
+            )
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"dssn seed must be in [0, 2^32), got {seed!r}")
         self.levels = levels
@@ -94,7 +96,9 @@ class DerandomizedSplittingNoise(ExactNoise):
         t = self._template(device)
         return ((t + k.unsqueeze(-1)) % self.levels + 0.5) / 255.0
 
-    TABLE_LIMIT = 1 << 23  # offsets x pixels up to which the wide-cell outcomes of every draw are kept (3 x 32 MiB)
+    TABLE_LIMIT = (
+        1 << 23
+    )  # offsets x pixels up to which the wide-cell outcomes of every draw are kept (3 x 32 MiB)
 
     def _wide_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """For lambda >= 1/2 and small enough images: the offsets of every draw and both cell midpoints
@@ -150,7 +154,9 @@ class DerandomizedSplittingNoise(ExactNoise):
                 "x = (x * 255).round() / 255 first, or use the ssn noise",
             )
 
-    def certify_counts(self, counts: torch.Tensor, remaining: torch.Tensor | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def certify_counts(
+        self, counts: torch.Tensor, remaining: torch.Tensor | int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return dssn_certificate(counts, remaining)
 
     def decided(self, counts: torch.Tensor, remaining: torch.Tensor | int, radii) -> torch.Tensor:
@@ -161,10 +167,24 @@ class DerandomizedSplittingNoise(ExactNoise):
         return apply(p_lower, lambda p: 2.0 * (self.levels / 255.0 / 2.0) * (p - 0.5))
 
     def params(self) -> dict[str, Any]:
-        return {"name": self.name, "sigma": self.sigma, "lambda": self.lambd, "levels": self.levels, "seed": self.seed}
+        return {
+            "name": self.name,
+            "sigma": self.sigma,
+            "lambda": self.lambd,
+            "levels": self.levels,
+            "seed": self.seed,
+        }
 
 
 @hookimpl
 def register_noises(register) -> None:
-    register("ssn", SplittingNoise, description="independent splitting noise (Levine & Feizi 2021); L1, Monte-Carlo")
-    register("dssn", DerandomizedSplittingNoise, description="derandomized splitting noise; L1, exact and deterministic")
+    register(
+        "ssn",
+        SplittingNoise,
+        description="independent splitting noise (Levine & Feizi 2021); L1, Monte-Carlo",
+    )
+    register(
+        "dssn",
+        DerandomizedSplittingNoise,
+        description="derandomized splitting noise; L1, exact and deterministic",
+    )

@@ -41,4 +41,8 @@ class UniformNoise(Noise):
 
 @hookimpl
 def register_noises(register) -> None:
-    register("uniform", UniformNoise, description="additive U[-lambda, lambda] noise (Yang et al. 2020); L1 and L-inf")
+    register(
+        "uniform",
+        UniformNoise,
+        description="additive U[-lambda, lambda] noise (Yang et al. 2020); L1 and L-inf",
+    )

@@ -35,8 +35,16 @@ from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
 __version__ = "0.1.0"
 
 
-def noise(name: str, *, sigma: float | None = None, lambd: float | None = None, dim: int, seed: int = 0,
-          device: str | torch.device = "cpu", **params: Any) -> Noise:
+def noise(
+    name: str,
+    *,
+    sigma: float | None = None,
+    lambd: float | None = None,
+    dim: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    **params: Any,
+) -> Noise:
     """The registered noise ``name`` (``uniform``, ``ssn``, ``dssn``, ``gaussian``, ``laplace``, or a plugin's).
 
     ``sigma`` is the standard deviation (for the uniform family the half-width is ``lambd = sigma * sqrt(3)``;
@@ -56,7 +64,24 @@ def load_denoiser(path, **kwargs: Any):
 
 
 __all__ = [
-    "CertifyResult", "CheckpointError", "ConfigError", "DataError", "ExactNoise", "ExperimentError", "Noise", "PluginError",
-    "PredictResult", "SmoothcoreError", "SmoothedClassifier", "UnknownNameError", "certify_counts", "clopper_pearson_lower",
-    "clopper_pearson_upper", "hookimpl", "load_classifier", "load_denoiser", "noise", "stack",
+    "CertifyResult",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "ExactNoise",
+    "ExperimentError",
+    "Noise",
+    "PluginError",
+    "PredictResult",
+    "SmoothcoreError",
+    "SmoothedClassifier",
+    "UnknownNameError",
+    "certify_counts",
+    "clopper_pearson_lower",
+    "clopper_pearson_upper",
+    "hookimpl",
+    "load_classifier",
+    "load_denoiser",
+    "noise",
+    "stack",
 ]

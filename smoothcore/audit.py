@@ -81,14 +81,18 @@ SEARCHES = ("random", "greedy", "gradient")
 NORMS = ("l1", "l2", "linf")
 CHUNK_ELEMENTS = 1 << 24  # at most this many noisy pixel values are held at once per evaluation
 CACHE_ENTRIES = 1 << 18  # classes of noisy draws remembered per image
-EXACT_STATEMENT = ("exact noise: a violation is a perturbation on the 1/{grid} grid, kept in [0, 1]^d, with "
-                   "||delta||_1 <= radius, whose counts over every draw, recomputed from scratch, predict "
-                   "another class (deterministic, no statistics)")
-MC_STATEMENT = ("Monte-Carlo noise: a violation is a perturbation strictly inside the radius at which, "
-                "on {n_test} fresh draws, the one-sided Clopper-Pearson upper bound on p_A is below the "
-                "lower bound on p_c for some other class c, each bound at level alpha / (C * M) = "
-                "{alpha:g} / ({classes} * {tests}); if no audited prediction is broken, the chance that any "
-                "violation is reported is at most alpha = {alpha:g}")
+EXACT_STATEMENT = (
+    "exact noise: a violation is a perturbation on the 1/{grid} grid, kept in [0, 1]^d, with "
+    "||delta||_1 <= radius, whose counts over every draw, recomputed from scratch, predict "
+    "another class (deterministic, no statistics)"
+)
+MC_STATEMENT = (
+    "Monte-Carlo noise: a violation is a perturbation strictly inside the radius at which, "
+    "on {n_test} fresh draws, the one-sided Clopper-Pearson upper bound on p_A is below the "
+    "lower bound on p_c for some other class c, each bound at level alpha / (C * M) = "
+    "{alpha:g} / ({classes} * {tests}); if no audited prediction is broken, the chance that any "
+    "violation is reported is at most alpha = {alpha:g}"
+)
 
 
 # -- configuration and results -------------------------------------------------------------------------------
@@ -118,8 +122,10 @@ class AuditConfig:
         searches = tuple(self.searches)
         unknown = [s for s in searches if s not in SEARCHES]
         if not searches or unknown:
-            raise ConfigError(f"searches must be a non-empty subset of {', '.join(SEARCHES)}, "
-                              f"got {', '.join(searches) or '(none)'}")
+            raise ConfigError(
+                f"searches must be a non-empty subset of {', '.join(SEARCHES)}, "
+                f"got {', '.join(searches) or '(none)'}"
+            )
         for name in ("budget", "grid", "pool", "grad_draws", "n_search", "n_test"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -251,8 +257,9 @@ class _Oracle:
     """Margins of grid perturbations of one image on a fixed set of draws (all of them for exact noises,
     ``n_search`` common random numbers otherwise), re-evaluating only the draws a perturbation changes."""
 
-    def __init__(self, smoothed: SmoothedClassifier, x: torch.Tensor, top: int, cfg: AuditConfig,
-                 index: int) -> None:
+    def __init__(
+        self, smoothed: SmoothedClassifier, x: torch.Tensor, top: int, cfg: AuditConfig, index: int
+    ) -> None:
         self.noise, self.engine, self.cfg, self.top = smoothed.noise, smoothed.engine, cfg, top
         self.device = self.engine.device
         self.shape = tuple(x.shape[1:])
@@ -300,7 +307,7 @@ class _Oracle:
 
     def _classify(self, batch: torch.Tensor) -> torch.Tensor:
         step = self.engine.max_batch
-        parts = [self.engine.classify(batch[i:i + step]) for i in range(0, len(batch), step)]
+        parts = [self.engine.classify(batch[i : i + step]) for i in range(0, len(batch), step)]
         if parts:  # NaN logits would read as class 0: no verdict either way
             self.engine.finish_checks(self.noise)
         self.spent += len(batch)
@@ -312,7 +319,7 @@ class _Oracle:
         rows = max(1, CHUNK_ELEMENTS // max(1, self.num * self.d))
         out = []
         for i in range(0, len(deltas), rows):
-            draws = self._draws(self.images(deltas[i:i + rows]))
+            draws = self._draws(self.images(deltas[i : i + rows]))
             changed = (draws != self.base.unsqueeze(0)).flatten(2).any(dim=2)
             classes = self.base_classes.unsqueeze(0).expand(len(draws), -1).clone()
             self.spent += len(draws)  # a candidate costs at least one unit, even if all its draws are known
@@ -326,8 +333,10 @@ class _Oracle:
         """Classes of changed draws; a noisy image already classified (same draw, same bytes) is not evaluated
         again, so overlapping candidates (bisection, steps of one pixel) cost only their new draws."""
         host = noisy.detach().reshape(len(noisy), -1).cpu().numpy()
-        keys = [(int(k), hashlib.blake2b(row.tobytes(), digest_size=16).digest())
-                for k, row in zip(draw.tolist(), host)]
+        keys = [
+            (int(k), hashlib.blake2b(row.tobytes(), digest_size=16).digest())
+            for k, row in zip(draw.tolist(), host)
+        ]
         missing = [j for j, key in enumerate(keys) if key not in self.cache]
         if missing:
             new = self._classify(noisy[torch.tensor(missing, device=noisy.device)]).tolist()
@@ -359,7 +368,7 @@ class _Oracle:
         model = self.engine.model
         with torch.enable_grad():
             logits = model(draws + (xv - xv.detach())).float()
-            others = torch.cat([logits[:, :self.top], logits[:, self.top + 1:]], dim=1)
+            others = torch.cat([logits[:, : self.top], logits[:, self.top + 1 :]], dim=1)
             surrogate = (logits[:, self.top] - torch.logsumexp(others, dim=1)).mean()
             (grad,) = torch.autograd.grad(surrogate, xv)
         self.spent += 3 * k
@@ -465,8 +474,9 @@ def _greedy_search(oracle: _Oracle, cap: int, budget: int, rng: np.random.Genera
         delta, margin, used = deltas[j], int(margins[j]), used + cost[j]
 
 
-def _fill(delta: torch.Tensor, order: Sequence[int], signs: torch.Tensor, rooms: torch.Tensor,
-          amount: int) -> torch.Tensor:
+def _fill(
+    delta: torch.Tensor, order: Sequence[int], signs: torch.Tensor, rooms: torch.Tensor, amount: int
+) -> torch.Tensor:
     """``delta`` plus ``amount`` grid steps spread along ``order``, each pixel as far as its room allows."""
     out = delta.clone()
     for i in order:
@@ -501,7 +511,9 @@ def _gradient_search(oracle: _Oracle, cap: int, budget: int, rng: np.random.Gene
 
 
 SEARCH_FUNCTIONS: dict[str, Callable[[_Oracle, int, int, np.random.Generator, _Found], None]] = {
-    "random": _random_search, "greedy": _greedy_search, "gradient": _gradient_search,
+    "random": _random_search,
+    "greedy": _greedy_search,
+    "gradient": _gradient_search,
 }
 
 
@@ -537,8 +549,14 @@ def _shrink(oracle: _Oracle, delta: torch.Tensor, budget: int) -> torch.Tensor:
 
 # -- one image -----------------------------------------------------------------------------------------------
 class _ImageAuditor:
-    def __init__(self, smoothed: SmoothedClassifier, x: torch.Tensor, claim: ImageAudit, cfg: AuditConfig,
-                 tests_total: int) -> None:
+    def __init__(
+        self,
+        smoothed: SmoothedClassifier,
+        x: torch.Tensor,
+        claim: ImageAudit,
+        cfg: AuditConfig,
+        tests_total: int,
+    ) -> None:
         self.smoothed, self.claim, self.cfg, self.tests_total = smoothed, claim, cfg, tests_total
         self.oracle = _Oracle(smoothed, x, claim.prediction, cfg, claim.index)
         self.exact = self.oracle.exact
@@ -569,8 +587,9 @@ class _ImageAuditor:
         self.oracle.forward += self.cfg.n_test
         return counts.cpu()[0]
 
-    def test_mc(self, delta: torch.Tensor, *, tests: int | None = None,
-                key: int | None = None) -> tuple[bool, int, str]:
+    def test_mc(
+        self, delta: torch.Tensor, *, tests: int | None = None, key: int | None = None
+    ) -> tuple[bool, int, str]:
         """The Monte-Carlo violation test of the module docstring on fresh draws: does some class beat ``A``
         at ``x + delta``, each one-sided bound at level ``alpha / (C * tests)`` (default: the audit's
         ``M``)?"""
@@ -586,8 +605,10 @@ class _ImageAuditor:
         lowers = lowers.reshape(-1)
         j = int(lowers.argmax())
         rival = others[j]
-        evidence = (f"n={n}: k_A={int(counts[top])} (upper {upper_a:.4f}) vs k_{rival}={int(counts[rival])} "
-                    f"(lower {lowers[j]:.4f}), level {level:.3g} per bound")
+        evidence = (
+            f"n={n}: k_A={int(counts[top])} (upper {upper_a:.4f}) vs k_{rival}={int(counts[rival])} "
+            f"(lower {lowers[j]:.4f}), level {level:.3g} per bound"
+        )
         return bool(lowers[j] > upper_a), rival, evidence
 
     def flips(self, delta: torch.Tensor, key: int) -> bool:
@@ -651,8 +672,10 @@ class _ImageAuditor:
             # whole box: the gradient search, whose first move sends every pixel against the gradient
             closest = min(cfg.searches, key=lambda n: (claim.margins.get(n, math.inf), n == "random"))
             room = oracle.total_room()
-            phases = [(min(2 * max(claim.steps, 1), room), closest, cfg.budget // 2),
-                      (room, "gradient" if "gradient" in cfg.searches else closest, cfg.budget)]
+            phases = [
+                (min(2 * max(claim.steps, 1), room), closest, cfg.budget // 2),
+                (room, "gradient" if "gradient" in cfg.searches else closest, cfg.budget),
+            ]
             for j, (cap, name, share) in enumerate(phases):
                 found = _Found(torch.zeros(oracle.d, dtype=torch.long), 1 << 62)
                 SEARCH_FUNCTIONS[name](oracle, cap, max(1, share), self.rng(20 + j), found)
@@ -666,8 +689,10 @@ class _ImageAuditor:
         shrunk = _shrink(oracle, delta, max(cfg.budget, 6 * oracle.cost(1)))
         # the bisection stops at the edge on the search's draws, where a test on fresh draws cannot reject
         # (Monte-Carlo), so the shrunk perturbation scaled up by 5% to 50% is tried before the original flip
-        grown = [torch.minimum(torch.maximum((shrunk.double() * f).round().long(), -oracle.down), oracle.up)
-                 for f in (1.05, 1.15, 1.3, 1.5)]
+        grown = [
+            torch.minimum(torch.maximum((shrunk.double() * f).round().long(), -oracle.down), oracle.up)
+            for f in (1.05, 1.15, 1.3, 1.5)
+        ]
         options = [shrunk, *[g for g in grown if g.abs().sum() < delta.abs().sum()], delta]
         options = [o for j, o in enumerate(options) if not any(torch.equal(o, p) for p in options[:j])]
         for j, option in enumerate(options):
@@ -684,15 +709,27 @@ def statement(smoothed: SmoothedClassifier, cfg: AuditConfig, num_images: int) -
     """The sentence that defines a violation for this audit (printed by the CLI, stored with the results)."""
     if smoothed.noise.exact:
         return EXACT_STATEMENT.format(grid=cfg.grid)
-    return MC_STATEMENT.format(n_test=cfg.n_test, alpha=cfg.alpha, classes=smoothed.num_classes,
-                               tests=max(1, num_images * len(cfg.searches)))
+    return MC_STATEMENT.format(
+        n_test=cfg.n_test,
+        alpha=cfg.alpha,
+        classes=smoothed.num_classes,
+        tests=max(1, num_images * len(cfg.searches)),
+    )
 
 
-def audit_claims(smoothed: SmoothedClassifier, x: torch.Tensor, prediction: Sequence[int] | torch.Tensor,
-                 radius: Sequence[float] | torch.Tensor, *, norm: str | None = None, certificate: str = "",
-                 indices: Sequence[int] | None = None, labels: Sequence[int] | None = None,
-                 config: AuditConfig | None = None,
-                 on_image: Callable[[ImageAudit], None] | None = None) -> AuditReport:
+def audit_claims(
+    smoothed: SmoothedClassifier,
+    x: torch.Tensor,
+    prediction: Sequence[int] | torch.Tensor,
+    radius: Sequence[float] | torch.Tensor,
+    *,
+    norm: str | None = None,
+    certificate: str = "",
+    indices: Sequence[int] | None = None,
+    labels: Sequence[int] | None = None,
+    config: AuditConfig | None = None,
+    on_image: Callable[[ImageAudit], None] | None = None,
+) -> AuditReport:
     """Audit the claims "the smoothed prediction is ``prediction[i]`` within ``radius[i]`` of ``x[i]``".
 
     Abstentions (``-1``) and NaN radii claim nothing and are skipped. ``indices`` (default ``0 ..``) key each
@@ -711,28 +748,54 @@ def audit_claims(smoothed: SmoothedClassifier, x: torch.Tensor, prediction: Sequ
     if not len(prediction) == len(radius) == len(indices) == len(labels) == len(x):
         raise ConfigError(f"need one prediction, radius, index and label per image ({len(x)} images)")
     if any(p >= smoothed.num_classes or p < ABSTAIN for p in prediction):
-        raise DataError(f"predictions must be classes 0..{smoothed.num_classes - 1} or -1 (abstain), "
-                        f"got {prediction}")
-    keep = [i for i in range(len(x))
-            if prediction[i] != ABSTAIN and math.isfinite(radius[i]) and radius[i] >= 0]
+        raise DataError(
+            f"predictions must be classes 0..{smoothed.num_classes - 1} or -1 (abstain), got {prediction}"
+        )
+    keep = [
+        i for i in range(len(x)) if prediction[i] != ABSTAIN and math.isfinite(radius[i]) and radius[i] >= 0
+    ]
     images = []
     for i in keep:
-        claim = ImageAudit(index=indices[i], prediction=prediction[i], radius=radius[i], norm=norm,
-                           certificate=certificate, label=labels[i])
-        images.append(_ImageAuditor(smoothed, x[i:i + 1], claim, cfg, len(keep) * len(cfg.searches)).run())
+        claim = ImageAudit(
+            index=indices[i],
+            prediction=prediction[i],
+            radius=radius[i],
+            norm=norm,
+            certificate=certificate,
+            label=labels[i],
+        )
+        images.append(_ImageAuditor(smoothed, x[i : i + 1], claim, cfg, len(keep) * len(cfg.searches)).run())
         if on_image is not None:
             on_image(images[-1])
     return AuditReport(images, statement(smoothed, cfg, len(keep)), cfg, bool(smoothed.noise.exact))
 
 
-def audit(smoothed: SmoothedClassifier, x: torch.Tensor, *, certificate: str | None = None, n0: int = 64,
-          n: int = 10_000, alpha: float = 0.001, indices: Sequence[int] | None = None,
-          labels: Sequence[int] | None = None, config: AuditConfig | None = None) -> AuditReport:
+def audit(
+    smoothed: SmoothedClassifier,
+    x: torch.Tensor,
+    *,
+    certificate: str | None = None,
+    n0: int = 64,
+    n: int = 10_000,
+    alpha: float = 0.001,
+    indices: Sequence[int] | None = None,
+    labels: Sequence[int] | None = None,
+    config: AuditConfig | None = None,
+) -> AuditReport:
     """Certify ``x`` with ``smoothed`` (``certificate``, and ``n0``, ``n``, ``alpha`` for Monte-Carlo noises),
     then audit every certified image (see :func:`audit_claims`)."""
     result = smoothed.certify(x, n0=n0, n=n, alpha=alpha, indices=indices, certificate=certificate)
-    return audit_claims(smoothed, x, result.prediction, result.radius, norm=result.norm,
-                        certificate=result.certificate, indices=indices, labels=labels, config=config)
+    return audit_claims(
+        smoothed,
+        x,
+        result.prediction,
+        result.radius,
+        norm=result.norm,
+        certificate=result.certificate,
+        indices=indices,
+        labels=labels,
+        config=config,
+    )
 
 
 # -- experiment folders --------------------------------------------------------------------------------------
@@ -749,7 +812,7 @@ class ExperimentAudit:
 
 
 def result_tags(run_dir: str | Path) -> list[str]:
-    return sorted(p.name[len("certify_"):-len(".csv")] for p in Path(run_dir).glob("certify_*.csv"))
+    return sorted(p.name[len("certify_") : -len(".csv")] for p in Path(run_dir).glob("certify_*.csv"))
 
 
 def choose_tag(run_dir: str | Path, tag: str | None) -> str:
@@ -760,22 +823,33 @@ def choose_tag(run_dir: str | Path, tag: str | None) -> str:
     tags = result_tags(run_dir)
     if tag is not None:
         if tag not in tags:
-            raise ExperimentError(f"{run_dir} has no result table certify_{tag}.csv; "
-                                  f"tables: {', '.join(tags) or '(none)'}")
+            raise ExperimentError(
+                f"{run_dir} has no result table certify_{tag}.csv; tables: {', '.join(tags) or '(none)'}"
+            )
         return tag
     if not tags:
-        raise ExperimentError(f"{run_dir} has no result tables to audit",
-                              hint="certify it first: smoothcore certify RUN_DIR")
+        raise ExperimentError(
+            f"{run_dir} has no result tables to audit", hint="certify it first: smoothcore certify RUN_DIR"
+        )
     if len(tags) > 1:
-        raise ConfigError(f"{run_dir} has several result tables ({', '.join(tags)}); which one?",
-                          hint="give --tag")
+        raise ConfigError(
+            f"{run_dir} has several result tables ({', '.join(tags)}); which one?", hint="give --tag"
+        )
     return tags[0]
 
 
-def audit_experiment(run_dir: str | Path, *, tag: str | None = None, limit: int | None = 5,
-                     config: AuditConfig | None = None, data_dir: str | None = None, device: str = "auto",
-                     max_batch: int = 1024, on_image: Callable[[ImageAudit], None] | None = None,
-                     trust_checkpoint: bool = False) -> ExperimentAudit:
+def audit_experiment(
+    run_dir: str | Path,
+    *,
+    tag: str | None = None,
+    limit: int | None = 5,
+    config: AuditConfig | None = None,
+    data_dir: str | None = None,
+    device: str = "auto",
+    max_batch: int = 1024,
+    on_image: Callable[[ImageAudit], None] | None = None,
+    trust_checkpoint: bool = False,
+) -> ExperimentAudit:
     """Audit the first ``limit`` certified (non-abstaining) images of ``certify_<tag>.csv`` in ``run_dir``:
     the classifier, denoiser and noise are loaded as certification loaded them
     (:func:`smoothcore.runner.plan`), the claims are the table's predictions and radii. Writes
@@ -793,8 +867,9 @@ def audit_experiment(run_dir: str | Path, *, tag: str | None = None, limit: int 
     table_path = Path(run_dir) / f"certify_{tag}.csv"
     meta_path = table_path.with_suffix(".json")
     if not meta_path.is_file():
-        raise ExperimentError(f"{table_path.name} has no parameters file {meta_path.name}; "
-                              "cannot rebuild its noise")
+        raise ExperimentError(
+            f"{table_path.name} has no parameters file {meta_path.name}; cannot rebuild its noise"
+        )
     from smoothcore.report import check_meta
 
     meta = check_meta(read_json(meta_path), meta_path)
@@ -813,15 +888,30 @@ def audit_experiment(run_dir: str | Path, *, tag: str | None = None, limit: int 
     indices = [int(i) for i in rows["index"]]
     x, _ = fetch(load_test_set(get_dataset(run.dataset), data_dir), indices)
     certificate = str(meta.get("certificate", ""))
-    report = audit_claims(run.smoothed, x, rows["prediction"].astype(int).tolist(),
-                          rows["radius"].astype(float).tolist(), norm=str(rows["norm"].iloc[0]),
-                          certificate=certificate, indices=indices, labels=rows["label"].astype(int).tolist(),
-                          config=cfg, on_image=on_image)
+    report = audit_claims(
+        run.smoothed,
+        x,
+        rows["prediction"].astype(int).tolist(),
+        rows["radius"].astype(float).tolist(),
+        norm=str(rows["norm"].iloc[0]),
+        certificate=certificate,
+        indices=indices,
+        labels=rows["label"].astype(int).tolist(),
+        config=cfg,
+        on_image=on_image,
+    )
     output = Path(run_dir) / f"audit_{tag}.csv"
     frame = report.frame()
     atomic_write(output, lambda f: frame.to_csv(f, index=False), mode="w")
-    atomic_write_json(output.with_suffix(".json"), {"table": table_path.name, "statement": report.statement,
-                                                    "config": asdict(cfg), "summary": report.summary()})
+    atomic_write_json(
+        output.with_suffix(".json"),
+        {
+            "table": table_path.name,
+            "statement": report.statement,
+            "config": asdict(cfg),
+            "summary": report.summary(),
+        },
+    )
     return ExperimentAudit(report, tag, table_path, output, run.smoothed.noise.name, certificate)
 
 
@@ -836,27 +926,40 @@ def _certify_config(meta: dict[str, Any], tag: str, data_dir: str | None, device
     from smoothcore.runner import CertifyConfig
 
     seed = int(params.get("seed", 0) or 0)
-    return CertifyConfig(noise=params["name"], sigma=sigma, lambd=lambd, noise_seed=seed,
-                         certificate=meta.get("certificate"), dataset=meta.get("dataset"),
-                         denoiser=meta.get("denoiser"), data_dir=data_dir, device=device, max_batch=max_batch,
-                         tag=tag)
+    return CertifyConfig(
+        noise=params["name"],
+        sigma=sigma,
+        lambd=lambd,
+        noise_seed=seed,
+        certificate=meta.get("certificate"),
+        dataset=meta.get("dataset"),
+        denoiser=meta.get("denoiser"),
+        data_dir=data_dir,
+        device=device,
+        max_batch=max_batch,
+        tag=tag,
+    )
 
 
 def _check_same_run(run: Any, meta: dict[str, Any], table: Path) -> None:
     """Refuse to audit a table against a classifier or noise other than the ones that produced it."""
     if meta.get("classifier_sha256") and meta["classifier_sha256"] != run.meta["classifier_sha256"]:
-        raise ExperimentError(f"the classifier changed since {table.name} was certified (checksum differs)",
-                              hint="certify again, then audit")
+        raise ExperimentError(
+            f"the classifier changed since {table.name} was certified (checksum differs)",
+            hint="certify again, then audit",
+        )
     old_data, new_data = meta.get("test_fingerprint"), run.meta.get("test_fingerprint")
     if old_data and new_data and old_data != new_data:
-        raise ExperimentError(f"the test data differs from the data {table.name} was certified on "
-                              "(fingerprint differs)",
-                              hint="point --data-dir at the dataset the table was certified on")
+        raise ExperimentError(
+            f"the test data differs from the data {table.name} was certified on (fingerprint differs)",
+            hint="point --data-dir at the dataset the table was certified on",
+        )
     recorded = json.loads(json.dumps(meta.get("noise") or {}))
     current = json.loads(json.dumps(run.smoothed.noise.params()))
     if not _same_params(recorded, current):
-        raise ExperimentError(f"{table.name} was certified with noise {recorded}, "
-                              f"which rebuilds as {current}")
+        raise ExperimentError(
+            f"{table.name} was certified with noise {recorded}, which rebuilds as {current}"
+        )
 
 
 def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:

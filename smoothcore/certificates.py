@@ -63,7 +63,9 @@ def top_two(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Top class ``a`` and runner-up ``b`` of ``counts`` ``(batch, classes)``, ties to the lowest index."""
     a = counts.argmax(dim=1)
     masked = counts.clone()
-    masked.scatter_(1, a.unsqueeze(1), torch.iinfo(counts.dtype).min if not counts.is_floating_point() else -float("inf"))
+    masked.scatter_(
+        1, a.unsqueeze(1), torch.iinfo(counts.dtype).min if not counts.is_floating_point() else -float("inf")
+    )
     b = masked.argmax(dim=1)
     return a, b
 
@@ -74,7 +76,9 @@ def get_certificate(name: str) -> Certificate:
     entry = registry("certificate").get(name)
     cert = entry.factory()
     if not isinstance(cert, Certificate):
-        raise PluginError(f"plugin {entry.plugin!r} built certificate {name!r} as {type(cert).__name__}, not a Certificate")
+        raise PluginError(
+            f"plugin {entry.plugin!r} built certificate {name!r} as {type(cert).__name__}, not a Certificate"
+        )
     with contextlib.suppress(AttributeError, TypeError):
         cert._smoothcore_plugin = entry.plugin
     return cert
@@ -106,12 +110,16 @@ def applies(cert: Certificate, noise: Noise) -> bool:
         raise
     except Exception as exc:
         plugin = getattr(cert, "_smoothcore_plugin", None) or type(cert).__module__
-        raise PluginError(f"certificate {cert.name!r} (plugin {plugin!r}) failed in applies_to: {type(exc).__name__}: {exc}") from None
+        raise PluginError(
+            f"certificate {cert.name!r} (plugin {plugin!r}) failed in applies_to: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def resolve_certificate(noise: Noise, name: str | None) -> Certificate:
     cert = get_certificate(name or default_certificate(noise))
     if not applies(cert, noise):
         ok = ", ".join(certificates_for(noise)) or "(none)"
-        raise ConfigError(f"certificate {cert.name!r} does not apply to noise {noise.name!r}; certificates for it: {ok}")
+        raise ConfigError(
+            f"certificate {cert.name!r} does not apply to noise {noise.name!r}; certificates for it: {ok}"
+        )
     return cert

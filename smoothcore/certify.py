@@ -100,7 +100,9 @@ class SmoothedClassifier:
 
     def __init__(self, model: nn.Module, noise: Noise, num_classes: int, **engine_options: Any) -> None:
         if not isinstance(noise, Noise):
-            raise ConfigError(f"noise must be a smoothcore Noise (see smoothcore.noise), got {type(noise).__name__}")
+            raise ConfigError(
+                f"noise must be a smoothcore Noise (see smoothcore.noise), got {type(noise).__name__}"
+            )
         self.noise = noise
         self.num_classes = num_classes
         self.engine = Engine(model, num_classes, **engine_options)
@@ -120,13 +122,22 @@ class SmoothedClassifier:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
             if value > MAX_DRAWS:
-                raise ConfigError(f"{name}={value:,} draws per image is beyond any useful certificate (at most {MAX_DRAWS:,})")
+                raise ConfigError(
+                    f"{name}={value:,} draws per image is beyond any useful certificate (at most {MAX_DRAWS:,})"
+                )
         if not 0.0 < float(alpha) < 1.0:
             raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
 
     # -- the algorithms --------------------------------------------------------------------------------------
-    def predict(self, x: torch.Tensor, *, n: int = 1000, alpha: float = 0.001, indices=None,
-                batch_size: int | None = None) -> PredictResult:
+    def predict(
+        self,
+        x: torch.Tensor,
+        *,
+        n: int = 1000,
+        alpha: float = 0.001,
+        indices=None,
+        batch_size: int | None = None,
+    ) -> PredictResult:
         """Cohen et al.'s PREDICT: the top class of ``n`` draws, or ``-1`` when a two-sided binomial test of its
         count against the runner-up's does not reject equality at level ``alpha``. Exact noises enumerate every
         draw instead and never abstain (ties go to the lowest class index). ``batch_size``: most noisy images per
@@ -148,8 +159,19 @@ class SmoothedClassifier:
         prediction = torch.where(torch.tensor(keep, dtype=torch.bool), a, torch.full_like(a, ABSTAIN))
         return PredictResult(prediction, counts)
 
-    def certify(self, x: torch.Tensor, *, n0: int = 64, n: int = 100_000, alpha: float = 0.001, indices=None,
-                certificate: str | None = None, radii=None, looks: int = 6, batch_size: int | None = None) -> CertifyResult:
+    def certify(
+        self,
+        x: torch.Tensor,
+        *,
+        n0: int = 64,
+        n: int = 100_000,
+        alpha: float = 0.001,
+        indices=None,
+        certificate: str | None = None,
+        radii=None,
+        looks: int = 6,
+        batch_size: int | None = None,
+    ) -> CertifyResult:
         """Certify each image of ``x`` ``(batch, *image)``.
 
         Exact noises: counts over every draw, then the exact certificate (``n0``, ``n``, ``alpha`` unused).
@@ -173,18 +195,31 @@ class SmoothedClassifier:
         results do not depend on it.
         """
         with self.engine.batch_size(batch_size):
-            return self._certify(x, n0=n0, n=n, alpha=alpha, indices=indices, certificate=certificate, radii=radii,
-                                 looks=looks)
+            return self._certify(
+                x, n0=n0, n=n, alpha=alpha, indices=indices, certificate=certificate, radii=radii, looks=looks
+            )
 
-    def _certify(self, x: torch.Tensor, *, n0: int, n: int, alpha: float, indices, certificate: str | None, radii,
-                 looks: int) -> CertifyResult:
+    def _certify(
+        self,
+        x: torch.Tensor,
+        *,
+        n0: int,
+        n: int,
+        alpha: float,
+        indices,
+        certificate: str | None,
+        radii,
+        looks: int,
+    ) -> CertifyResult:
         self.noise.check_input(x)
         cert = resolve_certificate(self.noise, certificate)
         before = self.engine.forward_passes
         radii = None if radii is None else [float(r) for r in radii]
         if cert.kind == "exact":
             total = self.noise.num_draws
-            stop_when = None if not radii else (lambda counts, done: self.noise.decided(counts, total - done, radii))
+            stop_when = (
+                None if not radii else (lambda counts, done: self.noise.decided(counts, total - done, radii))
+            )
             counts, done = self.engine.exact_counts(self.noise, x, stop_when=stop_when)
             stats = Statistics(counts=counts.cpu(), num_draws=total, x=x.cpu(), remaining=total - done)
             out = run_certificate(cert, self.noise, stats, len(x))
@@ -192,7 +227,9 @@ class SmoothedClassifier:
         elif radii:
             self._check_mc(n0, n, alpha)
             if cert.name != "standard":
-                raise ConfigError(f"early decisions (radii) support the standard certificate only, not {cert.name!r}")
+                raise ConfigError(
+                    f"early decisions (radii) support the standard certificate only, not {cert.name!r}"
+                )
             out, counts, draws = self._certify_sequential(x, n0, n, alpha, radii, looks, indices)
             stats = None
             full = n0 + n
@@ -201,7 +238,9 @@ class SmoothedClassifier:
             generators = self._generators(len(x), indices)
             selection = self.engine.sampled_counts(self.noise, x, n0, generators)
             counts = self.engine.sampled_counts(self.noise, x, n, generators)
-            stats = Statistics(counts=counts.cpu(), num_draws=n, selection=selection.cpu(), alpha=alpha, x=x.cpu())
+            stats = Statistics(
+                counts=counts.cpu(), num_draws=n, selection=selection.cpu(), alpha=alpha, x=x.cpu()
+            )
             out = run_certificate(cert, self.noise, stats, len(x))
             draws, full = torch.full((len(x),), n0 + n), n0 + n
         return CertifyResult(
@@ -235,7 +274,9 @@ class SmoothedClassifier:
             extra = size - int(done[active[0]]) if len(active) else 0
             if not len(active) or extra <= 0:
                 continue
-            counts[active] += self.engine.sampled_counts(self.noise, x[active], extra, [generators[i] for i in active.tolist()]).cpu()
+            counts[active] += self.engine.sampled_counts(
+                self.noise, x[active], extra, [generators[i] for i in active.tolist()]
+            ).cpu()
             done[active] = size
             k = counts[active].gather(1, top[active].unsqueeze(1)).squeeze(1).numpy()
             low = np.atleast_1d(clopper_pearson_lower(k, size, alpha_look))
@@ -250,7 +291,9 @@ class SmoothedClassifier:
             active = active[~torch.from_numpy(decided)]
         certified = p_lower >= 0.5
         prediction = torch.where(certified, top, torch.full_like(top, ABSTAIN))
-        radius = torch.where(certified, torch.as_tensor(self.noise.radius(p_lower), dtype=torch.float64), torch.nan)
+        radius = torch.where(
+            certified, torch.as_tensor(self.noise.radius(p_lower), dtype=torch.float64), torch.nan
+        )
         return Certified(prediction, radius, self.noise.norm, p_lower=p_lower), counts, done + n0
 
 
@@ -258,11 +301,17 @@ def certify_counts(noise: Noise, counts) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact certificate of ``noise`` from ``counts`` ``(batch, classes)`` over all of its draws ->
     ``(prediction, radius)``. Raises ConfigError for noises without an exact certificate."""
     if not getattr(noise, "exact", False):
-        raise ConfigError(f"noise {noise.name!r} has no exact certificate; use SmoothedClassifier.certify (Monte-Carlo)")
+        raise ConfigError(
+            f"noise {noise.name!r} has no exact certificate; use SmoothedClassifier.certify (Monte-Carlo)"
+        )
     counts = torch.as_tensor(np.asarray(counts) if not isinstance(counts, torch.Tensor) else counts)
     if counts.dim() != 2 or counts.is_floating_point() or bool((counts < 0).any()):
-        raise ConfigError(f"counts must be a non-negative integer tensor (batch, classes), got {counts.dtype} {tuple(counts.shape)}")
+        raise ConfigError(
+            f"counts must be a non-negative integer tensor (batch, classes), got {counts.dtype} {tuple(counts.shape)}"
+        )
     totals = counts.sum(dim=1)
     if bool((totals != noise.num_draws).any()):
-        raise ConfigError(f"each row of counts must sum to the noise's {noise.num_draws} draws; got sums {sorted(set(totals.tolist()))[:5]}")
+        raise ConfigError(
+            f"each row of counts must sum to the noise's {noise.num_draws} draws; got sums {sorted(set(totals.tolist()))[:5]}"
+        )
     return noise.certify_counts(counts)

@@ -47,27 +47,43 @@ def load_file(path: str | Path, *, trust: bool = False) -> Any:
     """Read a checkpoint file safely (see module docstring); raises CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+        raise CheckpointError(
+            f"checkpoint {path} does not exist" + (" (it is a folder)" if path.is_dir() else "")
+        )
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
-            raise CheckpointError(f"{path} is truncated or corrupt, or not a PyTorch checkpoint: {_first_line(exc)}") from None
-        if not trust:  # a pickle the safe loader refuses: Python objects beyond tensors, or a legacy pickle format
+            raise CheckpointError(
+                f"{path} is truncated or corrupt, or not a PyTorch checkpoint: {_first_line(exc)}"
+            ) from None
+        if (
+            not trust
+        ):  # a pickle the safe loader refuses: Python objects beyond tensors, or a legacy pickle format
             raise CheckpointError(
                 f"{path} cannot be loaded safely: it holds Python objects beyond tensors and plain containers (or is a "
                 f"legacy pickle), and loading it could run code ({_unsupported(exc)})",
                 hint="if you trust where this file comes from, pass --trust-checkpoint (Python: trust=True)",
             ) from None
-    except Exception as exc:  # torch.load raises many kinds of errors on damaged files; none of them is the user's bug
-        raise CheckpointError(f"{path} is truncated or corrupt, or not a PyTorch checkpoint: {_first_line(exc)}") from None
-    warnings.warn(f"loading {path} as a full pickle because trust=True: it can run arbitrary code", UntrustedCheckpointWarning, stacklevel=2)
+    except (
+        Exception
+    ) as exc:  # torch.load raises many kinds of errors on damaged files; none of them is the user's bug
+        raise CheckpointError(
+            f"{path} is truncated or corrupt, or not a PyTorch checkpoint: {_first_line(exc)}"
+        ) from None
+    warnings.warn(
+        f"loading {path} as a full pickle because trust=True: it can run arbitrary code",
+        UntrustedCheckpointWarning,
+        stacklevel=2,
+    )
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise CheckpointError(f"{path} could not be loaded even as a trusted pickle: {_first_line(exc)}") from None
+        raise CheckpointError(
+            f"{path} could not be loaded even as a trusted pickle: {_first_line(exc)}"
+        ) from None
 
 
 def _unsupported(exc: BaseException) -> str:
@@ -85,7 +101,9 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
     try:
         from safetensors import safe_open
     except ImportError:
-        raise CheckpointError(f"{path} is a safetensors file; install the safetensors package to read it") from None
+        raise CheckpointError(
+            f"{path} is a safetensors file; install the safetensors package to read it"
+        ) from None
     try:
         with safe_open(str(path), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -107,11 +125,15 @@ def save_safetensors(obj: dict[str, Any], path: str | Path) -> None:
     from safetensors.torch import save_file
 
     header = {k: v for k, v in obj.items() if k != "state_dict"}
-    save_file({k: v.contiguous() for k, v in obj["state_dict"].items()}, str(path), metadata={"smoothcore": json.dumps(header)})
+    save_file(
+        {k: v.contiguous() for k, v in obj["state_dict"].items()},
+        str(path),
+        metadata={"smoothcore": json.dumps(header)},
+    )
 
 
 def strip_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
 def load_state_strict(model: nn.Module, state: dict[str, Any], source: str) -> None:
@@ -121,18 +143,27 @@ def load_state_strict(model: nn.Module, state: dict[str, Any], source: str) -> N
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong_shape = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-                   if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape]
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
+    ]
     not_tensor = [k for k in state if k in expected and not isinstance(state[k], torch.Tensor)]
     if missing or unexpected or wrong_shape or not_tensor:
         parts = []
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shape),
-                            ("not tensors", not_tensor)):
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("wrong shapes", wrong_shape),
+            ("not tensors", not_tensor),
+        ):
             if keys:
                 more = f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""
                 parts.append(f"{label}: {', '.join(keys[:8])}{more}")
-        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts),
-                              hint="check --model / --dataset, or that the file is the checkpoint you meant")
+        raise CheckpointError(
+            f"{source} does not fit the model: " + "; ".join(parts),
+            hint="check --model / --dataset, or that the file is the checkpoint you meant",
+        )
     for k, v in state.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise CheckpointError(f"{source}: parameter {k} contains NaN or Inf")

@@ -78,8 +78,15 @@ def fail(exc: SmoothcoreError) -> None:
 
 
 def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=err_console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
 
 
 def parse_radii(text: str) -> list[float]:
@@ -92,7 +99,9 @@ def parse_radii(text: str) -> list[float]:
     return radii
 
 
-@click.group(cls=SmoothcoreGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    cls=SmoothcoreGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.version_option(package_name="smoothcore")
 def cli() -> None:
     """Certified L1 robustness by randomized and derandomized smoothing (uniform, SSN, DSSN, Gaussian, Laplace),
@@ -109,7 +118,10 @@ def plugins_cmd(as_json: bool) -> None:
     rows = plugin_summary()
     comps = components()
     if as_json:
-        details = {kind: {e.name: {"plugin": e.plugin, "description": e.description} for e in comps[kind]} for kind in KINDS}
+        details = {
+            kind: {e.name: {"plugin": e.plugin, "description": e.description} for e in comps[kind]}
+            for kind in KINDS
+        }
         click.echo(json.dumps({"plugins": rows, "components": details}, indent=2))
         return
     table = Table(title="smoothcore plugins")
@@ -157,38 +169,99 @@ def _applies(cert, noise) -> bool:
 # -- train-classifier ---------------------------------------------------------------------------------------------
 def noise_options(f):
     f = click.option("--noise-seed", type=int, default=None, help="Noise seed (DSSN template). Default 0.")(f)
-    f = click.option("--lambda", "lambd", type=float, default=None, help="Half-width lambda of uniform-family noise (instead of --sigma).")(f)
-    f = click.option("--sigma", type=float, default=None, help="Noise standard deviation (uniform family: lambda = sigma*sqrt(3)).")(f)
+    f = click.option(
+        "--lambda",
+        "lambd",
+        type=float,
+        default=None,
+        help="Half-width lambda of uniform-family noise (instead of --sigma).",
+    )(f)
+    f = click.option(
+        "--sigma",
+        type=float,
+        default=None,
+        help="Noise standard deviation (uniform family: lambda = sigma*sqrt(3)).",
+    )(f)
     return f
 
 
 @cli.command("train-classifier")
 @click.option("--dataset", default="fashion-mnist", show_default=True, help="Registered dataset name.")
-@click.option("--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places).")
-@click.option("--model", default="cnn", show_default=True, help="Registered classifier name (torchvision:<name> for any torchvision model).")
-@click.option("--model-param", multiple=True, help="Architecture parameter KEY=VALUE (e.g. width=32, batch_norm=false).")
-@click.option("--noise", default="dssn", show_default=True, help="Registered noise name ('none': a clean classifier).")
+@click.option(
+    "--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places)."
+)
+@click.option(
+    "--model",
+    default="cnn",
+    show_default=True,
+    help="Registered classifier name (torchvision:<name> for any torchvision model).",
+)
+@click.option(
+    "--model-param", multiple=True, help="Architecture parameter KEY=VALUE (e.g. width=32, batch_norm=false)."
+)
+@click.option(
+    "--noise", default="dssn", show_default=True, help="Registered noise name ('none': a clean classifier)."
+)
 @noise_options
-@click.option("--epochs", type=int, default=None, help="Default: the reference recipe for the dataset/model, else 5.")
+@click.option(
+    "--epochs", type=int, default=None, help="Default: the reference recipe for the dataset/model, else 5."
+)
 @click.option("--batch-size", type=int, default=None, help="Default 64 (the reference recipe).")
 @click.option("--lr", type=float, default=None, help="Initial learning rate (cosine annealed). Default 0.1.")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option("--momentum", type=float, default=0.9, show_default=True)
 @click.option("--stability", is_flag=True, help="Stability training: CE + 6 KL between two noisy draws.")
 @click.option("--stability-weight", type=float, default=6.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation, data order and noise.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for initialisation, data order and noise."
+)
 @click.option("--train-limit", type=int, default=None, help="Train on the first N training images only.")
-@click.option("--eval-limit", type=int, default=1000, show_default=True, help="Test images for the per-epoch noisy accuracy.")
-@click.option("--denoiser", type=click.Path(), default=None, help="Train on top of this frozen denoiser (recorded in the experiment).")
-@click.option("--finetune", type=click.Path(), default=None, help="Start from this checkpoint's weights, except its last layer.")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow loading legacy pickled --finetune/--denoiser files (can run code).")
+@click.option(
+    "--eval-limit",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Test images for the per-epoch noisy accuracy.",
+)
+@click.option(
+    "--denoiser",
+    type=click.Path(),
+    default=None,
+    help="Train on top of this frozen denoiser (recorded in the experiment).",
+)
+@click.option(
+    "--finetune",
+    type=click.Path(),
+    default=None,
+    help="Start from this checkpoint's weights, except its last layer.",
+)
+@click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Allow loading legacy pickled --finetune/--denoiser files (can run code).",
+)
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
-@click.option("--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on GPUs).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when available).")
-@click.option("--workers", type=int, default=0, show_default=True, help="Data-loading processes (folder datasets).")
-@click.option("--save-every", type=int, default=1, show_default=True, help="Save a checkpoint every N epochs.")
-@click.option("--save-every-steps", type=int, default=None, help="Also save the resume state every N steps (mid-epoch resume).")
-@click.option("--out", type=click.Path(), required=True, help="Experiment folder to write (e.g. checkpoints/my-run).")
+@click.option(
+    "--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on GPUs)."
+)
+@click.option(
+    "--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when available)."
+)
+@click.option(
+    "--workers", type=int, default=0, show_default=True, help="Data-loading processes (folder datasets)."
+)
+@click.option(
+    "--save-every", type=int, default=1, show_default=True, help="Save a checkpoint every N epochs."
+)
+@click.option(
+    "--save-every-steps",
+    type=int,
+    default=None,
+    help="Also save the resume state every N steps (mid-epoch resume).",
+)
+@click.option(
+    "--out", type=click.Path(), required=True, help="Experiment folder to write (e.g. checkpoints/my-run)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing experiment in --out.")
 @click.option("--resume", is_flag=True, help="Continue the experiment in --out from its last saved epoch.")
 def train_classifier_cmd(**opts: Any) -> None:
@@ -200,22 +273,43 @@ def train_classifier_cmd(**opts: Any) -> None:
     info = from_env()
     recipe = RECIPES.get((opts["dataset"], opts["model"]), {})
     cfg = TrainConfig(
-        dataset=opts["dataset"], model=opts["model"], noise=opts["noise"], sigma=opts["sigma"], lambd=opts["lambd"],
-        noise_seed=opts["noise_seed"] or 0, epochs=opts["epochs"] or recipe.get("epochs", 5),
-        batch_size=opts["batch_size"] or recipe.get("batch_size", 64), lr=opts["lr"] or recipe.get("lr", 0.1),
-        momentum=opts["momentum"], weight_decay=opts["weight_decay"], stability=opts["stability"],
-        stability_weight=opts["stability_weight"], seed=opts["seed"], train_limit=opts["train_limit"],
-        eval_limit=opts["eval_limit"], data_dir=opts["data_dir"], denoiser=opts["denoiser"], finetune=opts["finetune"],
-        precision=opts["precision"], channels_last=opts["channels_last"], device=device_for(opts["device"], info),
-        workers=opts["workers"], save_every=opts["save_every"], save_every_steps=opts["save_every_steps"],
-        model_params=parse_params(opts["model_param"]), trust_checkpoint=opts["trust_checkpoint"],
+        dataset=opts["dataset"],
+        model=opts["model"],
+        noise=opts["noise"],
+        sigma=opts["sigma"],
+        lambd=opts["lambd"],
+        noise_seed=opts["noise_seed"] or 0,
+        epochs=opts["epochs"] or recipe.get("epochs", 5),
+        batch_size=opts["batch_size"] or recipe.get("batch_size", 64),
+        lr=opts["lr"] or recipe.get("lr", 0.1),
+        momentum=opts["momentum"],
+        weight_decay=opts["weight_decay"],
+        stability=opts["stability"],
+        stability_weight=opts["stability_weight"],
+        seed=opts["seed"],
+        train_limit=opts["train_limit"],
+        eval_limit=opts["eval_limit"],
+        data_dir=opts["data_dir"],
+        denoiser=opts["denoiser"],
+        finetune=opts["finetune"],
+        precision=opts["precision"],
+        channels_last=opts["channels_last"],
+        device=device_for(opts["device"], info),
+        workers=opts["workers"],
+        save_every=opts["save_every"],
+        save_every_steps=opts["save_every_steps"],
+        model_params=parse_params(opts["model_param"]),
+        trust_checkpoint=opts["trust_checkpoint"],
     )
     trainer = Trainer(cfg, opts["out"])
     console = _console(stderr=True)
     noise = repr(trainer.noise) if trainer.noise is not None else "no noise (clean)"
     ranks = f" on {info.world} ranks" if info.active else ""
     if info.main:
-        console.print(f"training [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/]{ranks} under {noise} -> {opts['out']}", highlight=False)
+        console.print(
+            f"training [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/]{ranks} under {noise} -> {opts['out']}",
+            highlight=False,
+        )
     with progress_bar() as bar:
         task = bar.add_task("epoch 1", total=None, visible=info.main)
 
@@ -223,10 +317,19 @@ def train_classifier_cmd(**opts: Any) -> None:
             bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}", completed=step, total=total)
 
         def on_epoch(row: dict[str, Any]) -> None:
-            bar.console.print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, noisy train acc {row['train_noisy_acc']:.4f}, "
-                              f"noisy test acc {row['test_noisy_acc']:.4f} ({row['seconds']:.1f} s)", highlight=False)
+            bar.console.print(
+                f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, noisy train acc {row['train_noisy_acc']:.4f}, "
+                f"noisy test acc {row['test_noisy_acc']:.4f} ({row['seconds']:.1f} s)",
+                highlight=False,
+            )
 
-        log = trainer.run(overwrite=opts["overwrite"], resume=opts["resume"], on_step=on_step, on_epoch=on_epoch, dist_info=info)
+        log = trainer.run(
+            overwrite=opts["overwrite"],
+            resume=opts["resume"],
+            on_step=on_step,
+            on_epoch=on_epoch,
+            dist_info=info,
+        )
     if info.main:
         console.print(f"saved {trainer.exp.checkpoint} ({len(log)} epochs)", highlight=False)
 
@@ -255,39 +358,71 @@ def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 @cli.command("train-denoiser")
 @click.option("--dataset", default="fashion-mnist", show_default=True)
 @click.option("--data-dir", type=click.Path(), default=None)
-@click.option("--arch", default="dncnn", show_default=True, help="Registered denoiser (dncnn, dncnn-wide, memnet, ...).")
-@click.option("--arch-param", multiple=True, help="Architecture parameter KEY=VALUE (e.g. depth=8, channels=32).")
+@click.option(
+    "--arch", default="dncnn", show_default=True, help="Registered denoiser (dncnn, dncnn-wide, memnet, ...)."
+)
+@click.option(
+    "--arch-param", multiple=True, help="Architecture parameter KEY=VALUE (e.g. depth=8, channels=32)."
+)
 @click.option("--noise", default="dssn", show_default=True, help="Any registered noise.")
 @noise_options
-@click.option("--objective", type=click.Choice(["mse", "stability", "classification"]), default="mse", show_default=True)
-@click.option("--classifier", type=click.Path(), default=None, help="Frozen classifier for the stability/classification objectives.")
+@click.option(
+    "--objective", type=click.Choice(["mse", "stability", "classification"]), default="mse", show_default=True
+)
+@click.option(
+    "--classifier",
+    type=click.Path(),
+    default=None,
+    help="Frozen classifier for the stability/classification objectives.",
+)
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
-@click.option("--lr-step", type=int, default=30, show_default=True, help="Multiply the learning rate by --lr-gamma every N epochs.")
+@click.option(
+    "--lr-step",
+    type=int,
+    default=30,
+    show_default=True,
+    help="Multiply the learning rate by --lr-gamma every N epochs.",
+)
 @click.option("--lr-gamma", type=float, default=0.1, show_default=True)
-@click.option("--sgd-after", type=int, default=None, help="Continue with SGD (momentum 0.9) from this epoch on.")
-@click.option("--sgd-lr", type=float, default=1e-5, show_default=True, help="Learning rate of SGD after --sgd-after.")
+@click.option(
+    "--sgd-after", type=int, default=None, help="Continue with SGD (momentum 0.9) from this epoch on."
+)
+@click.option(
+    "--sgd-lr", type=float, default=1e-5, show_default=True, help="Learning rate of SGD after --sgd-after."
+)
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--trust-checkpoint", is_flag=True, help="Allow loading a legacy pickled --classifier (can run code).")
+@click.option(
+    "--trust-checkpoint", is_flag=True, help="Allow loading a legacy pickled --classifier (can run code)."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--train-limit", type=int, default=None)
 @click.option("--eval-limit", type=int, default=1000, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when available).")
+@click.option(
+    "--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when available)."
+)
 @click.option("--workers", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), required=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--resume", is_flag=True)
-def train_denoiser_cmd(arch_param: tuple[str, ...], out: str, overwrite: bool, resume: bool, **opts: Any) -> None:
+def train_denoiser_cmd(
+    arch_param: tuple[str, ...], out: str, overwrite: bool, resume: bool, **opts: Any
+) -> None:
     """Train a denoiser under noise (Salman et al. 2020) into an experiment folder (denoiser.pt, denoiser_best.pt)."""
     from smoothcore_denoisers.training import DenoiserConfig, DenoiserTrainer
 
-    cfg = DenoiserConfig(**{k: v for k, v in opts.items() if v is not None or k in ("sigma", "lambd", "classifier")},
-                         arch_params=parse_params(arch_param))
+    cfg = DenoiserConfig(
+        **{k: v for k, v in opts.items() if v is not None or k in ("sigma", "lambd", "classifier")},
+        arch_params=parse_params(arch_param),
+    )
     trainer = DenoiserTrainer(cfg, out)
     console = _console(stderr=True)
-    console.print(f"training denoiser [bold]{cfg.arch}[/] ({cfg.objective}) on {cfg.dataset} under {trainer.noise!r} -> {out}", highlight=False)
+    console.print(
+        f"training denoiser [bold]{cfg.arch}[/] ({cfg.objective}) on {cfg.dataset} under {trainer.noise!r} -> {out}",
+        highlight=False,
+    )
     with progress_bar() as bar:
         task = bar.add_task("epoch 1", total=None)
 
@@ -295,44 +430,112 @@ def train_denoiser_cmd(arch_param: tuple[str, ...], out: str, overwrite: bool, r
             bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}", completed=step, total=total)
 
         def on_epoch(row: dict[str, Any]) -> None:
-            acc = "" if row["val_accuracy"] != row["val_accuracy"] else f", classifier accuracy denoised {row['val_accuracy']:.4f} (noisy {row['noisy_accuracy']:.4f})"
-            bar.console.print(f"epoch {row['epoch']}: loss {row['train_loss']:.5f}, val mse {row['val_mse']:.5f} "
-                              f"(noisy input {row['noisy_mse']:.5f}){acc} ({row['seconds']:.1f} s)", highlight=False)
+            acc = (
+                ""
+                if row["val_accuracy"] != row["val_accuracy"]
+                else f", classifier accuracy denoised {row['val_accuracy']:.4f} (noisy {row['noisy_accuracy']:.4f})"
+            )
+            bar.console.print(
+                f"epoch {row['epoch']}: loss {row['train_loss']:.5f}, val mse {row['val_mse']:.5f} "
+                f"(noisy input {row['noisy_mse']:.5f}){acc} ({row['seconds']:.1f} s)",
+                highlight=False,
+            )
 
         trainer.run(overwrite=overwrite, resume=resume, on_step=on_step, on_epoch=on_epoch)
-    console.print(f"saved {Path(out) / 'denoiser.pt'} and the best epoch's {Path(out) / 'denoiser_best.pt'}", highlight=False)
+    console.print(
+        f"saved {Path(out) / 'denoiser.pt'} and the best epoch's {Path(out) / 'denoiser_best.pt'}",
+        highlight=False,
+    )
 
 
 # -- certify ------------------------------------------------------------------------------------------------------
 @cli.command("certify")
 @click.argument("run_dir", type=click.Path())
-@click.option("--noise", default=None, help="Noise to certify with. Default: the one the classifier was trained with.")
+@click.option(
+    "--noise", default=None, help="Noise to certify with. Default: the one the classifier was trained with."
+)
 @noise_options
-@click.option("--certificate", default=None, help="Certificate (see `smoothcore plugins`). Default: exact for exact noises, else standard.")
+@click.option(
+    "--certificate",
+    default=None,
+    help="Certificate (see `smoothcore plugins`). Default: exact for exact noises, else standard.",
+)
 @click.option("--n0", type=int, default=64, show_default=True, help="Monte-Carlo selection draws.")
-@click.option("--n", "--N", "n", type=int, default=100_000, show_default=True, help="Monte-Carlo estimation draws (--N under torchrun).")
-@click.option("--alpha", type=float, default=0.001, show_default=True, help="Failure probability of Monte-Carlo certificates.")
-@click.option("--skip", "--dataset-skip", "skip", type=int, default=1, show_default=True, help="Certify every k-th test image (the reference's --dataset-skip).")
+@click.option(
+    "--n",
+    "--N",
+    "n",
+    type=int,
+    default=100_000,
+    show_default=True,
+    help="Monte-Carlo estimation draws (--N under torchrun).",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=0.001,
+    show_default=True,
+    help="Failure probability of Monte-Carlo certificates.",
+)
+@click.option(
+    "--skip",
+    "--dataset-skip",
+    "skip",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Certify every k-th test image (the reference's --dataset-skip).",
+)
 @click.option("--limit", type=int, default=None, help="Certify at most N images.")
-@click.option("--max-batch", default="1024", show_default=True,
-              help="Most noisy images per forward pass, or 'auto' (sized to the GPU's free memory).")
-@click.option("--compile", is_flag=True, help="torch.compile the model (GPU users; first batches are slower).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="Autocast precision; the certificate is for the classifier as evaluated.")
+@click.option(
+    "--max-batch",
+    default="1024",
+    show_default=True,
+    help="Most noisy images per forward pass, or 'auto' (sized to the GPU's free memory).",
+)
+@click.option(
+    "--compile", is_flag=True, help="torch.compile the model (GPU users; first batches are slower)."
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Autocast precision; the certificate is for the classifier as evaluated.",
+)
 @click.option("--channels-last", is_flag=True)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when available).")
+@click.option(
+    "--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when available)."
+)
 @click.option("--dataset", default=None, help="Dataset (default: the experiment's).")
 @click.option("--data-dir", type=click.Path(), default=None)
 @click.option("--denoiser", type=click.Path(), default=None, help="Certify classifier(denoiser(x)).")
-@click.option("--checkpoint", type=click.Path(), default=None, help="Certify this classifier checkpoint (any known layout) into RUN_DIR.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(),
+    default=None,
+    help="Certify this classifier checkpoint (any known layout) into RUN_DIR.",
+)
 @click.option("--model", default=None, help="Architecture of --checkpoint where the file does not say.")
-@click.option("--radii", "radii_text", default=None,
-              help="Early decisions: stop each image once its verdict at these comma-separated radii is decided.")
-@click.option("--tag", default=None, help="Name of the result table (certify_<tag>.csv). Default from noise and certificate.")
+@click.option(
+    "--radii",
+    "radii_text",
+    default=None,
+    help="Early decisions: stop each image once its verdict at these comma-separated radii is decided.",
+)
+@click.option(
+    "--tag",
+    default=None,
+    help="Name of the result table (certify_<tag>.csv). Default from noise and certificate.",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted certification.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing result table.")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow loading legacy pickled checkpoints (can run code).")
-def certify_cmd(run_dir: str, checkpoint: str | None, model: str | None, resume: bool, overwrite: bool, **opts: Any) -> None:
+@click.option(
+    "--trust-checkpoint", is_flag=True, help="Allow loading legacy pickled checkpoints (can run code)."
+)
+def certify_cmd(
+    run_dir: str, checkpoint: str | None, model: str | None, resume: bool, overwrite: bool, **opts: Any
+) -> None:
     """Certify the test set with the classifier of experiment folder RUN_DIR."""
     from smoothcore.runner import CertifyConfig, execute, plan
 
@@ -347,30 +550,54 @@ def certify_cmd(run_dir: str, checkpoint: str | None, model: str | None, resume:
         try:
             opts["max_batch"] = int(opts["max_batch"])
         except ValueError:
-            raise click.BadParameter(f"--max-batch must be a positive integer or 'auto', got {opts['max_batch']!r}") from None
+            raise click.BadParameter(
+                f"--max-batch must be a positive integer or 'auto', got {opts['max_batch']!r}"
+            ) from None
     cfg = CertifyConfig(**opts, radii=parse_radii(radii_text) if radii_text else None)
     run = plan(run_dir, cfg)
     console = _console(stderr=True)
     shards = f" on {info.world} ranks" if info.active else ""
     if info.main:
-        console.print(f"certifying {len(run.indices)} images of {run.dataset}{shards} with {run.smoothed.noise!r}, certificate "
-                      f"{run.meta['certificate']} -> {run.table}", highlight=False)
+        console.print(
+            f"certifying {len(run.indices)} images of {run.dataset}{shards} with {run.smoothed.noise!r}, certificate "
+            f"{run.meta['certificate']} -> {run.table}",
+            highlight=False,
+        )
     t0 = time.time()
     with progress_bar() as bar:
-        task = bar.add_task("certify" + (" (rank 0's share)" if info.active else ""),
-                            total=len(run.indices[info.rank::info.world]) if info.active else len(run.indices))
-        table = execute(run, resume=resume, overwrite=overwrite, dist_info=info,
-                        on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+        task = bar.add_task(
+            "certify" + (" (rank 0's share)" if info.active else ""),
+            total=len(run.indices[info.rank :: info.world]) if info.active else len(run.indices),
+        )
+        table = execute(
+            run,
+            resume=resume,
+            overwrite=overwrite,
+            dist_info=info,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     if not info.main:
         return
     from smoothcore.report import Run, certified_accuracy_table
 
-    r = Run(run.tag, table["label"].to_numpy(), table["prediction"].to_numpy(), table["radius"].to_numpy(dtype=float), run.meta["norm"])
-    print_table(certified_accuracy_table([r], cfg.radii or _default_radii(r)),
-                f"{run.exp.path.name}: {len(table)} images in {time.time() - t0:.1f} s")
+    r = Run(
+        run.tag,
+        table["label"].to_numpy(),
+        table["prediction"].to_numpy(),
+        table["radius"].to_numpy(dtype=float),
+        run.meta["norm"],
+    )
+    print_table(
+        certified_accuracy_table([r], cfg.radii or _default_radii(r)),
+        f"{run.exp.path.name}: {len(table)} images in {time.time() - t0:.1f} s",
+    )
     used, full = int(table["forward_passes"].sum()), run.meta["forward_passes_full_per_image"] * len(table)
-    console.print(f"forward passes: {used:,} of {full:,} ({100 * (1 - used / max(full, 1)):.1f}% saved by early decisions)"
-                  if cfg.radii else f"forward passes: {used:,}", highlight=False)
+    console.print(
+        f"forward passes: {used:,} of {full:,} ({100 * (1 - used / max(full, 1)):.1f}% saved by early decisions)"
+        if cfg.radii
+        else f"forward passes: {used:,}",
+        highlight=False,
+    )
 
 
 def _external_experiment(run_dir: str, checkpoint: str, model: str | None, opts: dict[str, Any]) -> None:
@@ -380,10 +607,21 @@ def _external_experiment(run_dir: str, checkpoint: str, model: str | None, opts:
     from smoothcore.loading import load_classifier
 
     ckpt = Path(checkpoint).resolve()
-    _, info = load_classifier(ckpt, model=model, dataset=opts.get("dataset"), trust=opts.get("trust_checkpoint", False), return_info=True)
+    _, info = load_classifier(
+        ckpt,
+        model=model,
+        dataset=opts.get("dataset"),
+        trust=opts.get("trust_checkpoint", False),
+        return_info=True,
+    )
     exp = Experiment(run_dir)
-    config = {"classifier_path": str(ckpt), "checkpoint_model": model or info.get("model"), "dataset": opts.get("dataset") or info.get("dataset"),
-              "layout": info["layout"], "noise": None}
+    config = {
+        "classifier_path": str(ckpt),
+        "checkpoint_model": model or info.get("model"),
+        "dataset": opts.get("dataset") or info.get("dataset"),
+        "layout": info["layout"],
+        "noise": None,
+    }
     if exp.exists() and {k: exp.config().get(k) for k in config} != config:
         from smoothcore.errors import ExperimentError
 
@@ -394,8 +632,14 @@ def _external_experiment(run_dir: str, checkpoint: str, model: str | None, opts:
     from smoothcore.experiment import now, plugin_versions, versions
 
     manifest = exp.manifest()
-    exp.update_manifest(created=manifest.get("created", now()), versions=versions(), plugins=plugin_versions(),
-                        classifier_path=str(ckpt), checkpoint_sha256=sha256(ckpt), layout=info["layout"])
+    exp.update_manifest(
+        created=manifest.get("created", now()),
+        versions=versions(),
+        plugins=plugin_versions(),
+        classifier_path=str(ckpt),
+        checkpoint_sha256=sha256(ckpt),
+        layout=info["layout"],
+    )
     if opts.get("dataset") is None:
         opts["dataset"] = config["dataset"]
 
@@ -428,11 +672,23 @@ def _cell(col: str, value: Any) -> str:
 # -- report -------------------------------------------------------------------------------------------------------
 @cli.command("report")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--radii", default="0,0.5,1,1.5,2,2.5,3,3.5,4", show_default=True, help="Comma-separated radii.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-@click.option("--plot", "plot_path", type=click.Path(), default=None, help="Write certified accuracy vs radius to this image file.")
+@click.option(
+    "--radii", default="0,0.5,1,1.5,2,2.5,3,3.5,4", show_default=True, help="Comma-separated radii."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(),
+    default=None,
+    help="Write certified accuracy vs radius to this image file.",
+)
 @click.option("--no-envelope", is_flag=True, help="Leave out the best-over-runs row.")
-def report_cmd(paths: tuple[str, ...], radii: str, fmt: str, plot_path: str | None, no_envelope: bool) -> None:
+def report_cmd(
+    paths: tuple[str, ...], radii: str, fmt: str, plot_path: str | None, no_envelope: bool
+) -> None:
     """Certified accuracy (%) at RADII, average certified radius and the envelope of the runs at PATHS
     (result tables, experiment folders, or reference result folders)."""
     from smoothcore.report import certified_accuracy_table, comparability_warnings, load_runs, plot
@@ -463,20 +719,49 @@ def parse_list(text: str | None, cast=str) -> list | None:
 
 
 @cli.command("sweep")
-@click.option("--recipe", type=click.Path(), default=None, help="JSON/TOML recipe file (keys of smoothcore.sweep.Sweep).")
+@click.option(
+    "--recipe",
+    type=click.Path(),
+    default=None,
+    help="JSON/TOML recipe file (keys of smoothcore.sweep.Sweep).",
+)
 @click.option("--dataset", default=None)
 @click.option("--data-dir", type=click.Path(), default=None)
 @click.option("--model", default=None)
 @click.option("--noises", default=None, help="Comma-separated noises (default uniform,ssn,dssn).")
-@click.option("--sigmas", default=None, help="Comma-separated sigmas (default the paper's 0.15,0.25,0.5,...,3.5).")
+@click.option(
+    "--sigmas", default=None, help="Comma-separated sigmas (default the paper's 0.15,0.25,0.5,...,3.5)."
+)
 @click.option("--stability", type=click.Choice(["plain", "stab", "both"]), default=None, help="Default both.")
 @click.option("--epochs", type=int, default=None)
-@click.option("--train-option", multiple=True, help="Any training option KEY=VALUE (batch_size=64, device=cuda, ...).")
-@click.option("--certify-option", multiple=True, help="Any certification option KEY=VALUE (n=100000, skip=100, limit=500, ...).")
+@click.option(
+    "--train-option", multiple=True, help="Any training option KEY=VALUE (batch_size=64, device=cuda, ...)."
+)
+@click.option(
+    "--certify-option",
+    multiple=True,
+    help="Any certification option KEY=VALUE (n=100000, skip=100, limit=500, ...).",
+)
 @click.option("--out", type=click.Path(), default=None, help="Folder of the sweep's experiment folders.")
 @click.option("--dry-run", is_flag=True, help="List the runs and what is already done, run nothing.")
-@click.option("--radii", default="0,0.5,1,1.5,2,2.5,3,3.5,4", show_default=True, help="Radii of the final report.")
-def sweep_cmd(recipe, dataset, data_dir, model, noises, sigmas, stability, epochs, train_option, certify_option, out, dry_run, radii) -> None:
+@click.option(
+    "--radii", default="0,0.5,1,1.5,2,2.5,3,3.5,4", show_default=True, help="Radii of the final report."
+)
+def sweep_cmd(
+    recipe,
+    dataset,
+    data_dir,
+    model,
+    noises,
+    sigmas,
+    stability,
+    epochs,
+    train_option,
+    certify_option,
+    out,
+    dry_run,
+    radii,
+) -> None:
     """Expand a grid of noises x sigmas x plain/stabilized into train and certify runs, run what is not complete
     (resuming what was interrupted), and end with the report: one row per run and the best-over-sigma envelope of
     each noise (the paper's tables)."""
@@ -500,9 +785,15 @@ def sweep_cmd(recipe, dataset, data_dir, model, noises, sigmas, stability, epoch
     console.print(f"sweep of {len(specs)} runs into {sweep.out}", highlight=False)
     with progress_bar() as bar:
         task = bar.add_task("run", total=None)
-        tables = run_sweep(sweep, dry_run=dry_run, on_event=lambda m: bar.console.print(m, highlight=False),
-                           on_step=lambda e, s, t, _l: bar.update(task, description=f"train epoch {e + 1}", completed=s, total=t),
-                           on_progress=lambda d, t: bar.update(task, description="certify", completed=d, total=t))
+        tables = run_sweep(
+            sweep,
+            dry_run=dry_run,
+            on_event=lambda m: bar.console.print(m, highlight=False),
+            on_step=lambda e, s, t, _l: bar.update(
+                task, description=f"train epoch {e + 1}", completed=s, total=t
+            ),
+            on_progress=lambda d, t: bar.update(task, description="certify", completed=d, total=t),
+        )
     if dry_run or not tables:
         return
     runs = load_runs(tables)
@@ -517,7 +808,10 @@ def sweep_cmd(recipe, dataset, data_dir, model, noises, sigmas, stability, epoch
         env = certified_accuracy_table(members, parse_radii(radii), envelope=len(members) > 1).iloc[-1].copy()
         env["run"] = f"best over sigma: {group}"
         envelopes.append(env)
-    print_table(pd.concat([table, pd.DataFrame(envelopes)], ignore_index=True), "sweep: certified accuracy (%) by radius")
+    print_table(
+        pd.concat([table, pd.DataFrame(envelopes)], ignore_index=True),
+        "sweep: certified accuracy (%) by radius",
+    )
 
 
 def _add_command_modules() -> None:

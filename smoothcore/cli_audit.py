@@ -14,31 +14,72 @@ def _searches(text: str) -> tuple[str, ...]:
 
 @click.command("audit")
 @click.argument("run_dir", type=click.Path())
-@click.option("--tag", default=None,
-              help="Result table to audit (certify_<tag>.csv). Default: the folder's only one.")
-@click.option("--limit", type=int, default=5, show_default=True,
-              help="Audit the first N certified images of the table.")
-@click.option("--searches", default="random,greedy,gradient", show_default=True,
-              help="Comma-separated searches: random, greedy (count gain), gradient (soft-margin surrogate).")
-@click.option("--budget", type=int, default=300, show_default=True,
-              help="Base-classifier evaluations per image and search (the search beyond the radius: 1.5x).")
+@click.option(
+    "--tag", default=None, help="Result table to audit (certify_<tag>.csv). Default: the folder's only one."
+)
+@click.option(
+    "--limit", type=int, default=5, show_default=True, help="Audit the first N certified images of the table."
+)
+@click.option(
+    "--searches",
+    default="random,greedy,gradient",
+    show_default=True,
+    help="Comma-separated searches: random, greedy (count gain), gradient (soft-margin surrogate).",
+)
+@click.option(
+    "--budget",
+    type=int,
+    default=300,
+    show_default=True,
+    help="Base-classifier evaluations per image and search (the search beyond the radius: 1.5x).",
+)
 @click.option("--no-tightness", is_flag=True, help="Skip the search beyond the radius for the smallest flip.")
-@click.option("--n-search", type=int, default=128, show_default=True,
-              help="Monte-Carlo: draws behind the search's estimates.")
-@click.option("--n-test", type=int, default=1000, show_default=True,
-              help="Monte-Carlo: fresh draws per violation test.")
-@click.option("--alpha", type=float, default=0.01, show_default=True,
-              help="Monte-Carlo: probability that the audit reports any violation of sound certificates.")
+@click.option(
+    "--n-search",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Monte-Carlo: draws behind the search's estimates.",
+)
+@click.option(
+    "--n-test", type=int, default=1000, show_default=True, help="Monte-Carlo: fresh draws per violation test."
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="Monte-Carlo: probability that the audit reports any violation of sound certificates.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the searches and tests.")
-@click.option("--data-dir", type=click.Path(), default=None,
-              help="Where the dataset lives (else its default places).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when available).")
-@click.option("--max-batch", type=int, default=1024, show_default=True,
-              help="Most noisy images per forward pass.")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow loading legacy pickled checkpoints (can run code).")
-def audit_cmd(run_dir: str, tag: str | None, limit: int, searches: str, budget: int, no_tightness: bool,
-              n_search: int, n_test: int, alpha: float, seed: int, data_dir: str | None, device: str,
-              max_batch: int, trust_checkpoint: bool) -> None:
+@click.option(
+    "--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places)."
+)
+@click.option(
+    "--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when available)."
+)
+@click.option(
+    "--max-batch", type=int, default=1024, show_default=True, help="Most noisy images per forward pass."
+)
+@click.option(
+    "--trust-checkpoint", is_flag=True, help="Allow loading legacy pickled checkpoints (can run code)."
+)
+def audit_cmd(
+    run_dir: str,
+    tag: str | None,
+    limit: int,
+    searches: str,
+    budget: int,
+    no_tightness: bool,
+    n_search: int,
+    n_test: int,
+    alpha: float,
+    seed: int,
+    data_dir: str | None,
+    device: str,
+    max_batch: int,
+    trust_checkpoint: bool,
+) -> None:
     """Search for perturbations inside the certified radii of RUN_DIR's result table that change the smoothed
     prediction, and measure how tight the radii are. Writes audit_<tag>.csv (one row per image) and
     audit_<tag>.json into RUN_DIR. Exits with status 1 when a violation is found."""
@@ -47,14 +88,29 @@ def audit_cmd(run_dir: str, tag: str | None, limit: int, searches: str, budget: 
     from smoothcore.audit import AuditConfig, audit_experiment
     from smoothcore.cli import _console, progress_bar
 
-    cfg = AuditConfig(searches=_searches(searches), budget=budget, tightness=not no_tightness, seed=seed,
-                      n_search=n_search, n_test=n_test, alpha=alpha).check()
+    cfg = AuditConfig(
+        searches=_searches(searches),
+        budget=budget,
+        tightness=not no_tightness,
+        seed=seed,
+        n_search=n_search,
+        n_test=n_test,
+        alpha=alpha,
+    ).check()
     err = _console(stderr=True)
     with progress_bar() as bar:
         task = bar.add_task("audit", total=limit)
-        result = audit_experiment(run_dir, tag=tag, limit=limit, config=cfg, data_dir=data_dir, device=device,
-                                  max_batch=max_batch, on_image=lambda _im: bar.advance(task),
-                                  trust_checkpoint=trust_checkpoint)
+        result = audit_experiment(
+            run_dir,
+            tag=tag,
+            limit=limit,
+            config=cfg,
+            data_dir=data_dir,
+            device=device,
+            max_batch=max_batch,
+            on_image=lambda _im: bar.advance(task),
+            trust_checkpoint=trust_checkpoint,
+        )
     report, summary = result.report, result.report.summary()
     title = f"audit of {result.table.name}: noise {result.noise}, certificate {result.certificate}"
     table = Table(title=title)
@@ -75,14 +131,20 @@ def audit_cmd(run_dir: str, tag: str | None, limit: int, searches: str, budget: 
         table.add_row(*row)
     out = _console()
     out.print(table)
-    out.print("tightness = radius / smallest flipping perturbation found (a lower bound on the true ratio; "
-              "above 1 only with a violation)", highlight=False)
+    out.print(
+        "tightness = radius / smallest flipping perturbation found (a lower bound on the true ratio; "
+        "above 1 only with a violation)",
+        highlight=False,
+    )
     out.print(f"test: {report.statement}", highlight=False, soft_wrap=True)
     for im in report.violations:
-        out.print(f"[bold red]violation[/]: image {im.index}, class {im.prediction} certified to radius "
-                  f"{im.radius:.4f} ({im.norm}), {im.violation_search} search found a perturbation of norm "
-                  f"{im.violation_norm:.4f} -> class {im.violation_class}; {im.evidence}",
-                  highlight=False, soft_wrap=True)
+        out.print(
+            f"[bold red]violation[/]: image {im.index}, class {im.prediction} certified to radius "
+            f"{im.radius:.4f} ({im.norm}), {im.violation_search} search found a perturbation of norm "
+            f"{im.violation_norm:.4f} -> class {im.violation_class}; {im.evidence}",
+            highlight=False,
+            soft_wrap=True,
+        )
     err.print(f"wrote {result.output}", highlight=False)
     if report.violations:
         sys.exit(1)

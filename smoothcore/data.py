@@ -22,9 +22,13 @@ class ImageTensorDataset(Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, source: str = "") -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise DataError(f"{source or 'dataset'}: images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise DataError(
+                f"{source or 'dataset'}: images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         if labels.shape != (images.shape[0],):
-            raise DataError(f"{source or 'dataset'}: {images.shape[0]} images but labels of shape {tuple(labels.shape)}")
+            raise DataError(
+                f"{source or 'dataset'}: {images.shape[0]} images but labels of shape {tuple(labels.shape)}"
+            )
         self.images = images
         self.labels = labels.long()
         self.source = source
@@ -88,17 +92,24 @@ def check_labels(dataset: Dataset, num_classes: int, what: str) -> None:
     try:
         labels = torch.as_tensor(labels)
     except (TypeError, ValueError, RuntimeError):
-        raise DataError(f"{what}: the dataset's labels are not class indices ({type(labels).__name__})") from None
+        raise DataError(
+            f"{what}: the dataset's labels are not class indices ({type(labels).__name__})"
+        ) from None
     if labels.numel() == 0:
         return
     if labels.is_floating_point() or labels.dtype == torch.bool or labels.dim() != 1:
-        raise DataError(f"{what}: labels must be a 1-D sequence of integer class indices, got {labels.dtype} "
-                        f"{tuple(labels.shape)}")
+        raise DataError(
+            f"{what}: labels must be a 1-D sequence of integer class indices, got {labels.dtype} "
+            f"{tuple(labels.shape)}"
+        )
     bad = (labels < 0) | (labels >= num_classes)
     if bool(bad.any()):
         examples = sorted(set(labels[bad].tolist()))[:5]
-        raise DataError(f"{what}: {int(bad.sum())} labels outside the {num_classes} classes 0..{num_classes - 1} "
-                        f"(for example {examples})", hint="a folder dataset has more class folders than the model has classes?")
+        raise DataError(
+            f"{what}: {int(bad.sum())} labels outside the {num_classes} classes 0..{num_classes - 1} "
+            f"(for example {examples})",
+            hint="a folder dataset has more class folders than the model has classes?",
+        )
 
 
 def get_dataset(name: str) -> DatasetSource:
@@ -109,7 +120,9 @@ def get_dataset(name: str) -> DatasetSource:
     if not isinstance(source, DatasetSource):
         from smoothcore.errors import PluginError
 
-        raise PluginError(f"plugin {entry.plugin!r} built dataset {name!r} as {type(source).__name__}, not a DatasetSource")
+        raise PluginError(
+            f"plugin {entry.plugin!r} built dataset {name!r} as {type(source).__name__}, not a DatasetSource"
+        )
     return source
 
 
@@ -129,12 +142,23 @@ def fetch(dataset: Dataset, indices: list[int] | torch.Tensor) -> tuple[torch.Te
         idx = torch.as_tensor(indices, dtype=torch.long)
         return dataset.images[idx].float() / 255.0, dataset.labels[idx]
     items = [dataset[int(i)] for i in indices]
-    return torch.stack([im for im, _ in items]), torch.tensor([int(lbl) for _, lbl in items], dtype=torch.long)
+    return torch.stack([im for im, _ in items]), torch.tensor(
+        [int(lbl) for _, lbl in items], dtype=torch.long
+    )
 
 
-def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
-            indices: list[int] | None = None, workers: int = 0, device: torch.device | str = "cpu",
-            start_batch: int = 0, shard: tuple[int, int] | None = None) -> Iterator:
+def batches(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    indices: list[int] | None = None,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    start_batch: int = 0,
+    shard: tuple[int, int] | None = None,
+) -> Iterator:
     """Batches of ``(images, labels)`` on ``device``. In-memory datasets are sliced directly; others go through a
     DataLoader with ``workers`` processes and pinned memory. ``start_batch`` skips that many batches of this order
     (resuming mid-epoch). With ``shard=(rank, world)`` each batch holds only this rank's rows ``rank::world`` of the
@@ -145,7 +169,7 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torc
         order = order[torch.randperm(len(order), generator=generator)]
     device = torch.device(device)
     rank, world = shard or (0, 1)
-    steps = [order[b:b + batch_size] for b in range(start_batch * batch_size, len(order), batch_size)]
+    steps = [order[b : b + batch_size] for b in range(start_batch * batch_size, len(order), batch_size)]
     mine = [step[rank::world] for step in steps]
     if isinstance(dataset, ImageTensorDataset):
         loaded = ((dataset.images[idx], dataset.labels[idx]) for idx in mine)
@@ -153,9 +177,14 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torc
         # the loader seeds its workers from its own generator, drawn from the order generator: creating it leaves
         # torch's global generator (dropout, resumed exactly) untouched
         seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else 0
-        loader = DataLoader(dataset, batch_sampler=[idx.tolist() for idx in mine], num_workers=workers,
-                            pin_memory=device.type == "cuda", persistent_workers=False,
-                            generator=torch.Generator().manual_seed(seed))
+        loader = DataLoader(
+            dataset,
+            batch_sampler=[idx.tolist() for idx in mine],
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(seed),
+        )
         loaded = iter(loader)
     for step, (images, labels) in zip(steps, _unwrapped(loaded)):
         if images.dtype == torch.uint8:
@@ -187,12 +216,14 @@ def worker_error(exc: SmoothcoreError) -> SmoothcoreError:
         return exc
     name = f"{type(exc).__name__}: "
     at = text.rfind(name)
-    body = text[at + len(name):].strip() if at >= 0 else text.strip().splitlines()[-1]
+    body = text[at + len(name) :].strip() if at >= 0 else text.strip().splitlines()[-1]
     message, _, hint = body.partition("\nHint: ")
     return type(exc)(message.strip(), hint=hint.strip() or None)
 
 
-def random_crop_flip(batch: torch.Tensor, generator: torch.Generator | None, *, padding: int = 4, flip: bool = True) -> torch.Tensor:
+def random_crop_flip(
+    batch: torch.Tensor, generator: torch.Generator | None, *, padding: int = 4, flip: bool = True
+) -> torch.Tensor:
     """Random crop with zero padding and horizontal flip of a batch ``(N, C, H, W)``, on its device.
 
     Zero padding and flips keep images on the 1/255 grid."""
@@ -201,11 +232,15 @@ def random_crop_flip(batch: torch.Tensor, generator: torch.Generator | None, *, 
     padded = torch.nn.functional.pad(batch, (padding, padding, padding, padding))
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev)
-    rows = (dy[:, None] + torch.arange(h, device=dev)[None, :])  # (n, h)
-    cols = (dx[:, None] + torch.arange(w, device=dev)[None, :])  # (n, w)
+    rows = dy[:, None] + torch.arange(h, device=dev)[None, :]  # (n, h)
+    cols = dx[:, None] + torch.arange(w, device=dev)[None, :]  # (n, w)
     if flip:
         flipped = torch.rand(n, generator=generator, device=dev) < 0.5
         cols = torch.where(flipped[:, None], cols.flip(1), cols)
-    out = padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(batch.shape[1], device=dev)[None, :, None, None],
-                 rows[:, None, :, None], cols[:, None, None, :]]
+    out = padded[
+        torch.arange(n, device=dev)[:, None, None, None],
+        torch.arange(batch.shape[1], device=dev)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
     return out

@@ -22,10 +22,23 @@ DENOISED_SMOOTHING_DENOISERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def denoiser_checkpoint(model: nn.Module, *, arch: str, params: dict[str, Any], in_channels: int,
-                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"format": DENOISER_FORMAT, "version": 1, "arch": arch, "arch_params": dict(params), "in_channels": in_channels,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **(extra or {})}
+def denoiser_checkpoint(
+    model: nn.Module,
+    *,
+    arch: str,
+    params: dict[str, Any],
+    in_channels: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "format": DENOISER_FORMAT,
+        "version": 1,
+        "arch": arch,
+        "arch_params": dict(params),
+        "in_channels": in_channels,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **(extra or {}),
+    }
 
 
 def _infer_in_channels(state: dict[str, Any]) -> int:
@@ -36,18 +49,26 @@ def _infer_in_channels(state: dict[str, Any]) -> int:
 
 
 def _infer_dncnn(state: dict[str, Any]) -> dict[str, Any]:
-    convs = sorted(int(k.split(".")[1]) for k in state if k.startswith("dncnn.") and k.endswith(".weight") and state[k].dim() == 4)
+    convs = sorted(
+        int(k.split(".")[1])
+        for k in state
+        if k.startswith("dncnn.") and k.endswith(".weight") and state[k].dim() == 4
+    )
     return {"depth": len(convs), "channels": int(state["dncnn.0.weight"].shape[0])} if convs else {}
 
 
-def load_denoiser(path: str | Path, *, trust: bool = False, device: str | torch.device = "cpu", return_info: bool = False):
+def load_denoiser(
+    path: str | Path, *, trust: bool = False, device: str | torch.device = "cpu", return_info: bool = False
+):
     """An eval-mode denoiser (noisy ``[0, 1]`` images -> denoised ones) with an ``in_channels`` attribute."""
     path = Path(path)
     obj = load_file(path, trust=trust)
     if not isinstance(obj, dict) or "state_dict" not in obj or "arch" not in obj:
         keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"{path} is not a denoiser checkpoint (top level: {keys})",
-                              hint="expected denoised-smoothing's checkpoint.pth.tar ({arch, state_dict}) or smoothcore's denoiser.pt")
+        raise CheckpointError(
+            f"{path} is not a denoiser checkpoint (top level: {keys})",
+            hint="expected denoised-smoothing's checkpoint.pth.tar ({arch, state_dict}) or smoothcore's denoiser.pt",
+        )
     state = obj["state_dict"]
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: state_dict is not a mapping")
@@ -66,8 +87,10 @@ def load_denoiser(path: str | Path, *, trust: bool = False, device: str | torch.
 
         if arch in DENOISED_SMOOTHING_ARCHS:
             raise CheckpointError(f"{path} is a classifier ({arch}), not a denoiser")
-        raise CheckpointError(f"{path}: unknown denoiser architecture {arch!r}; known: {', '.join(sorted(DENOISED_SMOOTHING_DENOISERS))}"
-                              " (and smoothcore's own denoiser checkpoints)")
+        raise CheckpointError(
+            f"{path}: unknown denoiser architecture {arch!r}; known: {', '.join(sorted(DENOISED_SMOOTHING_DENOISERS))}"
+            " (and smoothcore's own denoiser checkpoints)"
+        )
     model = build_denoiser(name, in_channels=in_channels, **params)
     load_state_strict(model, state, str(path))
     model.in_channels = in_channels

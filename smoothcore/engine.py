@@ -55,14 +55,23 @@ def keep_freed_memory() -> bool:
 
 def image_generator(seed: int, index: int, device: torch.device | str) -> torch.Generator:
     """The random stream of image ``index`` under base ``seed``: independent of batching, sharding and resuming."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index) & 0xFFFFFFFF]).generate_state(2, np.uint32)
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index) & 0xFFFFFFFF]).generate_state(
+        2, np.uint32
+    )
     g = torch.Generator(device=device)
     g.manual_seed((int(state[0]) << 31) ^ int(state[1]))
     return g
 
 
-def auto_max_batch(model: nn.Module, image_shape: Sequence[int], device: torch.device | str, *, fraction: float = 0.6,
-                   cap: int = 16384, cpu_default: int = 1024) -> int:
+def auto_max_batch(
+    model: nn.Module,
+    image_shape: Sequence[int],
+    device: torch.device | str,
+    *,
+    fraction: float = 0.6,
+    cap: int = 16384,
+    cpu_default: int = 1024,
+) -> int:
     """A forward-batch size that fits the device: on CUDA, measured from the peak memory of a probe batch and a
     ``fraction`` of the free memory; on the CPU, ``cpu_default``."""
     device = torch.device(device)
@@ -96,7 +105,8 @@ def check_batch(size: object, name: str = "batch_size") -> int:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc)))
+        isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
+    )
 
 
 def plugin_of(component: object) -> str:
@@ -112,8 +122,17 @@ class Engine:
     noisy images evaluated so far.
     """
 
-    def __init__(self, model: nn.Module, num_classes: int, *, max_batch: int = 1024, device: str | torch.device | None = None,
-                 precision: str = "fp32", channels_last: bool = False, compile: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        *,
+        max_batch: int = 1024,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
         check_batch(max_batch, "max_batch")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -148,12 +167,24 @@ class Engine:
     def finish_checks(self, noise: Noise) -> None:
         """Raise if any draw or logit since the last counts call was NaN or infinite (one host sync)."""
         if bool(self._nonfinite_draws):
-            raise PluginError(f"noise {noise.name!r} (plugin {plugin_of(noise)!r}) produced NaN or infinite draws")
+            raise PluginError(
+                f"noise {noise.name!r} (plugin {plugin_of(noise)!r}) produced NaN or infinite draws"
+            )
         if bool(self._nonfinite_logits):
-            raise ConfigError("the classifier returned NaN or infinite logits on some noisy images: no certificate can "
-                              "be given", hint="check the checkpoint (and --precision fp16, which can overflow)")
+            raise ConfigError(
+                "the classifier returned NaN or infinite logits on some noisy images: no certificate can "
+                "be given",
+                hint="check the checkpoint (and --precision fp16, which can overflow)",
+            )
 
-    def _drawn(self, noise: Noise, make: Callable[..., torch.Tensor], args: tuple, shape: tuple[int, ...], images: int) -> torch.Tensor:
+    def _drawn(
+        self,
+        noise: Noise,
+        make: Callable[..., torch.Tensor],
+        args: tuple,
+        shape: tuple[int, ...],
+        images: int,
+    ) -> torch.Tensor:
         """Draws from a (possibly third-party) noise, checked: errors and garbage name the plugin."""
         try:
             out = make(*args)
@@ -162,19 +193,25 @@ class Engine:
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise self._oom(images) from None
-            raise PluginError(f"noise {noise.name!r} (plugin {plugin_of(noise)!r}) failed to draw: "
-                              f"{type(exc).__name__}: {exc}") from None
+            raise PluginError(
+                f"noise {noise.name!r} (plugin {plugin_of(noise)!r}) failed to draw: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(shape):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise PluginError(f"noise {noise.name!r} (plugin {plugin_of(noise)!r}) returned draws of shape {got}, "
-                              f"expected {tuple(shape)}")
+            raise PluginError(
+                f"noise {noise.name!r} (plugin {plugin_of(noise)!r}) returned draws of shape {got}, "
+                f"expected {tuple(shape)}"
+            )
         if self._check_draws and out.is_floating_point():
             self._nonfinite_draws |= ~torch.isfinite(out).all()
         return out
 
     def _oom(self, batch: int) -> ConfigError:
-        return ConfigError(f"out of memory on {self.device} at a forward batch of {batch:,} noisy images",
-                           hint="lower --max-batch (or use --max-batch auto on a GPU)")
+        return ConfigError(
+            f"out of memory on {self.device} at a forward batch of {batch:,} noisy images",
+            hint="lower --max-batch (or use --max-batch auto on a GPU)",
+        )
 
     @contextlib.contextmanager
     def batch_size(self, size: int | None):
@@ -221,9 +258,13 @@ class Engine:
         counts.index_put_((rows, classes), torch.ones_like(classes), accumulate=True)
 
     @torch.inference_mode()
-    def exact_counts(self, noise: ExactNoise, x: torch.Tensor,
-                     stop_when: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-                     decision_points: int = DECISION_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
+    def exact_counts(
+        self,
+        noise: ExactNoise,
+        x: torch.Tensor,
+        stop_when: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+        decision_points: int = DECISION_POINTS,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Counts over draws ``0 .. num_draws - 1`` of every image: ``(batch, classes)`` int64 on the device.
 
         ``stop_when(counts, draws_done) -> bool (batch,)`` may end an image's enumeration early (its verdicts are
@@ -247,27 +288,36 @@ class Engine:
         while admitted < x.shape[0] or cohorts:
             room = group - sum(images.numel() for images, _ in cohorts)
             if room > 0 and admitted < x.shape[0]:
-                cohorts.append((order[admitted:admitted + room], 0))
+                cohorts.append((order[admitted : admitted + room], 0))
                 admitted = min(admitted + room, x.shape[0])
             parts, spans = [], []
             for images, start in cohorts:
                 stop = min(start + chunk, total)
                 xs = x.index_select(0, images)
-                draws = self._drawn(noise, noise.draws, (xs, start, stop), (xs.shape[0], stop - start, *x.shape[1:]),
-                                    xs.shape[0] * (stop - start))
+                draws = self._drawn(
+                    noise,
+                    noise.draws,
+                    (xs, start, stop),
+                    (xs.shape[0], stop - start, *x.shape[1:]),
+                    xs.shape[0] * (stop - start),
+                )
                 parts.append(draws.flatten(0, 1))
                 spans.append(stop - start)
             classes = self.classify(parts[0] if len(parts) == 1 else torch.cat(parts))
             offset, live = 0, []
             for (images, start), k in zip(cohorts, spans):
-                self._count(counts, images.repeat_interleave(k), classes[offset:offset + images.numel() * k])
+                self._count(
+                    counts, images.repeat_interleave(k), classes[offset : offset + images.numel() * k]
+                )
                 offset += images.numel() * k
                 stop = start + k
                 done.index_fill_(0, images, stop)
                 if stop >= total:
                     continue
                 if stop_when is not None:
-                    decided = torch.as_tensor(stop_when(counts.index_select(0, images), stop), device=self.device)
+                    decided = torch.as_tensor(
+                        stop_when(counts.index_select(0, images), stop), device=self.device
+                    )
                     images = images[~decided]
                     if not images.numel():
                         continue
@@ -277,7 +327,9 @@ class Engine:
         return counts, done.cpu()
 
     @torch.inference_mode()
-    def sampled_counts(self, noise: Noise, x: torch.Tensor, num: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    def sampled_counts(
+        self, noise: Noise, x: torch.Tensor, num: int, generators: Sequence[torch.Generator]
+    ) -> torch.Tensor:
         """Counts over ``num`` random draws per image, image ``i`` drawing from ``generators[i]``.
 
         An image's draws are generated in pieces of at most ``max_batch`` starting at its own draw 0, so its
@@ -288,15 +340,31 @@ class Engine:
         x = x.to(self.device)
         self._start_checks(noise)
         counts = torch.zeros(x.shape[0], self.num_classes, dtype=torch.long, device=self.device)
-        pieces = [(i, min(self.max_batch, num - s)) for i in range(x.shape[0]) for s in range(0, num, self.max_batch)]
+        pieces = [
+            (i, min(self.max_batch, num - s))
+            for i in range(x.shape[0])
+            for s in range(0, num, self.max_batch)
+        ]
         batch: list[tuple[int, int]] = []
         filled = 0
         for piece in pieces + [None]:
             if piece is None or filled + piece[1] > self.max_batch:
                 if batch:
-                    noisy = torch.cat([self._drawn(noise, noise.sample, (x[i].unsqueeze(0).expand(m, *x.shape[1:]), generators[i]),
-                                                   (m, *x.shape[1:]), m) for i, m in batch])
-                    rows = torch.cat([torch.full((m,), i, dtype=torch.long, device=self.device) for i, m in batch])
+                    noisy = torch.cat(
+                        [
+                            self._drawn(
+                                noise,
+                                noise.sample,
+                                (x[i].unsqueeze(0).expand(m, *x.shape[1:]), generators[i]),
+                                (m, *x.shape[1:]),
+                                m,
+                            )
+                            for i, m in batch
+                        ]
+                    )
+                    rows = torch.cat(
+                        [torch.full((m,), i, dtype=torch.long, device=self.device) for i, m in batch]
+                    )
                     self._count(counts, rows, self.classify(noisy))
                 batch, filled = [], 0
             if piece is not None:

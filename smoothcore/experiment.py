@@ -54,7 +54,9 @@ def plugin_versions() -> dict[str, str]:
             continue
         dists = owners.get(module.split(".")[0], [])
         try:
-            out[name] = f"{dists[0]} {version(dists[0])}" if dists else str(getattr(plugin, "__version__", "unknown"))
+            out[name] = (
+                f"{dists[0]} {version(dists[0])}" if dists else str(getattr(plugin, "__version__", "unknown"))
+            )
         except PackageNotFoundError:
             out[name] = "unknown"
     return out
@@ -84,15 +86,19 @@ class Experiment:
 
     def config(self) -> dict[str, Any]:
         if not self.exists():
-            raise ExperimentError(f"{self.path} is not an experiment folder (no {CONFIG})",
-                                  hint="train one with `smoothcore train-classifier --out FOLDER`")
+            raise ExperimentError(
+                f"{self.path} is not an experiment folder (no {CONFIG})",
+                hint="train one with `smoothcore train-classifier --out FOLDER`",
+            )
         return check_config(read_json(self.path / CONFIG), self.path / CONFIG)
 
     def manifest(self) -> dict[str, Any]:
         p = self.path / MANIFEST
         data = read_json(p) if p.is_file() else {}
         if not isinstance(data, dict):
-            raise ExperimentError(f"{p} is damaged (not a JSON object)", hint="delete it; it is rewritten by the next run")
+            raise ExperimentError(
+                f"{p} is damaged (not a JSON object)", hint="delete it; it is rewritten by the next run"
+            )
         return data
 
     def results(self) -> list[Path]:
@@ -111,14 +117,27 @@ class Experiment:
                 old = self.config()
                 diff = config_diff(old, config)
                 if diff:
-                    raise ExperimentError(f"--resume with a changed configuration in {self.path}: " + "; ".join(diff),
-                                          hint="rerun with the original options, or start a new --out folder")
+                    raise ExperimentError(
+                        f"--resume with a changed configuration in {self.path}: " + "; ".join(diff),
+                        hint="rerun with the original options, or start a new --out folder",
+                    )
                 return self.train_state.is_file()
             if not overwrite:
-                raise ExperimentError(f"{self.path} already holds an experiment",
-                                      hint="pass --resume to continue it, --overwrite to replace it, or choose another --out")
-            for f in [self.path / CONFIG, self.path / MANIFEST, self.checkpoint, self.train_state, self.train_log, *self.results(),
-                      *self.path.glob("certify_*.json"), *self.path.glob("audit_*.csv"), *self.path.glob("audit_*.json")]:
+                raise ExperimentError(
+                    f"{self.path} already holds an experiment",
+                    hint="pass --resume to continue it, --overwrite to replace it, or choose another --out",
+                )
+            for f in [
+                self.path / CONFIG,
+                self.path / MANIFEST,
+                self.checkpoint,
+                self.train_state,
+                self.train_log,
+                *self.results(),
+                *self.path.glob("certify_*.json"),
+                *self.path.glob("audit_*.csv"),
+                *self.path.glob("audit_*.json"),
+            ]:
                 f.unlink(missing_ok=True)
         elif resume:
             raise ExperimentError(f"nothing to resume: {self.path} holds no experiment")
@@ -135,9 +154,21 @@ class Experiment:
 
 
 _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
-    "dataset": (str,), "model": (str,), "noise": (str,), "classifier_path": (str,), "checkpoint_model": (str,),
-    "denoiser": (str,), "data_dir": (str,), "finetune": (str,), "sigma": (int, float), "lambd": (int, float),
-    "noise_seed": (int,), "seed": (int,), "epochs": (int,), "model_params": (dict,), "kind": (str,),
+    "dataset": (str,),
+    "model": (str,),
+    "noise": (str,),
+    "classifier_path": (str,),
+    "checkpoint_model": (str,),
+    "denoiser": (str,),
+    "data_dir": (str,),
+    "finetune": (str,),
+    "sigma": (int, float),
+    "lambd": (int, float),
+    "noise_seed": (int,),
+    "seed": (int,),
+    "epochs": (int,),
+    "model_params": (dict,),
+    "kind": (str,),
 }
 
 
@@ -146,7 +177,16 @@ def check_config(data: Any, path: Path) -> dict[str, Any]:
     return check_fields(data, path, _CONFIG_TYPES)
 
 
-IGNORED_ON_RESUME = {"device", "workers", "data_dir", "save_every", "save_every_steps", "out", "progress", "trust_checkpoint"}
+IGNORED_ON_RESUME = {
+    "device",
+    "workers",
+    "data_dir",
+    "save_every",
+    "save_every_steps",
+    "out",
+    "progress",
+    "trust_checkpoint",
+}
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -43,7 +43,9 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             os.unlink(tmp)
         except OSError:
             pass
-        raise ExperimentError(f"could not write {path}: {exc.strerror or exc}", hint="free disk space and rerun with --resume") from None
+        raise ExperimentError(
+            f"could not write {path}: {exc.strerror or exc}", hint="free disk space and rerun with --resume"
+        ) from None
     except BaseException:
         try:
             os.unlink(tmp)
@@ -53,7 +55,9 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"), mode="w")
+    atomic_write(
+        path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"), mode="w"
+    )
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
@@ -62,8 +66,12 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def check_fields(data: Any, path: str | Path, types: dict[str, tuple[type, ...]],
-                 error: type[SmoothcoreError] = ExperimentError) -> dict[str, Any]:
+def check_fields(
+    data: Any,
+    path: str | Path,
+    types: dict[str, tuple[type, ...]],
+    error: type[SmoothcoreError] = ExperimentError,
+) -> dict[str, Any]:
     """``data`` read from the JSON file ``path``, checked to be an object whose ``types`` fields (where present and
     not null) have those types: a damaged or hand-edited file is a clear ``error`` naming the field, not a failure
     somewhere downstream."""
@@ -72,7 +80,9 @@ def check_fields(data: Any, path: str | Path, types: dict[str, tuple[type, ...]]
     for key, allowed in types.items():
         value = data.get(key)
         if value is not None and (not isinstance(value, allowed) or isinstance(value, bool)):
-            raise error(f"{path} is damaged: {key} = {value!r} is not a {' or '.join(t.__name__ for t in allowed)}")
+            raise error(
+                f"{path} is damaged: {key} = {value!r} is not a {' or '.join(t.__name__ for t in allowed)}"
+            )
     return data
 
 

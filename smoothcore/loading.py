@@ -25,15 +25,32 @@ DENOISED_SMOOTHING_ARCHS: dict[str, tuple[str, str]] = {
 }
 
 
-def classifier_checkpoint(model: NormalizedClassifier, *, name: str, params: dict[str, Any], dataset: str,
-                          num_classes: int, in_channels: int, image_size: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def classifier_checkpoint(
+    model: NormalizedClassifier,
+    *,
+    name: str,
+    params: dict[str, Any],
+    dataset: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The smoothcore checkpoint dict of a classifier (loadable with ``weights_only=True``)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return {
-        "format": CLASSIFIER_FORMAT, "version": 1, "model": name, "model_params": dict(params), "dataset": dataset,
-        "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
-        "mean": model.norm.mean.flatten().tolist(), "std": model.norm.std.flatten().tolist(),
-        "state_dict": state, **(extra or {}),
+        "format": CLASSIFIER_FORMAT,
+        "version": 1,
+        "model": name,
+        "model_params": dict(params),
+        "dataset": dataset,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": image_size,
+        "mean": model.norm.mean.flatten().tolist(),
+        "std": model.norm.std.flatten().tolist(),
+        "state_dict": state,
+        **(extra or {}),
     }
 
 
@@ -46,14 +63,18 @@ def detect_layout(obj: Any) -> str:
         keys = [k for k in obj if isinstance(k, str)]
         if keys and any(k.startswith("model.module.") for k in keys) and "norm.module.mu" in obj:
             return "reference"
-        if keys and all(isinstance(v, torch.Tensor) for v in obj.values()) and any(k.startswith("net.") for k in keys):
+        if (
+            keys
+            and all(isinstance(v, torch.Tensor) for v in obj.values())
+            and any(k.startswith("net.") for k in keys)
+        ):
             return "state-dict"
     return "unknown"
 
 
 def _reference_state(obj: dict[str, Any]) -> dict[str, Any]:
     """The network weights of a reference ``model_ckpt.torch``, named as this project's ``net.*``."""
-    return {("net." + k[len("model.module."):]): v for k, v in obj.items() if k.startswith("model.module.")}
+    return {("net." + k[len("model.module.") :]): v for k, v in obj.items() if k.startswith("model.module.")}
 
 
 def _denoised_smoothing_state(obj: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -63,7 +84,9 @@ def _denoised_smoothing_state(obj: dict[str, Any], path: Path) -> dict[str, Any]
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: state_dict is not a mapping")
     state = {k: v for k, v in state.items() if isinstance(k, str)}
-    state = {("net." + k[2:]): v for k, v in strip_prefix(state, "module.").items() if k.startswith("1.")} or state
+    state = {
+        ("net." + k[2:]): v for k, v in strip_prefix(state, "module.").items() if k.startswith("1.")
+    } or state
     state = strip_prefix(state, "net.module.")
     return {("net." + k if not k.startswith("net.") else k): v for k, v in state.items()}
 
@@ -80,27 +103,41 @@ def classifier_weights(obj: Any, path: str | Path) -> dict[str, Any]:
         return _denoised_smoothing_state(obj, Path(path))
     if layout == "state-dict":
         return dict(obj)
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # a generic {"state_dict": ..., "epoch": ...}
+    if isinstance(obj, dict) and isinstance(
+        obj.get("state_dict"), dict
+    ):  # a generic {"state_dict": ..., "epoch": ...}
         obj = obj["state_dict"]
-    if isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+    if (
+        isinstance(obj, dict)
+        and obj
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
         state = strip_prefix(obj, "module.")
         if any(k.startswith("net.") for k in state):
             return state
         return {("net." + k): v for k, v in state.items()}  # a bare torchvision-style state dict
-    raise CheckpointError(f"{path}: no classifier weights smoothcore knows how to read",
-                          hint="known layouts: smoothcore checkpoint.pt, the reference model_ckpt.torch, "
-                               "denoised-smoothing checkpoint.pth.tar, a state dict")
+    raise CheckpointError(
+        f"{path}: no classifier weights smoothcore knows how to read",
+        hint="known layouts: smoothcore checkpoint.pt, the reference model_ckpt.torch, "
+        "denoised-smoothing checkpoint.pth.tar, a state dict",
+    )
 
 
 def _check_classes(state: dict[str, Any], num_classes: int, dataset: str, path: Path) -> None:
     """A checkpoint whose last layer has another number of outputs than the dataset has classes is refused with
     that fact, before any key-by-key comparison."""
-    heads = [k for k in state if k.endswith("fc.weight") and isinstance(state[k], torch.Tensor) and state[k].dim() == 2]
+    heads = [
+        k
+        for k in state
+        if k.endswith("fc.weight") and isinstance(state[k], torch.Tensor) and state[k].dim() == 2
+    ]
     if heads and int(state[heads[-1]].shape[0]) != num_classes:
         have = int(state[heads[-1]].shape[0])
         kind = " (an ImageNet model)" if have == 1000 else ""
-        raise CheckpointError(f"{path} predicts {have} classes{kind}, but {dataset} has {num_classes}",
-                              hint="use the checkpoint with the data it was trained on, or fine-tune it (--finetune)")
+        raise CheckpointError(
+            f"{path} predicts {have} classes{kind}, but {dataset} has {num_classes}",
+            hint="use the checkpoint with the data it was trained on, or fine-tune it (--finetune)",
+        )
 
 
 def _dataset_facts(dataset: str) -> tuple[int, int, int, tuple[float, ...], tuple[float, ...]]:
@@ -111,8 +148,15 @@ def _dataset_facts(dataset: str) -> tuple[int, int, int, tuple[float, ...], tupl
     return src.num_classes, c, h, src.mean, src.std
 
 
-def load_classifier(path: str | Path, *, model: str | None = None, dataset: str | None = None, trust: bool = False,
-                    device: str | torch.device = "cpu", return_info: bool = False):
+def load_classifier(
+    path: str | Path,
+    *,
+    model: str | None = None,
+    dataset: str | None = None,
+    trust: bool = False,
+    device: str | torch.device = "cpu",
+    return_info: bool = False,
+):
     """An eval-mode classifier from ``[0, 1]`` pixels to logits, from a checkpoint in any known layout.
 
     ``model`` and ``dataset`` name the architecture and data (their normalisation and class count) where the
@@ -130,10 +174,18 @@ def load_classifier(path: str | Path, *, model: str | None = None, dataset: str 
             if src_classes != obj["num_classes"] or _dataset_facts(dataset)[1] != obj["in_channels"]:
                 raise CheckpointError(
                     f"{path} is a {obj['model']} classifier for {obj['dataset']} ({obj['num_classes']} classes, "
-                    f"{obj['in_channels']} channels); it cannot classify {dataset}")
+                    f"{obj['in_channels']} channels); it cannot classify {dataset}"
+                )
         try:
-            net = build_classifier(obj["model"], num_classes=int(obj["num_classes"]), in_channels=int(obj["in_channels"]),
-                                   image_size=int(obj["image_size"]), mean=obj["mean"], std=obj["std"], **dict(obj.get("model_params") or {}))
+            net = build_classifier(
+                obj["model"],
+                num_classes=int(obj["num_classes"]),
+                in_channels=int(obj["in_channels"]),
+                image_size=int(obj["image_size"]),
+                mean=obj["mean"],
+                std=obj["std"],
+                **dict(obj.get("model_params") or {}),
+            )
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"{path}: incomplete smoothcore checkpoint ({exc!r})") from None
         load_state_strict(net, obj["state_dict"], str(path))
@@ -143,21 +195,35 @@ def load_classifier(path: str | Path, *, model: str | None = None, dataset: str 
         dataset = dataset or "cifar10"
         num_classes, c, size, _, _ = _dataset_facts(dataset)
         mu, log_sig = obj["norm.module.mu"], obj["norm.module.log_sig"]
-        net = build_classifier(model, num_classes=num_classes, in_channels=c, image_size=size,
-                               mean=mu.flatten().tolist(), std=torch.exp(log_sig.double()).flatten().tolist())
+        net = build_classifier(
+            model,
+            num_classes=num_classes,
+            in_channels=c,
+            image_size=size,
+            mean=mu.flatten().tolist(),
+            std=torch.exp(log_sig.double()).flatten().tolist(),
+        )
         state = _reference_state(obj)
         _check_classes(state, num_classes, dataset, path)
         state["norm.mean"] = mu.float().reshape(net.norm.mean.shape)
         state["norm.std"] = torch.exp(log_sig.float()).reshape(net.norm.std.shape)
-        load_state_strict(net, state | {k: v for k, v in obj.items() if not k.startswith(("model.module.", "norm.module."))}, str(path))
+        load_state_strict(
+            net,
+            state | {k: v for k, v in obj.items() if not k.startswith(("model.module.", "norm.module."))},
+            str(path),
+        )
         info.update({"model": model, "dataset": dataset})
     elif layout == "denoised-smoothing":
         arch = str(obj["arch"])
         if arch not in DENOISED_SMOOTHING_ARCHS:
             if "dncnn" in arch or "memnet" in arch:
-                raise CheckpointError(f"{path} is a denoiser ({arch}), not a classifier", hint="give it as --denoiser")
-            raise CheckpointError(f"{path}: unknown denoised-smoothing classifier architecture {arch!r}; known: "
-                                  f"{', '.join(sorted(DENOISED_SMOOTHING_ARCHS))}")
+                raise CheckpointError(
+                    f"{path} is a denoiser ({arch}), not a classifier", hint="give it as --denoiser"
+                )
+            raise CheckpointError(
+                f"{path}: unknown denoised-smoothing classifier architecture {arch!r}; known: "
+                f"{', '.join(sorted(DENOISED_SMOOTHING_ARCHS))}"
+            )
         default_model, default_dataset = DENOISED_SMOOTHING_ARCHS[arch]
         model = model or default_model
         dataset = dataset or default_dataset
@@ -167,23 +233,31 @@ def load_classifier(path: str | Path, *, model: str | None = None, dataset: str 
         params = {}
         if model.startswith("wrn40") and "net.fc.weight" in state:
             params["widen_factor"] = int(state["net.fc.weight"].shape[1]) // 64
-        net = build_classifier(model, num_classes=num_classes, in_channels=c, image_size=size, mean=mean, std=std, **params)
+        net = build_classifier(
+            model, num_classes=num_classes, in_channels=c, image_size=size, mean=mean, std=std, **params
+        )
         state["norm.mean"] = net.norm.mean.clone()
         state["norm.std"] = net.norm.std.clone()
         load_state_strict(net, state, str(path))
         info.update({"model": model, "dataset": dataset, "arch": arch})
     elif layout == "state-dict":
         if model is None or dataset is None:
-            raise CheckpointError(f"{path} is a bare state dict; give the model and dataset it belongs to (--model, --dataset)")
+            raise CheckpointError(
+                f"{path} is a bare state dict; give the model and dataset it belongs to (--model, --dataset)"
+            )
         num_classes, c, size, mean, std = _dataset_facts(dataset)
-        net = build_classifier(model, num_classes=num_classes, in_channels=c, image_size=size, mean=mean, std=std)
+        net = build_classifier(
+            model, num_classes=num_classes, in_channels=c, image_size=size, mean=mean, std=std
+        )
         load_state_strict(net, obj, str(path))
         info.update({"model": model, "dataset": dataset})
     else:
         keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"{path}: not a classifier checkpoint smoothcore knows (top level: {keys})",
-                              hint="known layouts: smoothcore checkpoint.pt, the reference model_ckpt.torch, "
-                                   "denoised-smoothing checkpoint.pth.tar")
+        raise CheckpointError(
+            f"{path}: not a classifier checkpoint smoothcore knows (top level: {keys})",
+            hint="known layouts: smoothcore checkpoint.pt, the reference model_ckpt.torch, "
+            "denoised-smoothing checkpoint.pth.tar",
+        )
     net = net.to(device).eval()
     return (net, info) if return_info else net
 
@@ -196,7 +270,9 @@ def check_compatible(info: dict[str, Any], dataset: str) -> None:
     if have_classes is not None and int(have_classes) != num_classes:
         raise ConfigError(f"the classifier predicts {have_classes} classes but {dataset} has {num_classes}")
     if have_channels is not None and int(have_channels) != c:
-        raise ConfigError(f"the classifier takes {have_channels}-channel images but {dataset} has {c} channels")
+        raise ConfigError(
+            f"the classifier takes {have_channels}-channel images but {dataset} has {c} channels"
+        )
 
 
 def num_outputs(model: nn.Module) -> int | None:

@@ -62,8 +62,16 @@ def split_name(name: str) -> tuple[str, str | None]:
     return base, (variant or None)
 
 
-def build_classifier(name: str, *, num_classes: int, in_channels: int, image_size: int, mean: Sequence[float],
-                     std: Sequence[float], **params: Any) -> NormalizedClassifier:
+def build_classifier(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    **params: Any,
+) -> NormalizedClassifier:
     """Build the registered classifier ``name`` (or ``name:variant``) behind the dataset's normalisation."""
     from smoothcore.plugins import registry
 
@@ -77,7 +85,9 @@ def build_classifier(name: str, *, num_classes: int, in_channels: int, image_siz
         raise ConfigError(f"normalisation has {len(mean)} channels but the data has {in_channels}")
     net = entry.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **params)
     if not isinstance(net, nn.Module):
-        raise PluginError(f"plugin {entry.plugin!r} built classifier {name!r} as {type(net).__name__}, not an nn.Module")
+        raise PluginError(
+            f"plugin {entry.plugin!r} built classifier {name!r} as {type(net).__name__}, not an nn.Module"
+        )
     return NormalizedClassifier(Normalize(mean, std), net)
 
 
@@ -87,5 +97,7 @@ def build_denoiser(name: str, *, in_channels: int, **params: Any) -> nn.Module:
     entry = registry("denoiser").get(name)
     net = entry.build(in_channels=in_channels, **params)
     if not isinstance(net, nn.Module):
-        raise PluginError(f"plugin {entry.plugin!r} built denoiser {name!r} as {type(net).__name__}, not an nn.Module")
+        raise PluginError(
+            f"plugin {entry.plugin!r} built denoiser {name!r} as {type(net).__name__}, not an nn.Module"
+        )
     return net

@@ -79,7 +79,9 @@ class ExactNoise(Noise):
     @abstractmethod
     def draws(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor: ...
 
-    def certify_counts(self, counts: torch.Tensor, remaining: torch.Tensor | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def certify_counts(
+        self, counts: torch.Tensor, remaining: torch.Tensor | int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``counts`` ``(batch, classes)`` over all ``num_draws`` draws -> (prediction, radius). With ``remaining``
         draws per image not evaluated (early decisions), a radius that holds however they fall."""
         raise NotImplementedError
@@ -92,7 +94,9 @@ class ExactNoise(Noise):
 
 def check_dim(dim: Any) -> int:
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ConfigError(f"dim (the number of pixel values per image) must be a positive integer, got {dim!r}")
+        raise ConfigError(
+            f"dim (the number of pixel values per image) must be a positive integer, got {dim!r}"
+        )
     return dim
 
 
@@ -132,11 +136,15 @@ def check_images(x: Any, dim: int | None = None) -> None:
         raise DataError(f"images must have shape (batch, *image), got {tuple(x.shape)}")
     per_image = math.prod(x.shape[1:])
     if dim is not None and per_image != dim:
-        raise DataError(f"each image must have {dim} pixel values (the noise's dim), got {per_image} ({tuple(x.shape[1:])})")
+        raise DataError(
+            f"each image must have {dim} pixel values (the noise's dim), got {per_image} ({tuple(x.shape[1:])})"
+        )
     if x.numel() and not bool(torch.isfinite(x).all()):
         raise DataError("images contain NaN or Inf values")
     if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-        raise DataError(f"pixel values must be in [0, 1], got range [{float(x.min()):.4g}, {float(x.max()):.4g}]")
+        raise DataError(
+            f"pixel values must be in [0, 1], got range [{float(x.min()):.4g}, {float(x.max()):.4g}]"
+        )
 
 
 def is_quantised(x: torch.Tensor, levels: int = 255, tol: float = 1e-3) -> bool:
@@ -145,8 +153,16 @@ def is_quantised(x: torch.Tensor, levels: int = 255, tol: float = 1e-3) -> bool:
     return bool(((scaled - scaled.round()).abs() <= tol).all())
 
 
-def make_noise(name: str, *, sigma: float | None = None, lambd: float | None = None, dim: int, seed: int = 0,
-               device: str | torch.device = "cpu", **params: Any) -> Noise:
+def make_noise(
+    name: str,
+    *,
+    sigma: float | None = None,
+    lambd: float | None = None,
+    dim: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    **params: Any,
+) -> Noise:
     """Build the registered noise ``name`` (see :func:`smoothcore.noise`)."""
     from smoothcore.plugins import registry
 
@@ -155,7 +171,9 @@ def make_noise(name: str, *, sigma: float | None = None, lambd: float | None = N
     if not isinstance(built, Noise):
         from smoothcore.errors import PluginError
 
-        raise PluginError(f"plugin {entry.plugin!r} built noise {name!r} as {type(built).__name__}, not a smoothcore Noise")
+        raise PluginError(
+            f"plugin {entry.plugin!r} built noise {name!r} as {type(built).__name__}, not a smoothcore Noise"
+        )
     with contextlib.suppress(AttributeError, TypeError):
         built._smoothcore_plugin = entry.plugin  # so that errors in its draws name the plugin
     return built

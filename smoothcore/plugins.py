@@ -88,8 +88,10 @@ def build_manager(extra_plugins: tuple[Any, ...] = ()) -> pluggy.PluginManager:
         installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
         missing = sorted(allowed - installed)
         if missing:
-            raise PluginError(f"SMOOTHCORE_LOAD_PLUGINS names plugins that are not installed: {', '.join(missing)}",
-                              hint=f"installed entry points in group {ENTRY_POINT_GROUP!r}: {', '.join(sorted(installed)) or '(none)'}")
+            raise PluginError(
+                f"SMOOTHCORE_LOAD_PLUGINS names plugins that are not installed: {', '.join(missing)}",
+                hint=f"installed entry points in group {ENTRY_POINT_GROUP!r}: {', '.join(sorted(installed)) or '(none)'}",
+            )
     for plugin in extra_plugins:
         name = getattr(plugin, "__name__", None) or type(plugin).__name__
         pm.register(plugin, name=name)
@@ -161,7 +163,10 @@ def plugin_summary() -> list[dict[str, Any]]:
         }
     for kind, reg in comps.registries.items():
         for entry in reg:
-            rows.setdefault(entry.plugin, {"plugin": entry.plugin, "builtin": False, "module": "?", **{k: [] for k in KINDS}})
+            rows.setdefault(
+                entry.plugin,
+                {"plugin": entry.plugin, "builtin": False, "module": "?", **{k: [] for k in KINDS}},
+            )
             rows[entry.plugin][kind].append(entry.name)
     commands = plugin_commands()
     for name, row in rows.items():

@@ -40,12 +40,17 @@ class Entry:
         try:
             signature.bind(**params)
         except TypeError as exc:
-            accepted = [p.name for p in signature.parameters.values()
-                        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            accepted = [
+                p.name
+                for p in signature.parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
             unknown = [k for k in params if k not in accepted]
             if unknown and not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
-                raise ConfigError(f"{self.kind} {self.name!r} takes no parameter {', '.join(map(repr, unknown))}",
-                                  hint=f"it accepts: {', '.join(accepted) or '(none)'}") from None
+                raise ConfigError(
+                    f"{self.kind} {self.name!r} takes no parameter {', '.join(map(repr, unknown))}",
+                    hint=f"it accepts: {', '.join(accepted) or '(none)'}",
+                ) from None
             raise ConfigError(f"{self.kind} {self.name!r}: {exc}") from None
         return self._call(params)
 
@@ -54,10 +59,14 @@ class Entry:
             return self.factory(**params)
         except SmoothcoreError:
             raise
-        except Exception as exc:  # a value the factory cannot use, or a bug in the plugin: either way, name it
+        except (
+            Exception
+        ) as exc:  # a value the factory cannot use, or a bug in the plugin: either way, name it
             shown = {k: v for k, v in params.items() if k not in ("device",)}
-            raise PluginError(f"plugin {self.plugin!r} could not build {self.kind} {self.name!r} from {shown}: "
-                              f"{type(exc).__name__}: {exc}") from None
+            raise PluginError(
+                f"plugin {self.plugin!r} could not build {self.kind} {self.name!r} from {shown}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
 
 
 class Registry:
@@ -67,17 +76,23 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def add(self, name: str, factory: Callable[..., Any], *, plugin: str, description: str = "", **info: Any) -> None:
+    def add(
+        self, name: str, factory: Callable[..., Any], *, plugin: str, description: str = "", **info: Any
+    ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise PluginError(
                 f"plugin {plugin!r} tried to register a {self.kind} with the invalid name {name!r}",
                 hint="names are lower-case letters, digits and '_.:-', starting with a letter or digit",
             )
         if not callable(factory):
-            raise PluginError(f"plugin {plugin!r} registered {self.kind} {name!r} with a factory that is not callable")
+            raise PluginError(
+                f"plugin {plugin!r} registered {self.kind} {name!r} with a factory that is not callable"
+            )
         if name in self._entries:
             other = self._entries[name].plugin
-            raise PluginError(f"{self.kind} {name!r} is registered twice: by plugin {other!r} and by plugin {plugin!r}")
+            raise PluginError(
+                f"{self.kind} {name!r} is registered twice: by plugin {other!r} and by plugin {plugin!r}"
+            )
         self._entries[name] = Entry(self.kind, name, factory, plugin, description, dict(info))
 
     def get(self, name: str) -> Entry:

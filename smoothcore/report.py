@@ -61,7 +61,9 @@ def _reference_run(folder: Path) -> Run:
         try:
             return np.load(path, allow_pickle=False)
         except FileNotFoundError:
-            raise DataError(f"{folder} is not a result folder in the reference layout: {name} is missing") from None
+            raise DataError(
+                f"{folder} is not a result folder in the reference layout: {name} is missing"
+            ) from None
         except (ValueError, OSError) as exc:
             raise DataError(f"{path} is not a readable .npy file: {exc}") from None
 
@@ -74,8 +76,15 @@ def _reference_run(folder: Path) -> Run:
     if not labels.shape == radius.shape == prediction.shape:
         raise DataError(f"{folder}: labels, predictions and radii have different lengths")
     meta = {"layout": "reference", "num_images": int(len(labels))}
-    return Run(folder.name, labels.astype(np.int64), prediction.astype(np.int64), radius.astype(np.float64), "l1", meta,
-               np.arange(len(labels)))
+    return Run(
+        folder.name,
+        labels.astype(np.int64),
+        prediction.astype(np.int64),
+        radius.astype(np.float64),
+        "l1",
+        meta,
+        np.arange(len(labels)),
+    )
 
 
 def _table_run(path: Path, name: str | None = None) -> Run:
@@ -92,15 +101,34 @@ def _table_run(path: Path, name: str | None = None) -> Run:
     run_name = name or f"{path.parent.name}/{path.stem.removeprefix('certify_')}"
     manifest_path = path.parent / "manifest.json"
     manifest = read_json(manifest_path) if manifest_path.is_file() else {}
-    return Run(run_name, table["label"].to_numpy(np.int64), table["prediction"].to_numpy(np.int64),
-               pd.to_numeric(table["radius"], errors="coerce").to_numpy(np.float64), norm, meta, table["index"].to_numpy(np.int64),
-               manifest if isinstance(manifest, dict) else {})
+    return Run(
+        run_name,
+        table["label"].to_numpy(np.int64),
+        table["prediction"].to_numpy(np.int64),
+        pd.to_numeric(table["radius"], errors="coerce").to_numpy(np.float64),
+        norm,
+        meta,
+        table["index"].to_numpy(np.int64),
+        manifest if isinstance(manifest, dict) else {},
+    )
 
 
 _META_TYPES: dict[str, tuple[type, ...]] = {
-    "dataset": (str,), "test_fingerprint": (str,), "classifier_sha256": (str,), "denoiser_sha256": (str,),
-    "denoiser": (str,), "certificate": (str,), "finished": (str,), "started": (str,), "norm": (str,), "layout": (str,), "num_images": (int,),
-    "n": (int,), "n0": (int,), "alpha": (int, float), "noise": (dict,),
+    "dataset": (str,),
+    "test_fingerprint": (str,),
+    "classifier_sha256": (str,),
+    "denoiser_sha256": (str,),
+    "denoiser": (str,),
+    "certificate": (str,),
+    "finished": (str,),
+    "started": (str,),
+    "norm": (str,),
+    "layout": (str,),
+    "num_images": (int,),
+    "n": (int,),
+    "n0": (int,),
+    "alpha": (int, float),
+    "noise": (dict,),
 }
 
 
@@ -120,10 +148,14 @@ def load_runs(paths) -> list[Run]:
         elif p.is_dir() and list(p.glob("certify_*.csv")):
             runs += [_table_run(t) for t in sorted(p.glob("certify_*.csv"))]
         elif p.is_dir():
-            raise DataError(f"{p} holds no certification results (no certify_*.csv, no radius_l1.npy)",
-                            hint="run `smoothcore certify` on it first")
+            raise DataError(
+                f"{p} holds no certification results (no certify_*.csv, no radius_l1.npy)",
+                hint="run `smoothcore certify` on it first",
+            )
         else:
-            raise DataError(f"{p} does not exist" if not p.exists() else f"{p} is neither a result table nor a folder")
+            raise DataError(
+                f"{p} does not exist" if not p.exists() else f"{p} is neither a result table nor a folder"
+            )
     return runs
 
 
@@ -133,16 +165,27 @@ def certified_accuracy_table(runs: list[Run], radii=PAPER_RADII, *, envelope: bo
     rows = []
     for run in runs:
         acc = run.certified_accuracy(radii) * 100.0
-        rows.append({"run": run.name, "norm": run.norm, "images": len(run.label), **{_col(r): float(a) for r, a in zip(radii, acc)},
-                     "ACR": run.average_certified_radius()})
+        rows.append(
+            {
+                "run": run.name,
+                "norm": run.norm,
+                "images": len(run.label),
+                **{_col(r): float(a) for r, a in zip(radii, acc)},
+                "ACR": run.average_certified_radius(),
+            }
+        )
     table = pd.DataFrame(rows)
     if envelope and len(runs) > 1:
         by_norm = {}
         for norm in sorted({r.norm for r in runs}):
             sub = table[table["norm"] == norm]
-            by_norm[norm] = {"run": ENVELOPE if len(set(table["norm"])) == 1 else f"{ENVELOPE}, {norm}", "norm": norm,
-                             "images": int(sub["images"].max()), **{_col(r): float(sub[_col(r)].max()) for r in radii},
-                             "ACR": float(sub["ACR"].max())}
+            by_norm[norm] = {
+                "run": ENVELOPE if len(set(table["norm"])) == 1 else f"{ENVELOPE}, {norm}",
+                "norm": norm,
+                "images": int(sub["images"].max()),
+                **{_col(r): float(sub[_col(r)].max()) for r in radii},
+                "ACR": float(sub["ACR"].max()),
+            }
         table = pd.concat([table, pd.DataFrame(list(by_norm.values()))], ignore_index=True)
     return table
 
@@ -158,18 +201,32 @@ def comparability_warnings(runs: list[Run]) -> list[str]:
     if len(datasets) > 1:
         out.append(f"the runs certify different datasets: {', '.join(sorted(datasets))}")
     for name in sorted(datasets):
-        prints = {r.meta.get("test_fingerprint") for r in runs if r.meta.get("dataset") == name and r.meta.get("test_fingerprint")}
+        prints = {
+            r.meta.get("test_fingerprint")
+            for r in runs
+            if r.meta.get("dataset") == name and r.meta.get("test_fingerprint")
+        }
         if len(prints) > 1:
-            out.append(f"the runs on {name} read different test data ({len(prints)} different fingerprints of the test set)")
+            out.append(
+                f"the runs on {name} read different test data ({len(prints)} different fingerprints of the test set)"
+            )
     index_sets = {tuple(r.index.tolist()) if r.index is not None else None for r in runs}
     if len(index_sets) > 1:
         sizes = sorted({len(r.label) for r in runs})
-        out.append(f"the runs certify different images ({', '.join(map(str, sizes))} images): certified accuracies are not comparable image for image")
+        out.append(
+            f"the runs certify different images ({', '.join(map(str, sizes))} images): certified accuracies are not comparable image for image"
+        )
     norms = {r.norm for r in runs}
     if len(norms) > 1:
-        out.append(f"the runs certify different norms ({', '.join(sorted(norms))}); the envelope is taken per norm")
+        out.append(
+            f"the runs certify different norms ({', '.join(sorted(norms))}); the envelope is taken per norm"
+        )
     for r in runs:
-        if r.meta.get("noise", {}).get("name") and r.meta.get("finished") is None and r.meta.get("layout") != "reference":
+        if (
+            r.meta.get("noise", {}).get("name")
+            and r.meta.get("finished") is None
+            and r.meta.get("layout") != "reference"
+        ):
             out.append(f"{r.name} is unfinished ({len(r.label)} of {r.meta.get('num_images', '?')} images)")
     by_model = {}
     for r in runs:
@@ -178,22 +235,32 @@ def comparability_warnings(runs: list[Run]) -> list[str]:
             by_model.setdefault(key, set()).add(r.meta["classifier_sha256"])
     for key, shas in by_model.items():
         if len(shas) > 1:
-            out.append(f"runs with the same noise and certificate ({key}) used {len(shas)} different classifier checkpoints")
+            out.append(
+                f"runs with the same noise and certificate ({key}) used {len(shas)} different classifier checkpoints"
+            )
     for r in runs:
         current, used = r.manifest.get("checkpoint_sha256"), r.meta.get("classifier_sha256")
         if current and used and current != used:
-            out.append(f"{r.name} was certified with an earlier checkpoint: the experiment's classifier has changed since "
-                       "(trained further or replaced); certify again to report the current model")
+            out.append(
+                f"{r.name} was certified with an earlier checkpoint: the experiment's classifier has changed since "
+                "(trained further or replaced); certify again to report the current model"
+            )
     settings: dict[str, set[str]] = {}
     for r in runs:
-        if (r.meta.get("classifier_sha256") and r.meta.get("noise") and r.meta.get("n") is not None
-                and r.meta.get("certificate") != "exact"):
+        if (
+            r.meta.get("classifier_sha256")
+            and r.meta.get("noise")
+            and r.meta.get("n") is not None
+            and r.meta.get("certificate") != "exact"
+        ):
             key = json.dumps(r.meta["noise"], sort_keys=True) + r.meta["classifier_sha256"]
             settings.setdefault(key, set()).add(f"n={r.meta.get('n')}, alpha={r.meta.get('alpha')}")
     for seen in settings.values():
         if len(seen) > 1:
-            out.append(f"runs of one model and noise use different Monte-Carlo settings ({'; '.join(sorted(seen))}): their "
-                       "radii hold at different confidence or sample sizes")
+            out.append(
+                f"runs of one model and noise use different Monte-Carlo settings ({'; '.join(sorted(seen))}): their "
+                "radii hold at different confidence or sample sizes"
+            )
     return out
 
 
@@ -204,7 +271,11 @@ def plot(runs: list[Run], path: str | Path, *, max_radius: float | None = None) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    top = max_radius or max([float(np.nanmax(np.where(r.correct, r.radius, 0.0), initial=0.0)) for r in runs] + [0.5]) * 1.05
+    top = (
+        max_radius
+        or max([float(np.nanmax(np.where(r.correct, r.radius, 0.0), initial=0.0)) for r in runs] + [0.5])
+        * 1.05
+    )
     grid = np.linspace(0.0, top, 400)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     curves = []

@@ -20,8 +20,20 @@ import pandas as pd
 
 from smoothcore.errors import ExperimentError
 
-COLUMNS = ("index", "label", "prediction", "correct", "radius", "norm", "certificate", "p_lower", "counts",
-           "forward_passes", "seconds", "extra")
+COLUMNS = (
+    "index",
+    "label",
+    "prediction",
+    "correct",
+    "radius",
+    "norm",
+    "certificate",
+    "p_lower",
+    "counts",
+    "forward_passes",
+    "seconds",
+    "extra",
+)
 
 
 def _format(value: Any) -> str:
@@ -74,15 +86,20 @@ def read_valid(path: str | Path) -> tuple[pd.DataFrame, int, int]:
         else:
             discarded += 1
         offset = end
-    frame = pd.read_csv(io.StringIO(",".join(header[:-1]) + "\n" + "\n".join(rows)), keep_default_na=True) if rows else \
-        pd.DataFrame(columns=header[:-1])
+    frame = (
+        pd.read_csv(io.StringIO(",".join(header[:-1]) + "\n" + "\n".join(rows)), keep_default_na=True)
+        if rows
+        else pd.DataFrame(columns=header[:-1])
+    )
     return frame, good_end, discarded
 
 
 class ResultWriter:
     """Appends rows to ``path``; ``resume`` keeps the valid rows already there (and cuts off anything after them)."""
 
-    def __init__(self, path: str | Path, *, resume: bool, columns: tuple[str, ...] = COLUMNS, fsync_every: float = 5.0) -> None:
+    def __init__(
+        self, path: str | Path, *, resume: bool, columns: tuple[str, ...] = COLUMNS, fsync_every: float = 5.0
+    ) -> None:
         self.path = Path(path)
         self.columns = columns
         self.fsync_every = fsync_every
@@ -108,8 +125,10 @@ class ResultWriter:
             self.file.write(text)
             self.file.flush()
         except OSError as exc:
-            raise ExperimentError(f"could not write results to {self.path}: {exc.strerror or exc}",
-                                  hint="free disk space, then rerun with --resume: finished images are kept") from None
+            raise ExperimentError(
+                f"could not write results to {self.path}: {exc.strerror or exc}",
+                hint="free disk space, then rerun with --resume: finished images are kept",
+            ) from None
 
     def write(self, row: dict[str, Any]) -> None:
         """Append ``row``; it reaches the disk (fsync) within ``fsync_every`` seconds, even if no other row follows
@@ -139,8 +158,10 @@ class ResultWriter:
     def _raise_background_error(self) -> None:
         if self._error is not None:
             exc, self._error = self._error, None
-            raise ExperimentError(f"could not write results to {self.path}: {exc.strerror or exc}",
-                                  hint="free disk space, then rerun with --resume: finished images are kept")
+            raise ExperimentError(
+                f"could not write results to {self.path}: {exc.strerror or exc}",
+                hint="free disk space, then rerun with --resume: finished images are kept",
+            )
 
     def sync(self) -> None:
         with self._lock:
@@ -151,8 +172,10 @@ class ResultWriter:
             try:
                 os.fsync(self.file.fileno())
             except OSError as exc:
-                raise ExperimentError(f"could not write results to {self.path}: {exc.strerror or exc}",
-                                      hint="free disk space, then rerun with --resume: finished images are kept") from None
+                raise ExperimentError(
+                    f"could not write results to {self.path}: {exc.strerror or exc}",
+                    hint="free disk space, then rerun with --resume: finished images are kept",
+                ) from None
             self.last_sync = time.monotonic()
         self._raise_background_error()
 

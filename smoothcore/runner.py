@@ -106,28 +106,42 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     if not classifier_path.is_absolute() and not classifier_path.exists():
         classifier_path = exp.path / classifier_path
     if not classifier_path.exists():
-        raise ExperimentError(f"{exp.path} has no trained classifier yet ({classifier_path.name} is missing)",
-                              hint="train it first, or resume its training")
+        raise ExperimentError(
+            f"{exp.path} has no trained classifier yet ({classifier_path.name} is missing)",
+            hint="train it first, or resume its training",
+        )
     dataset = cfg.dataset or train_cfg.get("dataset")
     if dataset is None:
         raise ConfigError("which dataset? give --dataset")
     source = get_dataset(dataset)
-    model, info = load_classifier(classifier_path, model=train_cfg.get("checkpoint_model"), dataset=dataset,
-                                  trust=cfg.trust_checkpoint, device=device, return_info=True)
+    model, info = load_classifier(
+        classifier_path,
+        model=train_cfg.get("checkpoint_model"),
+        dataset=dataset,
+        trust=cfg.trust_checkpoint,
+        device=device,
+        return_info=True,
+    )
     check_compatible(info | {"num_classes": info.get("num_classes", source.num_classes)}, dataset)
     recorded = info.get("denoiser") or {}
     denoiser_path = cfg.denoiser or recorded.get("path")
     if cfg.denoiser is None and recorded:
         if not Path(recorded["path"]).is_file():
-            raise ExperimentError(f"the classifier was trained on top of the denoiser {recorded['path']}, which is gone",
-                                  hint="restore it, or certify with --denoiser PATH pointing at the same file")
+            raise ExperimentError(
+                f"the classifier was trained on top of the denoiser {recorded['path']}, which is gone",
+                hint="restore it, or certify with --denoiser PATH pointing at the same file",
+            )
         if recorded.get("sha256") and sha256(recorded["path"]) != recorded["sha256"]:
-            raise ExperimentError(f"the denoiser {recorded['path']} changed since the classifier was trained on it (checksum differs)")
+            raise ExperimentError(
+                f"the denoiser {recorded['path']} changed since the classifier was trained on it (checksum differs)"
+            )
     denoiser = None
     if denoiser_path:
         from smoothcore.train import load_frozen_denoiser
 
-        denoiser = load_frozen_denoiser(denoiser_path, source.image_shape[0], device, trust=cfg.trust_checkpoint)
+        denoiser = load_frozen_denoiser(
+            denoiser_path, source.image_shape[0], device, trust=cfg.trust_checkpoint
+        )
     noise_name = cfg.noise or train_cfg.get("noise")
     if noise_name is None:
         raise ConfigError("which noise? give --noise (and --sigma)")
@@ -142,9 +156,19 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
         from smoothcore.engine import auto_max_batch
 
         cfg.max_batch = auto_max_batch(full_model, source.image_shape, device)
-    smoothed = SmoothedClassifier(full_model, noise, source.num_classes, max_batch=cfg.max_batch, device=device,
-                                  precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile)
-    tag = cfg.tag or result_tag(noise.params(), cert.name, default_certificate(noise), cfg.denoiser is not None)
+    smoothed = SmoothedClassifier(
+        full_model,
+        noise,
+        source.num_classes,
+        max_batch=cfg.max_batch,
+        device=device,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        compile=cfg.compile,
+    )
+    tag = cfg.tag or result_tag(
+        noise.params(), cert.name, default_certificate(noise), cfg.denoiser is not None
+    )
     if "/" in tag or tag.startswith("."):
         raise ConfigError(f"--tag must be a plain name, got {tag!r}")
     test_set = load_test_set(source, cfg.data_dir)
@@ -152,12 +176,23 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     fingerprint = getattr(test_set, "fingerprint", None)
     indices = subset_indices(test_len, cfg.skip, cfg.limit, cfg.offset)
     meta = {
-        "noise": noise.params(), "certificate": cert.name, "certificate_kind": cert.kind, "norm": noise.norm,
-        "n0": cfg.n0 if cert.kind != "exact" else None, "n": cfg.n if cert.kind != "exact" else noise.num_draws,
-        "alpha": cfg.alpha if cert.kind != "exact" else None, "dataset": dataset, "skip": cfg.skip, "limit": cfg.limit,
-        "offset": cfg.offset, "num_images": len(indices), "precision": cfg.precision, "radii": cfg.radii,
+        "noise": noise.params(),
+        "certificate": cert.name,
+        "certificate_kind": cert.kind,
+        "norm": noise.norm,
+        "n0": cfg.n0 if cert.kind != "exact" else None,
+        "n": cfg.n if cert.kind != "exact" else noise.num_draws,
+        "alpha": cfg.alpha if cert.kind != "exact" else None,
+        "dataset": dataset,
+        "skip": cfg.skip,
+        "limit": cfg.limit,
+        "offset": cfg.offset,
+        "num_images": len(indices),
+        "precision": cfg.precision,
+        "radii": cfg.radii,
         "forward_passes_full_per_image": noise.num_draws if cert.kind == "exact" else cfg.n0 + cfg.n,
-        "classifier_sha256": sha256(classifier_path), "denoiser": str(denoiser_path) if denoiser_path else None,
+        "classifier_sha256": sha256(classifier_path),
+        "denoiser": str(denoiser_path) if denoiser_path else None,
         "denoiser_sha256": sha256(denoiser_path) if denoiser_path else None,
         "test_fingerprint": fingerprint() if fingerprint else None,
     }
@@ -176,13 +211,33 @@ def load_test_set(source, data_dir):
     return _TEST_SETS[key]
 
 
-MEANINGFUL = ("noise", "certificate", "n0", "n", "alpha", "dataset", "skip", "limit", "offset", "precision",
-              "classifier_sha256", "denoiser_sha256", "radii", "test_fingerprint")
+MEANINGFUL = (
+    "noise",
+    "certificate",
+    "n0",
+    "n",
+    "alpha",
+    "dataset",
+    "skip",
+    "limit",
+    "offset",
+    "precision",
+    "classifier_sha256",
+    "denoiser_sha256",
+    "radii",
+    "test_fingerprint",
+)
 
 
-def execute(run: CertifyRun, *, resume: bool = False, overwrite: bool = False,
-            on_progress: Callable[[int, int], None] | None = None, images_per_call: int | None = None,
-            dist_info: DistInfo | None = None) -> pd.DataFrame:
+def execute(
+    run: CertifyRun,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+    images_per_call: int | None = None,
+    dist_info: DistInfo | None = None,
+) -> pd.DataFrame:
     """Certify the planned images, appending rows durably; returns the full result table.
 
     Under torchrun (``dist_info`` with several ranks) each rank certifies every ``world``-th image into its own
@@ -192,13 +247,21 @@ def execute(run: CertifyRun, *, resume: bool = False, overwrite: bool = False,
     if info.active:
         return _execute_sharded(run, info, resume=resume, overwrite=overwrite, on_progress=on_progress)
     if run.table.exists() and not (resume or overwrite):
-        raise ExperimentError(f"{run.table} already holds results",
-                              hint="pass --resume to continue it, --overwrite to replace it, or --tag to write another table")
+        raise ExperimentError(
+            f"{run.table} already holds results",
+            hint="pass --resume to continue it, --overwrite to replace it, or --tag to write another table",
+        )
     if resume and run.meta_path.exists():
         old = read_json(run.meta_path)
-        diff = [f"{k}: was {old.get(k)!r}, now {run.meta.get(k)!r}" for k in MEANINGFUL if old.get(k) != run.meta.get(k)]
+        diff = [
+            f"{k}: was {old.get(k)!r}, now {run.meta.get(k)!r}"
+            for k in MEANINGFUL
+            if old.get(k) != run.meta.get(k)
+        ]
         if diff:
-            raise ExperimentError(f"--resume with changed parameters for {run.table.name}: " + "; ".join(diff))
+            raise ExperimentError(
+                f"--resume with changed parameters for {run.table.name}: " + "; ".join(diff)
+            )
     meta = dict(run.meta, started=now(), versions=versions())
     atomic_write_json(run.meta_path, meta)
     cfg = run.cfg
@@ -242,22 +305,41 @@ def _certify_rows(run: CertifyRun, resume: bool, chunk: int, on_progress) -> tup
             on_progress(len(run.indices) - len(todo), len(run.indices))
         t_start = time.perf_counter()
         for c0 in range(0, len(todo), chunk):
-            idx = todo[c0:c0 + chunk]
+            idx = todo[c0 : c0 + chunk]
             x, y = fetch(test_set, idx)
             t0 = time.perf_counter()
-            result = run.smoothed.certify(x, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, indices=idx, certificate=cfg.certificate,
-                                          radii=cfg.radii)
+            result = run.smoothed.certify(
+                x,
+                n0=cfg.n0,
+                n=cfg.n,
+                alpha=cfg.alpha,
+                indices=idx,
+                certificate=cfg.certificate,
+                radii=cfg.radii,
+            )
             seconds = (time.perf_counter() - t0) / len(idx)
             for j, index in enumerate(idx):
                 pred = int(result.prediction[j])
-                writer.write({
-                    "index": index, "label": int(y[j]), "prediction": pred, "correct": int(pred == int(y[j])),
-                    "radius": float(result.radius[j]), "norm": result.norm, "certificate": result.certificate,
-                    "p_lower": float(result.p_lower[j]) if result.p_lower is not None else None,
-                    "counts": " ".join(map(str, result.counts[j].tolist())) if result.counts is not None else None,
-                    "forward_passes": int(result.draws[j]), "seconds": round(seconds, 6),
-                    "extra": json.dumps({k: float(v[j]) for k, v in result.extra.items()}, sort_keys=True) if result.extra else None,
-                })
+                writer.write(
+                    {
+                        "index": index,
+                        "label": int(y[j]),
+                        "prediction": pred,
+                        "correct": int(pred == int(y[j])),
+                        "radius": float(result.radius[j]),
+                        "norm": result.norm,
+                        "certificate": result.certificate,
+                        "p_lower": float(result.p_lower[j]) if result.p_lower is not None else None,
+                        "counts": " ".join(map(str, result.counts[j].tolist()))
+                        if result.counts is not None
+                        else None,
+                        "forward_passes": int(result.draws[j]),
+                        "seconds": round(seconds, 6),
+                        "extra": json.dumps({k: float(v[j]) for k, v in result.extra.items()}, sort_keys=True)
+                        if result.extra
+                        else None,
+                    }
+                )
             if on_progress is not None:
                 on_progress(len(run.indices) - len(todo) + c0 + len(idx), len(run.indices))
         elapsed = time.perf_counter() - t_start
@@ -268,12 +350,18 @@ def shard_path(run: CertifyRun, info: DistInfo) -> Path:
     return run.exp.path / f".certify_{run.tag}.rank{info.rank}of{info.world}.csv"
 
 
-def _execute_sharded(run: CertifyRun, info: DistInfo, *, resume: bool, overwrite: bool, on_progress) -> pd.DataFrame:
+def _execute_sharded(
+    run: CertifyRun, info: DistInfo, *, resume: bool, overwrite: bool, on_progress
+) -> pd.DataFrame:
     if info.main and run.table.exists() and not (resume or overwrite):
-        raise ExperimentError(f"{run.table} already holds results",
-                              hint="pass --resume to continue it, --overwrite to replace it, or --tag to write another table")
-    done_before = set(load_results(run.table)["index"].astype(int)) if resume and run.table.exists() else set()
-    mine = [i for i in run.indices[info.rank::info.world] if i not in done_before]
+        raise ExperimentError(
+            f"{run.table} already holds results",
+            hint="pass --resume to continue it, --overwrite to replace it, or --tag to write another table",
+        )
+    done_before = (
+        set(load_results(run.table)["index"].astype(int)) if resume and run.table.exists() else set()
+    )
+    mine = [i for i in run.indices[info.rank :: info.world] if i not in done_before]
     shard = CertifyRun(run.exp, run.cfg, run.smoothed, run.dataset, mine, run.tag, run.meta)
     shard_table = shard_path(run, info)
     chunk = _images_per_call(run.cfg, run.smoothed.noise)
@@ -282,16 +370,30 @@ def _execute_sharded(run: CertifyRun, info: DistInfo, *, resume: bool, overwrite
     barrier(info)
     if info.main:
         frames = [load_results(run.table)] if done_before else []
-        frames += [load_results(run.exp.path / f".certify_{run.tag}.rank{r}of{info.world}.csv") for r in range(info.world)]
-        merged = pd.concat([f for f in frames if len(f)], ignore_index=True).sort_values("index").reset_index(drop=True)
+        frames += [
+            load_results(run.exp.path / f".certify_{run.tag}.rank{r}of{info.world}.csv")
+            for r in range(info.world)
+        ]
+        merged = (
+            pd.concat([f for f in frames if len(f)], ignore_index=True)
+            .sort_values("index")
+            .reset_index(drop=True)
+        )
         tmp = run.table.with_name(run.table.name + ".merging")
         with ResultWriter(tmp, resume=False) as writer:
             for row in merged.to_dict("records"):
-                writer.write({k: (None if isinstance(v, float) and v != v and k != "radius" else v) for k, v in row.items()})
+                writer.write(
+                    {
+                        k: (None if isinstance(v, float) and v != v and k != "radius" else v)
+                        for k, v in row.items()
+                    }
+                )
         tmp.replace(run.table)
         for r in range(info.world):
             (run.exp.path / f".certify_{run.tag}.rank{r}of{info.world}.csv").unlink(missing_ok=True)
-        atomic_write_json(run.meta_path, dict(run.meta, finished=now(), versions=versions(), world_size=info.world))
+        atomic_write_json(
+            run.meta_path, dict(run.meta, finished=now(), versions=versions(), world_size=info.world)
+        )
     barrier(info)
     return load_results(run.table)
 
@@ -314,5 +416,8 @@ def certify_experiment(exp_dir: str | Path, cfg: CertifyConfig, **kwargs: Any) -
 def summarise(table: pd.DataFrame) -> dict[str, float]:
     if not len(table):
         return {"images": 0}
-    return {"images": len(table), "clean_accuracy": float(table["correct"].mean()),
-            "mean_seconds": float(np.mean(table["seconds"]))}
+    return {
+        "images": len(table),
+        "clean_accuracy": float(table["correct"].mean()),
+        "mean_seconds": float(np.mean(table["seconds"])),
+    }

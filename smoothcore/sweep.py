@@ -33,8 +33,12 @@ class Sweep:
     stability: list[bool] = field(default_factory=lambda: [False, True])
     out: str = "checkpoints/sweep"
     data_dir: str | None = None
-    train: dict[str, Any] = field(default_factory=dict)  # any TrainConfig field (epochs, batch_size, lr, device, ...)
-    certify: dict[str, Any] = field(default_factory=dict)  # any CertifyConfig field (n0, n, alpha, skip, limit, ...)
+    train: dict[str, Any] = field(
+        default_factory=dict
+    )  # any TrainConfig field (epochs, batch_size, lr, device, ...)
+    certify: dict[str, Any] = field(
+        default_factory=dict
+    )  # any CertifyConfig field (n0, n, alpha, skip, limit, ...)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Sweep:
@@ -55,7 +59,9 @@ class Sweep:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{path}: unknown recipe keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{path}: unknown recipe keys {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         return cls(**data)
 
 
@@ -77,7 +83,10 @@ def expand(sweep: Sweep) -> list[RunSpec]:
 
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cert_fields = {f.name for f in dataclasses.fields(CertifyConfig)}
-    for label, given, known in (("train", sweep.train, train_fields), ("certify", sweep.certify, cert_fields)):
+    for label, given, known in (
+        ("train", sweep.train, train_fields),
+        ("certify", sweep.certify, cert_fields),
+    ):
         bad = sorted(set(given) - known)
         if bad:
             raise ConfigError(f"unknown {label} options in the sweep: {', '.join(bad)}")
@@ -87,8 +96,18 @@ def expand(sweep: Sweep) -> list[RunSpec]:
         for sigma in sweep.sigmas:
             for stab in sweep.stability:
                 name = run_name(noise, sigma, stab)
-                train = TrainConfig(**{**recipe, "dataset": sweep.dataset, "model": sweep.model, "noise": noise, "sigma": sigma,
-                                       "stability": bool(stab), "data_dir": sweep.data_dir, **sweep.train})
+                train = TrainConfig(
+                    **{
+                        **recipe,
+                        "dataset": sweep.dataset,
+                        "model": sweep.model,
+                        "noise": noise,
+                        "sigma": sigma,
+                        "stability": bool(stab),
+                        "data_dir": sweep.data_dir,
+                        **sweep.train,
+                    }
+                )
                 cert = CertifyConfig(**{"data_dir": sweep.data_dir, "tag": "sweep", **sweep.certify})
                 specs.append(RunSpec(name, Path(sweep.out) / name, train, cert))
     return specs
@@ -99,7 +118,11 @@ def status(spec: RunSpec) -> tuple[str, str]:
     exp = Experiment(spec.path)
     if not exp.exists():
         return "new", "new"
-    trained = "complete" if exp.manifest().get("epoch") == spec.train.epochs and exp.checkpoint.exists() else "partial"
+    trained = (
+        "complete"
+        if exp.manifest().get("epoch") == spec.train.epochs and exp.checkpoint.exists()
+        else "partial"
+    )
     meta = spec.path / "certify_sweep.json"
     certified = "new"
     if meta.exists():
@@ -107,8 +130,14 @@ def status(spec: RunSpec) -> tuple[str, str]:
     return trained, certified
 
 
-def run_sweep(sweep: Sweep, *, dry_run: bool = False, on_event: Callable[[str], None] = print,
-              on_step=None, on_progress=None) -> list[Path]:
+def run_sweep(
+    sweep: Sweep,
+    *,
+    dry_run: bool = False,
+    on_event: Callable[[str], None] = print,
+    on_step=None,
+    on_progress=None,
+) -> list[Path]:
     """Train and certify every run of the sweep that is not complete yet; returns the result tables."""
     from smoothcore.runner import certify_experiment
     from smoothcore.train import Trainer
@@ -123,7 +152,9 @@ def run_sweep(sweep: Sweep, *, dry_run: bool = False, on_event: Callable[[str], 
         if trained != "complete":
             Trainer(spec.train, spec.path).run(resume=trained == "partial", on_step=on_step)
         if certified != "complete":
-            certify_experiment(spec.path, spec.certify, resume=certified == "partial", on_progress=on_progress)
+            certify_experiment(
+                spec.path, spec.certify, resume=certified == "partial", on_progress=on_progress
+            )
         tables.append(spec.path / "certify_sweep.csv")
     return tables
 

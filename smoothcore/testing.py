@@ -136,14 +136,21 @@ class NoisePluginSuite:
 
     def make(self, **overrides: Any) -> Noise:
         """The noise under test, built through the registry as ``smoothcore.noise`` builds it."""
-        kwargs: dict[str, Any] = {"sigma": self.sigma, "lambd": self.lambd, "dim": self.dim, "seed": 0,
-                                  "device": "cpu", **self.params}
+        kwargs: dict[str, Any] = {
+            "sigma": self.sigma,
+            "lambd": self.lambd,
+            "dim": self.dim,
+            "seed": 0,
+            "device": "cpu",
+            **self.params,
+        }
         kwargs.update(overrides)
         name = kwargs.pop("name", self.noise_name)
         return make_noise(name, **kwargs)
 
-    def images(self, batch: int = 5, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-               seed: int = 0) -> torch.Tensor:
+    def images(
+        self, batch: int = 5, *, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    ) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         return (torch.randint(0, 256, (batch, *self.image_shape), generator=g).to(dtype) / 255.0).to(device)
 
@@ -165,7 +172,8 @@ class NoisePluginSuite:
         assert isinstance(noise, Noise), f"the factory built a {type(noise).__name__}, not a smoothcore Noise"
         params = noise.params()
         assert params.get("name") == self.noise_name, (
-            f"params()['name'] must be {self.noise_name!r}, got {params.get('name')!r}")
+            f"params()['name'] must be {self.noise_name!r}, got {params.get('name')!r}"
+        )
         json.dumps(params)  # recorded with every result: must be JSON
         assert noise.norm in ("l1", "l2", "linf"), f"unknown norm {noise.norm!r}"
         assert self.noise_name in repr(noise) or type(noise).__name__ in repr(noise)
@@ -269,16 +277,17 @@ class NoisePluginSuite:
         samples = noise.sample(x.expand(n, *self.image_shape), self.generator(3, "cpu")).reshape(n, -1)
         found = torch.full((n,), -1, dtype=torch.long)
         for i in range(0, n, 512):
-            eq = (samples[i:i + 512, None, :] == distinct[None, :, :]).all(dim=2)
+            eq = (samples[i : i + 512, None, :] == distinct[None, :, :]).all(dim=2)
             hit = eq.any(dim=1)
-            found[i:i + 512] = torch.where(hit, eq.float().argmax(dim=1), -1)
+            found[i : i + 512] = torch.where(hit, eq.float().argmax(dim=1), -1)
         missing = int((found < 0).sum())
         assert missing == 0, f"{missing} of {n} training draws are none of the enumerated draws"
         observed = torch.bincount(found, minlength=len(distinct)).double()
         if len(distinct) > 1:
             pvalue = chisquare(observed.numpy(), (expected / expected.sum() * n).numpy()).pvalue
             assert pvalue > 1e-6, (
-                f"training draws do not follow the enumerated distribution (chi-square p = {pvalue:.2g})")
+                f"training draws do not follow the enumerated distribution (chi-square p = {pvalue:.2g})"
+            )
 
     def test_exact_certificate_predicts_the_top_class_and_shrinks_with_the_margin(self) -> None:
         from smoothcore.certify import certify_counts
@@ -305,11 +314,14 @@ class NoisePluginSuite:
             name = type(model).__name__
             assert any(im.radius > 0 for im in report.images), (
                 f"no positive radius on the {name} toy: the audit checks nothing; choose a sigma at which "
-                "these toys are certified")
+                "these toys are certified"
+            )
             assert not report.violations, "\n".join(
                 f"{name}: image {im.index} certified to radius {im.radius:.4g} for class {im.prediction}, "
                 f"but {im.violation_search} found a perturbation of norm {im.violation_norm:.4g} -> class "
-                f"{im.violation_class}: {im.evidence}" for im in report.violations)
+                f"{im.violation_class}: {im.evidence}"
+                for im in report.violations
+            )
             for im in report.images if noise.exact else ():  # exact flips are recomputed, never estimated
                 tight = math.isfinite(im.tightness) and im.tightness > 1.0
                 assert not tight, f"{name}: a flip inside the radius that is not a violation: {im}"

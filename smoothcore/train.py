@@ -82,8 +82,15 @@ class TrainConfig:
             raise ConfigError(f"train_limit must be a positive integer, got {self.train_limit!r}")
         for name, high in (("lr", 10.0), ("weight_decay", 1.0), ("momentum", 1.0), ("stability_weight", 1e6)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or v > high \
-                    or (name == "lr" and v == 0) or (name == "momentum" and v == 1):
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or v < 0
+                or v > high
+                or (name == "lr" and v == 0)
+                or (name == "momentum" and v == 1)
+            ):
                 bounds = {"lr": "in (0, 10]", "momentum": "in [0, 1)"}.get(name, f"in [0, {high:g}]")
                 raise ConfigError(f"{name} must be a number {bounds}, got {v!r}")
         if self.precision not in PRECISIONS:
@@ -98,7 +105,9 @@ def resolve_device(device: str) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unknown device {device!r} (cpu, cuda, cuda:N or auto)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available here", hint="use --device cpu")
+        raise ConfigError(
+            f"device {device!r} requested but CUDA is not available here", hint="use --device cpu"
+        )
     return dev
 
 
@@ -125,8 +134,10 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
 
 
 def damaged_train_state(path: Path, exc: BaseException) -> CheckpointError:
-    return CheckpointError(f"{path} is damaged and cannot be resumed from ({type(exc).__name__}: {exc})",
-                           hint="pass --overwrite to start the run again")
+    return CheckpointError(
+        f"{path} is damaged and cannot be resumed from ({type(exc).__name__}: {exc})",
+        hint="pass --overwrite to start the run again",
+    )
 
 
 def truncate_log(path: Path, epochs: int) -> None:
@@ -150,10 +161,14 @@ def make_noise_for(cfg: TrainConfig, source: DatasetSource, device: torch.device
     """The training noise; ``none`` trains a clean classifier (for denoised smoothing's off-the-shelf setting)."""
     if cfg.noise == "none":
         return None
-    return make_noise(cfg.noise, sigma=cfg.sigma, lambd=cfg.lambd, dim=source.dim, seed=cfg.noise_seed, device=device)
+    return make_noise(
+        cfg.noise, sigma=cfg.sigma, lambd=cfg.lambd, dim=source.dim, seed=cfg.noise_seed, device=device
+    )
 
 
-def load_frozen_denoiser(path: str | None, in_channels: int, device: torch.device, *, trust: bool = False) -> nn.Module | None:
+def load_frozen_denoiser(
+    path: str | None, in_channels: int, device: torch.device, *, trust: bool = False
+) -> nn.Module | None:
     if path is None:
         return None
     from smoothcore.denoise import load_denoiser
@@ -161,30 +176,41 @@ def load_frozen_denoiser(path: str | None, in_channels: int, device: torch.devic
     den = load_denoiser(path, device=device, trust=trust)
     expected = getattr(den, "in_channels", in_channels)
     if expected != in_channels:
-        raise ConfigError(f"the denoiser {path} takes {expected}-channel images but the data has {in_channels} channels")
+        raise ConfigError(
+            f"the denoiser {path} takes {expected}-channel images but the data has {in_channels} channels"
+        )
     for p in den.parameters():
         p.requires_grad_(False)
     return den.eval()
 
 
-def stability_loss(logits_1: torch.Tensor, logits_2: torch.Tensor, labels: torch.Tensor, weight: float,
-                   reduction: str = "mean") -> torch.Tensor:
+def stability_loss(
+    logits_1: torch.Tensor,
+    logits_2: torch.Tensor,
+    labels: torch.Tensor,
+    weight: float,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """``CE(f(x~1), y) + weight * KL(f(x~1) || f(x~2))`` (SPEC.md), the KL of the two predictive categoricals,
     averaged over the batch (``reduction="sum"``: summed)."""
     ce = F.cross_entropy(logits_1, labels, reduction="sum")
-    kl = F.kl_div(F.log_softmax(logits_2, dim=1), F.log_softmax(logits_1, dim=1), reduction="sum", log_target=True)
+    kl = F.kl_div(
+        F.log_softmax(logits_2, dim=1), F.log_softmax(logits_1, dim=1), reduction="sum", log_target=True
+    )
     total = ce + weight * kl
     return total if reduction == "sum" else total / len(labels)
 
 
-def shard_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, full: int, info: DistInfo) -> torch.Tensor:
+def shard_apply(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, full: int, info: DistInfo
+) -> torch.Tensor:
     """Apply a random transform to this rank's rows ``x`` of a global batch of ``full`` rows, drawing the randomness
     of the whole batch: every rank consumes its generator exactly as a single process would."""
     if not info.active:
         return fn(x)
     whole = torch.zeros((full, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    whole[info.rank::info.world] = x
-    return fn(whole)[info.rank::info.world]
+    whole[info.rank :: info.world] = x
+    return fn(whole)[info.rank :: info.world]
 
 
 def run_on_main(info: DistInfo, fn: Callable[[], Any]) -> Any:
@@ -231,8 +257,15 @@ class Trainer:
         self.source = get_dataset(cfg.dataset)
         self.noise = make_noise_for(cfg, self.source, self.device)
         c, h, _ = self.source.image_shape
-        self.classifier = build_classifier(cfg.model, num_classes=self.source.num_classes, in_channels=c, image_size=h,
-                                           mean=self.source.mean, std=self.source.std, **cfg.model_params)
+        self.classifier = build_classifier(
+            cfg.model,
+            num_classes=self.source.num_classes,
+            in_channels=c,
+            image_size=h,
+            mean=self.source.mean,
+            std=self.source.std,
+            **cfg.model_params,
+        )
         self.denoiser = load_frozen_denoiser(cfg.denoiser, c, self.device, trust=cfg.trust_checkpoint)
 
     def _autocast(self):
@@ -247,16 +280,28 @@ class Trainer:
         obj = load_file(self.cfg.finetune, trust=self.cfg.trust_checkpoint)
         state = classifier_weights(obj, self.cfg.finetune)
         own = self.classifier.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
+        usable = {
+            k: v
+            for k, v in state.items()
+            if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape
+        }
         last = [k for k in own if k.endswith(("fc.weight", "fc.bias"))] or list(own)[-2:]
-        usable = {k: v for k, v in usable.items() if k not in last and not k.startswith("norm.")}  # the new data normalises itself
+        usable = {
+            k: v for k, v in usable.items() if k not in last and not k.startswith("norm.")
+        }  # the new data normalises itself
         if not usable:
             raise CheckpointError(f"{self.cfg.finetune} shares no parameters with {self.cfg.model}")
         self.classifier.load_state_dict(usable, strict=False)
 
-    def run(self, *, overwrite: bool = False, resume: bool = False,
-            on_step: Callable[[int, int, int, float], None] | None = None,
-            on_epoch: Callable[[dict[str, Any]], None] | None = None, dist_info: DistInfo | None = None) -> pd.DataFrame:
+    def run(
+        self,
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        on_step: Callable[[int, int, int, float], None] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        dist_info: DistInfo | None = None,
+    ) -> pd.DataFrame:
         """Train, or continue a run from its last saved state (``resume``). Under torchrun (``dist_info`` with several
         ranks) the model is wrapped in DistributedDataParallel: each rank loads and trains on its rows of every
         global batch, all ranks draw the augmentation and noise of the whole batch from the same generator (so the
@@ -273,12 +318,19 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.classifier = self.build_fresh()
         self._init_weights()
-        resuming = run_on_main(info, lambda: self.exp.prepare(cfg.to_dict(), overwrite=overwrite, resume=resume))
+        resuming = run_on_main(
+            info, lambda: self.exp.prepare(cfg.to_dict(), overwrite=overwrite, resume=resume)
+        )
         model = self.classifier.to(self.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                                    weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
         steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
         order_rng = torch.Generator().manual_seed(cfg.seed)
@@ -295,14 +347,18 @@ class Trainer:
                 noise_rng.set_state(state["noise_rng"])
                 start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
                 carried = tuple(state.get("partial", (0.0, 0, 0)))
-                if "torch_rng" in state:  # dropout and any other use of the global generators continue where they were
+                if (
+                    "torch_rng" in state
+                ):  # dropout and any other use of the global generators continue where they were
                     torch.set_rng_state(state["torch_rng"])
                 if state.get("cuda_rng") is not None and self.device.type == "cuda":
                     torch.cuda.set_rng_state(state["cuda_rng"], self.device)
                 if state.get("scaler"):
                     scaler.load_state_dict(state["scaler"])
                 if info.main:
-                    truncate_log(self.exp.train_log, start_epoch)  # epochs logged after the last save are trained again
+                    truncate_log(
+                        self.exp.train_log, start_epoch
+                    )  # epochs logged after the last save are trained again
             except (KeyError, TypeError, ValueError, RuntimeError) as exc:
                 raise damaged_train_state(self.exp.train_state, exc) from None
         elif info.main:
@@ -311,13 +367,22 @@ class Trainer:
             data_fp = getattr(train_set, "fingerprint", None)
             fingerprint = data_fp() if data_fp else None
             before = (self.exp.manifest().get("data") or {}).get("train_fingerprint") if resuming else None
-            if before and fingerprint and before != fingerprint:  # --data-dir may move, the data may not change
-                raise ExperimentError(f"--resume of {self.exp.path} reads other training data than the run started with "
-                                      f"(fingerprint {fingerprint}, was {before})",
-                                      hint="point --data-dir at the data the run was started with")
-            self.exp.update_manifest(data={"dataset": cfg.dataset, "train_images": len(train_idx),
-                                           "train_fingerprint": fingerprint},
-                                     noise=self.noise.params() if self.noise is not None else None)
+            if (
+                before and fingerprint and before != fingerprint
+            ):  # --data-dir may move, the data may not change
+                raise ExperimentError(
+                    f"--resume of {self.exp.path} reads other training data than the run started with "
+                    f"(fingerprint {fingerprint}, was {before})",
+                    hint="point --data-dir at the data the run was started with",
+                )
+            self.exp.update_manifest(
+                data={
+                    "dataset": cfg.dataset,
+                    "train_images": len(train_idx),
+                    "train_fingerprint": fingerprint,
+                },
+                noise=self.noise.params() if self.noise is not None else None,
+            )
         train_model = self._wrap_distributed(model, info)
 
         for epoch in range(start_epoch, cfg.epochs):
@@ -328,9 +393,20 @@ class Trainer:
             loss_sum = torch.tensor(float(carried[0]) if skip else 0.0, device=self.device)
             correct = torch.tensor(int(carried[1]) if skip else 0, device=self.device, dtype=torch.long)
             seen = int(carried[2]) if skip else 0
-            for step, (x, y, full) in enumerate(batches(train_set, cfg.batch_size, shuffle=True, generator=order_rng, indices=train_idx,
-                                                        workers=cfg.workers, device=self.device, start_batch=skip,
-                                                        shard=(info.rank, info.world)), start=skip):
+            for step, (x, y, full) in enumerate(
+                batches(
+                    train_set,
+                    cfg.batch_size,
+                    shuffle=True,
+                    generator=order_rng,
+                    indices=train_idx,
+                    workers=cfg.workers,
+                    device=self.device,
+                    start_batch=skip,
+                    shard=(info.rank, info.world),
+                ),
+                start=skip,
+            ):
                 x = self._augment_shard(x, full, info, noise_rng)
                 loss, logits = self.step_loss(train_model, x, y, noise_rng, full=full, info=info)
                 optimizer.zero_grad(set_to_none=True)
@@ -343,17 +419,32 @@ class Trainer:
                 seen += len(y)
                 if on_step is not None and info.main:
                     on_step(epoch, step + 1, steps_per_epoch, 0.0)
-                if cfg.save_every_steps and (step + 1) % cfg.save_every_steps == 0 and step + 1 < steps_per_epoch:
+                if (
+                    cfg.save_every_steps
+                    and (step + 1) % cfg.save_every_steps == 0
+                    and step + 1 < steps_per_epoch
+                ):
                     if info.main:
-                        self.save_state(model, optimizer, scheduler, order_rng, noise_rng, epoch, step=step + 1,
-                                        epoch_order_rng=epoch_order_state, partial=(float(loss_sum), int(correct), seen))
+                        self.save_state(
+                            model,
+                            optimizer,
+                            scheduler,
+                            order_rng,
+                            noise_rng,
+                            epoch,
+                            step=step + 1,
+                            epoch_order_rng=epoch_order_state,
+                            partial=(float(loss_sum), int(correct), seen),
+                        )
                     barrier(info)
             loss_total, correct_total, seen_total = all_reduce_sum(info, float(loss_sum), int(correct), seen)
             if info.main:
                 row = {
-                    "epoch": epoch + 1, "train_loss": loss_total / max(seen_total, 1),
+                    "epoch": epoch + 1,
+                    "train_loss": loss_total / max(seen_total, 1),
                     "train_noisy_acc": correct_total / max(seen_total, 1),
-                    "test_noisy_acc": self.evaluate(model, test_set, eval_idx), "lr": optimizer.param_groups[0]["lr"],
+                    "test_noisy_acc": self.evaluate(model, test_set, eval_idx),
+                    "lr": optimizer.param_groups[0]["lr"],
                     "seconds": round(time.time() - t0, 3),
                 }
                 append_csv(self.exp.train_log, row)
@@ -374,21 +465,34 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             return DistributedDataParallel(model, device_ids=[self.device.index])
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) and info.main:
-            warnings.warn("distributed training on the CPU: SyncBatchNorm needs GPUs, so batch-norm statistics are per rank",
-                          stacklevel=2)
+            warnings.warn(
+                "distributed training on the CPU: SyncBatchNorm needs GPUs, so batch-norm statistics are per rank",
+                stacklevel=2,
+            )
         return DistributedDataParallel(model)
 
-    def _augment_shard(self, x: torch.Tensor, full: int, info: DistInfo, rng: torch.Generator) -> torch.Tensor:
+    def _augment_shard(
+        self, x: torch.Tensor, full: int, info: DistInfo, rng: torch.Generator
+    ) -> torch.Tensor:
         if self.source.augment is None:
             return x
         return shard_apply(lambda z: self.source.augment(z, rng), x, full, info)
 
     def build_fresh(self) -> nn.Module:
         c, h, _ = self.source.image_shape
-        return build_classifier(self.cfg.model, num_classes=self.source.num_classes, in_channels=c, image_size=h,
-                                mean=self.source.mean, std=self.source.std, **self.cfg.model_params)
+        return build_classifier(
+            self.cfg.model,
+            num_classes=self.source.num_classes,
+            in_channels=c,
+            image_size=h,
+            mean=self.source.mean,
+            std=self.source.std,
+            **self.cfg.model_params,
+        )
 
-    def _noisy(self, x: torch.Tensor, rng: torch.Generator, full: int | None = None, info: DistInfo | None = None) -> torch.Tensor:
+    def _noisy(
+        self, x: torch.Tensor, rng: torch.Generator, full: int | None = None, info: DistInfo | None = None
+    ) -> torch.Tensor:
         if self.noise is None:
             return x
         if info is None or not info.active:
@@ -403,8 +507,16 @@ class Trainer:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         return model(noisy)
 
-    def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rng: torch.Generator, *, full: int | None = None,
-                  info: DistInfo | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_loss(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rng: torch.Generator,
+        *,
+        full: int | None = None,
+        info: DistInfo | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The training loss of this rank's rows, scaled so that averaging over ranks gives the whole batch's mean."""
         full = full or len(y)
         scale = (info.world if info is not None else 1) / full
@@ -413,7 +525,9 @@ class Trainer:
             if not self.cfg.stability:
                 return F.cross_entropy(logits, y, reduction="sum") * scale, logits
             logits_2 = self._forward(model, self._noisy(x, rng, full, info))
-            loss = stability_loss(logits.float(), logits_2.float(), y, self.cfg.stability_weight, reduction="sum")
+            loss = stability_loss(
+                logits.float(), logits_2.float(), y, self.cfg.stability_weight, reduction="sum"
+            )
             return loss * scale, logits
 
     @torch.inference_mode()
@@ -432,21 +546,41 @@ class Trainer:
         """The resume state (atomic): model, optimiser, scheduler, data-order and noise generators, the global torch
         (and CUDA) generators, the fp16 gradient scaler, and, mid-epoch,
         the step reached, the order generator at the start of the epoch and the running epoch totals."""
-        atomic_torch_save(self.exp.train_state, {
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "order_rng": order_rng.get_state(), "noise_rng": noise_rng.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "scaler": self._scaler.state_dict() if getattr(self, "_scaler", None) is not None else {}, **extra,
-        })
+        atomic_torch_save(
+            self.exp.train_state,
+            {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "order_rng": order_rng.get_state(),
+                "noise_rng": noise_rng.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                "scaler": self._scaler.state_dict() if getattr(self, "_scaler", None) is not None else {},
+                **extra,
+            },
+        )
 
     def save(self, model, optimizer, scheduler, order_rng, noise_rng, epoch: int) -> None:
         c, h, _ = self.source.image_shape
         base = model
         extra = {"epoch": epoch, "noise": self.noise.params() if self.noise is not None else None}
         if self.cfg.denoiser is not None:
-            extra["denoiser"] = {"path": str(Path(self.cfg.denoiser).resolve()), "sha256": self.cfg.denoiser_sha256}
-        ckpt = classifier_checkpoint(base, name=self.cfg.model, params=self.cfg.model_params, dataset=self.cfg.dataset,
-                                     num_classes=self.source.num_classes, in_channels=c, image_size=h, extra=extra)
+            extra["denoiser"] = {
+                "path": str(Path(self.cfg.denoiser).resolve()),
+                "sha256": self.cfg.denoiser_sha256,
+            }
+        ckpt = classifier_checkpoint(
+            base,
+            name=self.cfg.model,
+            params=self.cfg.model_params,
+            dataset=self.cfg.dataset,
+            num_classes=self.source.num_classes,
+            in_channels=c,
+            image_size=h,
+            extra=extra,
+        )
         atomic_torch_save(self.exp.checkpoint, ckpt)
         self.save_state(model, optimizer, scheduler, order_rng, noise_rng, epoch)
         self.exp.update_manifest(epoch=epoch, checkpoint_sha256=sha256(self.exp.checkpoint))

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT.parent / "shared" / "golden" / "levine-feizi-2021"
 FASHION_CANDIDATES = [ROOT / "data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]
 
-os.environ.setdefault("SMOOTHCORE_LOAD_PLUGINS", "")  # third-party plugins installed on the machine stay out of the suite
+os.environ.setdefault(
+    "SMOOTHCORE_LOAD_PLUGINS", ""
+)  # third-party plugins installed on the machine stay out of the suite
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
@@ -34,7 +36,9 @@ def fashion_dir() -> Path:
     for d in FASHION_CANDIDATES:
         if (d / "t10k-labels-idx1-ubyte.gz").is_file():
             return d
-    pytest.fail("Fashion-MNIST is missing: run `make data` (make test does it) to fetch the Debian package into ./data")
+    pytest.fail(
+        "Fashion-MNIST is missing: run `make data` (make test does it) to fetch the Debian package into ./data"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -75,8 +79,19 @@ def trained_run(tmp_path_factory, fashion_dir) -> Path:
 
     smoothcore.plugins.reset()
     out = tmp_path_factory.mktemp("trained") / "fmnist-dssn"
-    cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(fashion_dir), model="cnn", noise="dssn", sigma=0.25, epochs=1,
-                      batch_size=64, lr=0.05, train_limit=3000, eval_limit=200, seed=0)
+    cfg = TrainConfig(
+        dataset="fashion-mnist",
+        data_dir=str(fashion_dir),
+        model="cnn",
+        noise="dssn",
+        sigma=0.25,
+        epochs=1,
+        batch_size=64,
+        lr=0.05,
+        train_limit=3000,
+        eval_limit=200,
+        seed=0,
+    )
     train_classifier(cfg, out)
     return out
 

@@ -23,8 +23,11 @@ class OriginalWRNBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.droprate = dropRate
         self.equalInOut = in_planes == out_planes
-        self.convShortcut = (not self.equalInOut) and nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride,
-                                                                 padding=0, bias=False) or None
+        self.convShortcut = (
+            (not self.equalInOut)
+            and nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=0, bias=False)
+            or None
+        )
 
     def forward(self, x):
         if not self.equalInOut:
@@ -43,7 +46,11 @@ class OriginalNetworkBlock(nn.Module):
         super().__init__()
         layers = []
         for i in range(int(nb_layers)):
-            layers.append(OriginalWRNBlock(i == 0 and in_planes or out_planes, out_planes, i == 0 and stride or 1, dropRate))
+            layers.append(
+                OriginalWRNBlock(
+                    i == 0 and in_planes or out_planes, out_planes, i == 0 and stride or 1, dropRate
+                )
+            )
         self.layer = nn.Sequential(*layers)
 
     def forward(self, x):

@@ -88,7 +88,7 @@ def test_a_planted_double_dssn_radius_is_caught_with_a_checkable_counterexample(
         assert im.violation_class != im.prediction and "exact counts" in im.evidence
         delta = im.perturbation
         assert delta.abs().sum().item() <= im.radius + 1e-9 and im.violation_norm <= im.radius + 1e-9
-        moved = x[i:i + 1].double() + delta.unsqueeze(0)
+        moved = x[i : i + 1].double() + delta.unsqueeze(0)
         assert moved.min() >= 0 and moved.max() <= 1
         steps = moved * 255
         assert torch.allclose(steps, steps.round(), atol=1e-6), "counterexamples stay on the 1/255 grid"
@@ -229,8 +229,11 @@ def certified_copy(run_copy, fashion_dir, **kwargs):
 
 def test_the_audit_command_audits_a_trained_experiment(run_copy, fashion_dir):
     table = certified_copy(run_copy, fashion_dir)
-    result = CliRunner().invoke(cli, ["audit", str(run_copy), "--data-dir", str(fashion_dir), "--limit", "2",
-                                      "--budget", "150"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        ["audit", str(run_copy), "--data-dir", str(fashion_dir), "--limit", "2", "--budget", "150"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     out = result.output
     assert "images audited" in out and "violations found" in out and "median tightness" in out

@@ -11,14 +11,25 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_device_script_runs_every_gpu_benchmark_path_at_smoke_size(tmp_path):
     # benchmarks/device.sh is what a session with a lent GPU runs; here it runs the same code paths at tiny sizes
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "device.sh"), "--smoke"], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "device.sh"), "--smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = done.stdout
-    assert "DSSN sigma 0.02 (17 draws), 2 images" in out and "SSN n=40" in out and "train 1 epoch cnn DSSN" in out
+    assert (
+        "DSSN sigma 0.02 (17 draws), 2 images" in out
+        and "SSN n=40" in out
+        and "train 1 epoch cnn DSSN" in out
+    )
     assert out.count("done: benchmark ") == 3  # each row is printed as soon as it is measured
     assert "train 1 epoch cnn DSSN" in (tmp_path / "gpu.log").read_text()
-    assert (tmp_path / "RESULTS.md").read_text() == (ROOT / "benchmarks" / "RESULTS.md").read_text()  # smoke writes nothing
+    assert (tmp_path / "RESULTS.md").read_text() == (
+        ROOT / "benchmarks" / "RESULTS.md"
+    ).read_text()  # smoke writes nothing
 
 
 def test_memory_benchmark_runs_and_memory_does_not_follow_the_draw_count(monkeypatch, capsys):

@@ -42,11 +42,15 @@ def test_monte_carlo_lower_bound_covers_the_true_probability():
 
 def test_monte_carlo_radius_is_the_noise_formula_and_abstains_below_one_half():
     noise = smoothcore.noise("uniform", lambd=0.5, dim=1)
-    sure = SmoothedClassifier(Threshold(10.0), noise, 2).certify(torch.full((2, 1), 0.5), n0=10, n=1000, alpha=0.001)
+    sure = SmoothedClassifier(Threshold(10.0), noise, 2).certify(
+        torch.full((2, 1), 0.5), n0=10, n=1000, alpha=0.001
+    )
     p = smoothcore.clopper_pearson_lower(1000, 1000, 0.001)
     assert torch.allclose(sure.p_lower, torch.tensor([p, p], dtype=torch.float64))
     assert torch.allclose(sure.radius, torch.tensor([2 * 0.5 * (p - 0.5)] * 2, dtype=torch.float64))
-    coin = SmoothedClassifier(Threshold(0.5), noise, 2).certify(torch.full((3, 1), 0.5), n0=10, n=200, alpha=0.001)
+    coin = SmoothedClassifier(Threshold(0.5), noise, 2).certify(
+        torch.full((3, 1), 0.5), n0=10, n=200, alpha=0.001
+    )
     assert (coin.prediction == -1).all() and torch.isnan(coin.radius).all()
 
 
@@ -61,14 +65,20 @@ def test_certification_is_reproducible_and_independent_of_the_batch():
     alone = smoothed.certify(x[2:3], n0=20, n=300, indices=[12])
     assert torch.equal(a.p_lower, b.p_lower) and torch.equal(a.prediction, b.prediction)
     assert a.p_lower[2] == alone.p_lower[0]
-    other_seed = SmoothedClassifier(model, smoothcore.noise("uniform", sigma=0.25, dim=16, seed=1), 2, max_batch=64)
-    assert not torch.equal(other_seed.certify(x, n0=20, n=300).p_lower, smoothed.certify(x, n0=20, n=300).p_lower)
+    other_seed = SmoothedClassifier(
+        model, smoothcore.noise("uniform", sigma=0.25, dim=16, seed=1), 2, max_batch=64
+    )
+    assert not torch.equal(
+        other_seed.certify(x, n0=20, n=300).p_lower, smoothed.certify(x, n0=20, n=300).p_lower
+    )
 
 
 def test_forward_passes_are_n0_plus_n_per_image_or_the_draw_count():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     x = quantised((3, 1, 4, 4))
-    mc = SmoothedClassifier(model, smoothcore.noise("uniform", sigma=0.2, dim=16), 3, max_batch=100).certify(x, n0=7, n=250)
+    mc = SmoothedClassifier(model, smoothcore.noise("uniform", sigma=0.2, dim=16), 3, max_batch=100).certify(
+        x, n0=7, n=250
+    )
     assert mc.forward_passes == 3 * 257
     dssn = smoothcore.noise("dssn", sigma=0.2, dim=16)
     exact = SmoothedClassifier(model, dssn, 3, max_batch=100).certify(x)
@@ -151,7 +161,9 @@ def test_certify_counts_checks_its_input():
 def test_predict_abstains_on_a_coin_flip_and_answers_a_sure_thing():
     noise = smoothcore.noise("uniform", lambd=0.5, dim=1)
     x = torch.full((4, 1), 0.5)
-    assert (SmoothedClassifier(Threshold(0.5), noise, 2).predict(x, n=100, alpha=0.001).prediction == -1).all()
+    assert (
+        SmoothedClassifier(Threshold(0.5), noise, 2).predict(x, n=100, alpha=0.001).prediction == -1
+    ).all()
     assert (SmoothedClassifier(Threshold(5.0), noise, 2).predict(x, n=100, alpha=0.001).prediction == 0).all()
 
 
@@ -172,7 +184,9 @@ def test_certify_refuses_bad_input():
     with pytest.raises(ConfigError, match="alpha"):
         mc.certify(torch.zeros(1, 1, 4, 4), alpha=1.5)
     with pytest.raises(ConfigError, match="logits of shape"):
-        SmoothedClassifier(model, smoothcore.noise("ssn", sigma=0.2, dim=16), 5).certify(torch.zeros(1, 1, 4, 4), n=10)
+        SmoothedClassifier(model, smoothcore.noise("ssn", sigma=0.2, dim=16), 5).certify(
+            torch.zeros(1, 1, 4, 4), n=10
+        )
 
 
 class BatchSpy(nn.Module):
@@ -198,9 +212,13 @@ def test_a_per_call_batch_size_bounds_the_forward_batches_and_leaves_the_results
     spy.sizes.clear()
     narrow = smoothed.certify(x, n0=10, n=300, batch_size=64)
     assert max(spy.sizes) <= 64 and smoothed.engine.max_batch == 1000  # the override ends with the call
-    assert torch.equal(wide.prediction, narrow.prediction) and torch.equal(wide.radius.nan_to_num(-1), narrow.radius.nan_to_num(-1))
+    assert torch.equal(wide.prediction, narrow.prediction) and torch.equal(
+        wide.radius.nan_to_num(-1), narrow.radius.nan_to_num(-1)
+    )
     spy.sizes.clear()
-    assert torch.equal(smoothed.predict(x, n=200, batch_size=32).prediction, smoothed.predict(x, n=200).prediction)
+    assert torch.equal(
+        smoothed.predict(x, n=200, batch_size=32).prediction, smoothed.predict(x, n=200).prediction
+    )
     assert max(spy.sizes) > 32
     with pytest.raises(ConfigError, match="batch_size"):
         smoothed.certify(x, batch_size=0)

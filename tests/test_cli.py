@@ -21,7 +21,9 @@ def invoke(*args, ok=True):
 def fails(*args, match: str):
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
     assert result.exit_code != 0, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), f"traceback: {result.exception!r}"
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"traceback: {result.exception!r}"
+    )
     assert "Traceback" not in result.output
     import re
 
@@ -44,8 +46,23 @@ def test_plugins_table_shows_who_registers_what():
 
 def test_train_certify_report_on_real_data(fashion_dir, tmp_path):
     run = tmp_path / "run"
-    invoke("train-classifier", "--data-dir", fashion_dir, "--noise", "dssn", "--sigma", 0.25, "--epochs", 1,
-           "--train-limit", 1000, "--eval-limit", 100, "--out", run)
+    invoke(
+        "train-classifier",
+        "--data-dir",
+        fashion_dir,
+        "--noise",
+        "dssn",
+        "--sigma",
+        0.25,
+        "--epochs",
+        1,
+        "--train-limit",
+        1000,
+        "--eval-limit",
+        100,
+        "--out",
+        run,
+    )
     out = invoke("certify", run, "--data-dir", fashion_dir, "--skip", 500, "--limit", 10).output
     assert "certify_dssn_sigma0.25.csv" in out.replace("\n", "")
     report = invoke("report", run, "--radii", "0,0.1,0.2", "--format", "csv").stdout.splitlines()
@@ -61,37 +78,67 @@ def test_report_reads_reference_result_folders(golden):
 
 
 # -- bad input: a clear message, non-zero exit, no traceback, nothing lost ------------------------------------------
-@pytest.mark.parametrize("args,match", [
-    (["--sigma", "0"], "sigma must be a finite number > 0"),
-    (["--sigma", "-1"], "sigma must be a finite number > 0"),
-    (["--sigma", "0.5", "--lambda", "0.8"], "give sigma or lambda, not both"),
-    (["--sigma", "1e9"], "absurdly large"),
-    (["--sigma", "0.5", "--noise", "gausian"], "unknown noise 'gausian'.*available: dssn, gaussian"),
-    (["--sigma", "0.5", "--model", "resnet"], "unknown classifier 'resnet'.*available:"),
-    (["--sigma", "0.5", "--dataset", "fmnist"], "unknown dataset 'fmnist'.*fashion-mnist"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--sigma", "0"], "sigma must be a finite number > 0"),
+        (["--sigma", "-1"], "sigma must be a finite number > 0"),
+        (["--sigma", "0.5", "--lambda", "0.8"], "give sigma or lambda, not both"),
+        (["--sigma", "1e9"], "absurdly large"),
+        (["--sigma", "0.5", "--noise", "gausian"], "unknown noise 'gausian'.*available: dssn, gaussian"),
+        (["--sigma", "0.5", "--model", "resnet"], "unknown classifier 'resnet'.*available:"),
+        (["--sigma", "0.5", "--dataset", "fmnist"], "unknown dataset 'fmnist'.*fashion-mnist"),
+    ],
+)
 def test_train_refuses_bad_options(tmp_path, args, match):
     fails("train-classifier", *args, "--out", tmp_path / "run", match=match)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_missing_dataset_says_where_to_get_it(tmp_path):
-    fails("train-classifier", "--sigma", "0.5", "--data-dir", tmp_path / "empty", "--out", tmp_path / "run",
-          match="no data found.*apt-get download dataset-fashion-mnist")
+    fails(
+        "train-classifier",
+        "--sigma",
+        "0.5",
+        "--data-dir",
+        tmp_path / "empty",
+        "--out",
+        tmp_path / "run",
+        match="no data found.*apt-get download dataset-fashion-mnist",
+    )
 
 
 def test_corrupt_dataset_file_is_named(tiny_idx_dir, tmp_path):
     (tiny_idx_dir / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08garbage")
-    fails("train-classifier", "--sigma", "0.5", "--data-dir", tiny_idx_dir, "--out", tmp_path / "run",
-          match="train-images-idx3-ubyte.gz")
+    fails(
+        "train-classifier",
+        "--sigma",
+        "0.5",
+        "--data-dir",
+        tiny_idx_dir,
+        "--out",
+        tmp_path / "run",
+        match="train-images-idx3-ubyte.gz",
+    )
 
 
 def test_an_output_folder_with_results_is_refused(run_copy, fashion_dir):
     invoke("certify", run_copy, "--data-dir", fashion_dir, "--limit", 2)
     before = (run_copy / "certify_dssn_sigma0.25.csv").read_bytes()
-    fails("certify", run_copy, "--data-dir", fashion_dir, "--limit", 2, match="already holds results.*--resume")
+    fails(
+        "certify", run_copy, "--data-dir", fashion_dir, "--limit", 2, match="already holds results.*--resume"
+    )
     assert (run_copy / "certify_dssn_sigma0.25.csv").read_bytes() == before
-    fails("train-classifier", "--sigma", "0.25", "--data-dir", fashion_dir, "--out", run_copy, match="already holds an experiment")
+    fails(
+        "train-classifier",
+        "--sigma",
+        "0.25",
+        "--data-dir",
+        fashion_dir,
+        "--out",
+        run_copy,
+        match="already holds an experiment",
+    )
     assert (run_copy / "checkpoint.pt").exists()
 
 
@@ -100,20 +147,58 @@ def test_checkpoint_of_another_architecture_names_the_keys(fashion_dir, tmp_path
     from smoothcore.models import build_classifier
 
     net = build_classifier("cnn", num_classes=10, in_channels=1, image_size=28, mean=(0.3,), std=(0.3,))
-    state = classifier_checkpoint(net, name="cnn", params={}, dataset="fashion-mnist", num_classes=10, in_channels=1, image_size=28)
+    state = classifier_checkpoint(
+        net, name="cnn", params={}, dataset="fashion-mnist", num_classes=10, in_channels=1, image_size=28
+    )
     torch.save(state["state_dict"], tmp_path / "bare.pt")
-    fails("certify", tmp_path / "ext", "--checkpoint", tmp_path / "bare.pt", "--model", "wrn40", "--dataset", "fashion-mnist",
-          "--noise", "dssn", "--sigma", "0.25", "--data-dir", fashion_dir, match="does not fit the model: missing keys")
+    fails(
+        "certify",
+        tmp_path / "ext",
+        "--checkpoint",
+        tmp_path / "bare.pt",
+        "--model",
+        "wrn40",
+        "--dataset",
+        "fashion-mnist",
+        "--noise",
+        "dssn",
+        "--sigma",
+        "0.25",
+        "--data-dir",
+        fashion_dir,
+        match="does not fit the model: missing keys",
+    )
 
 
 def test_certify_off_the_shelf_checkpoint(fashion_dir, tmp_path, trained_run):
-    out = invoke("certify", tmp_path / "ext", "--checkpoint", trained_run / "checkpoint.pt", "--noise", "ssn", "--sigma", "0.25",
-                 "--n0", "8", "--n", "40", "--alpha", "0.01", "--data-dir", fashion_dir, "--limit", "3").output
+    out = invoke(
+        "certify",
+        tmp_path / "ext",
+        "--checkpoint",
+        trained_run / "checkpoint.pt",
+        "--noise",
+        "ssn",
+        "--sigma",
+        "0.25",
+        "--n0",
+        "8",
+        "--n",
+        "40",
+        "--alpha",
+        "0.01",
+        "--data-dir",
+        fashion_dir,
+        "--limit",
+        "3",
+    ).output
     assert "certify_ssn_sigma0.25.csv" in out.replace("\n", "")
     from smoothcore.checkpoints import sha256
 
     manifest = json.loads((tmp_path / "ext" / "manifest.json").read_text())
-    assert manifest["checkpoint_sha256"] == sha256(trained_run / "checkpoint.pt") and manifest["layout"] == "smoothcore"
+    assert (
+        manifest["checkpoint_sha256"] == sha256(trained_run / "checkpoint.pt")
+        and manifest["layout"] == "smoothcore"
+    )
     assert "torch" in manifest["versions"]
 
 
@@ -132,30 +217,85 @@ def test_non_quantised_input_to_dssn_is_refused_through_the_cli(run_copy, fashio
 
                 def loader(split, data_dir):
                     ds = base.load(split, fashion_dir)
-                    return torch.utils.data.TensorDataset((ds.images[:20].float() / 255 * 0.9 + 0.0501), ds.labels[:20])
+                    return torch.utils.data.TensorDataset(
+                        (ds.images[:20].float() / 255 * 0.9 + 0.0501), ds.labels[:20]
+                    )
 
                 return DatasetSource("blurry", 10, (1, 28, 28), base.mean, base.std, loader)
 
             register("blurry", factory)
 
     smoothcore.plugins.use_plugins(SmoothedFashion)
-    fails("certify", run_copy, "--dataset", "blurry", "--limit", 2, "--tag", "blurry", match="multiples of 1/255")
+    fails(
+        "certify",
+        run_copy,
+        "--dataset",
+        "blurry",
+        "--limit",
+        2,
+        "--tag",
+        "blurry",
+        match="multiples of 1/255",
+    )
     assert not (run_copy / "certify_blurry.csv").exists()  # a refused run leaves no empty result table behind
 
 
 def test_unknown_certificate_and_unknown_command(run_copy, fashion_dir):
-    fails("certify", run_copy, "--certificate", "magic", "--data-dir", fashion_dir, match="unknown certificate 'magic'")
-    fails("certify", run_copy, "--noise", "ssn", "--sigma", "0.25", "--certificate", "exact", "--data-dir", fashion_dir,
-          match="does not apply to noise 'ssn'")
+    fails(
+        "certify",
+        run_copy,
+        "--certificate",
+        "magic",
+        "--data-dir",
+        fashion_dir,
+        match="unknown certificate 'magic'",
+    )
+    fails(
+        "certify",
+        run_copy,
+        "--noise",
+        "ssn",
+        "--sigma",
+        "0.25",
+        "--certificate",
+        "exact",
+        "--data-dir",
+        fashion_dir,
+        match="does not apply to noise 'ssn'",
+    )
     fails("certify", run_copy.parent / "not-there", match="not an experiment folder")
     fails("report", run_copy, match="holds no certification results")
 
 
 def test_unknown_model_parameters_are_a_clean_error_naming_them(tiny_idx_dir, tmp_path):
-    fails("train-classifier", "--data-dir", tiny_idx_dir, "--model-param", "foo=1", "--sigma", 0.25, "--epochs", 1, "--out", tmp_path / "run",
-          match="takes no parameter 'foo'.*width")
-    fails("train-classifier", "--data-dir", tiny_idx_dir, "--model-param", "width=wide", "--sigma", 0.25, "--epochs", 1, "--out", tmp_path / "run",
-          match="could not build classifier 'cnn'")
+    fails(
+        "train-classifier",
+        "--data-dir",
+        tiny_idx_dir,
+        "--model-param",
+        "foo=1",
+        "--sigma",
+        0.25,
+        "--epochs",
+        1,
+        "--out",
+        tmp_path / "run",
+        match="takes no parameter 'foo'.*width",
+    )
+    fails(
+        "train-classifier",
+        "--data-dir",
+        tiny_idx_dir,
+        "--model-param",
+        "width=wide",
+        "--sigma",
+        0.25,
+        "--epochs",
+        1,
+        "--out",
+        tmp_path / "run",
+        match="could not build classifier 'cnn'",
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -169,14 +309,26 @@ def test_a_plugin_dataset_with_labels_outside_its_classes_is_refused_before_trai
         return ImageTensorDataset(torch.zeros(16, 1, 8, 8, dtype=torch.uint8), labels, source=f"acme {split}")
 
     def acme():
-        return DatasetSource(name="acme", num_classes=4, image_shape=(1, 8, 8), mean=(0.5,), std=(0.25,), loader=loader)
+        return DatasetSource(
+            name="acme", num_classes=4, image_shape=(1, 8, 8), mean=(0.5,), std=(0.25,), loader=loader
+        )
 
     def register_datasets(register):
         register("acme", acme)
 
     use_plugins(plugin_module("acme_data", register_datasets=register_datasets))
-    fails("train-classifier", "--dataset", "acme", "--sigma", 0.25, "--epochs", 1, "--out", tmp_path / "run",
-          match=r"acme train: 4 labels outside the 4 classes 0\.\.3 \(for example \[12\]\)")
+    fails(
+        "train-classifier",
+        "--dataset",
+        "acme",
+        "--sigma",
+        0.25,
+        "--epochs",
+        1,
+        "--out",
+        tmp_path / "run",
+        match=r"acme train: 4 labels outside the 4 classes 0\.\.3 \(for example \[12\]\)",
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -185,8 +337,20 @@ def test_certify_with_radii_reports_the_forward_passes_it_saved(run_copy, fashio
 
     import pandas as pd
 
-    out = invoke("certify", run_copy, "--data-dir", fashion_dir, "--skip", 50, "--limit", 8, "--radii", "0.02,0.05",
-                 "--tag", "early").output.replace("\n", " ")
+    out = invoke(
+        "certify",
+        run_copy,
+        "--data-dir",
+        fashion_dir,
+        "--skip",
+        50,
+        "--limit",
+        8,
+        "--radii",
+        "0.02,0.05",
+        "--tag",
+        "early",
+    ).output.replace("\n", " ")
     m = re.search(r"forward passes: ([\d,]+) of ([\d,]+) \(([\d.]+)% saved by early decisions\)", out)
     assert m, out
     used, full = int(m.group(1).replace(",", "")), int(m.group(2).replace(",", ""))

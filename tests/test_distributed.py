@@ -20,8 +20,16 @@ def free_port() -> int:
 
 
 def torchrun(*args: str, nproc: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-           "-m", "smoothcore.cli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        "-m",
+        "smoothcore.cli",
+        *args,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", SMOOTHCORE_LOAD_PLUGINS="")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -32,13 +40,28 @@ COMPARED = ["index", "label", "prediction", "correct", "radius", "p_lower", "cou
 def test_sharded_certification_merges_into_the_single_process_table(run_copy, fashion_dir):
     # Monte-Carlo is the demanding case (exact DSSN rows are deterministic anyway): per-image random streams
     for noise_args, tag in ((["--noise", "ssn", "--sigma", "0.25", "--n0", "8", "--N", "60"], "ssn"),):
-        proc = torchrun("certify", str(run_copy), *noise_args, "--data-dir", str(fashion_dir), "--skip", "97", "--limit", "9",
-                        "--tag", f"{tag}-sharded")
+        proc = torchrun(
+            "certify",
+            str(run_copy),
+            *noise_args,
+            "--data-dir",
+            str(fashion_dir),
+            "--skip",
+            "97",
+            "--limit",
+            "9",
+            "--tag",
+            f"{tag}-sharded",
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         sharded = load_results(run_copy / f"certify_{tag}-sharded.csv")
         extra = {"n0": 8, "n": 60, "sigma": 0.25} if tag == "ssn" else {}
-        single = certify_experiment(run_copy, CertifyConfig(noise=tag, skip=97, limit=9, data_dir=str(fashion_dir), tag=f"{tag}-single",
-                                                            **extra))
+        single = certify_experiment(
+            run_copy,
+            CertifyConfig(
+                noise=tag, skip=97, limit=9, data_dir=str(fashion_dir), tag=f"{tag}-single", **extra
+            ),
+        )
         assert len(sharded) == 9
         pd.testing.assert_frame_equal(sharded[COMPARED], single[COMPARED])
         assert not list(run_copy.glob(f".certify_{tag}-sharded.rank*"))  # shards are merged away
@@ -52,17 +75,50 @@ def test_ddp_training_matches_a_single_process_on_the_same_data_order(tiny_idx_d
     from smoothcore.checkpoints import load_file
     from smoothcore.train import TrainConfig, train_classifier
 
-    common = ["--dataset", "fashion-mnist", "--data-dir", str(tiny_idx_dir), "--model", "cnn", "--model-param", "batch_norm=false",
-              "--noise", "ssn", "--sigma", "0.3", "--epochs", "1", "--batch-size", "16", "--eval-limit", "16", "--seed", "5"]
+    common = [
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        str(tiny_idx_dir),
+        "--model",
+        "cnn",
+        "--model-param",
+        "batch_norm=false",
+        "--noise",
+        "ssn",
+        "--sigma",
+        "0.3",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--eval-limit",
+        "16",
+        "--seed",
+        "5",
+    ]
     proc = torchrun("train-classifier", *common, "--out", str(tmp_path / "ddp"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(tiny_idx_dir), model="cnn", model_params={"batch_norm": False},
-                      noise="ssn", sigma=0.3, epochs=1, batch_size=16, eval_limit=16, seed=5)
+    cfg = TrainConfig(
+        dataset="fashion-mnist",
+        data_dir=str(tiny_idx_dir),
+        model="cnn",
+        model_params={"batch_norm": False},
+        noise="ssn",
+        sigma=0.3,
+        epochs=1,
+        batch_size=16,
+        eval_limit=16,
+        seed=5,
+    )
     train_classifier(cfg, tmp_path / "single")
     ddp = load_file(tmp_path / "ddp" / "checkpoint.pt")["state_dict"]
     single = load_file(tmp_path / "single" / "checkpoint.pt")["state_dict"]
     assert ddp.keys() == single.keys()
     for k in single:
         assert torch.allclose(ddp[k], single[k], atol=1e-5, rtol=0), k
-    moved = sum(float((single[k] - load_file(tmp_path / "ddp" / "checkpoint.pt")["state_dict"][k]).abs().max()) for k in single)
+    moved = sum(
+        float((single[k] - load_file(tmp_path / "ddp" / "checkpoint.pt")["state_dict"][k]).abs().max())
+        for k in single
+    )
     assert moved < 1e-4

@@ -31,8 +31,10 @@ def test_a_decided_image_has_the_same_verdicts_under_every_completion():
         counts = torch.from_numpy(rng.integers(0, 12, size=(1, 3)))
         remaining = int(rng.integers(0, 7))
         finals = [counts + c for c in completions(remaining, 3)]
-        outcomes = {(int(p), tuple(bool(r >= t) for t in radii)) for p, r in (
-            (lambda pr: (pr[0][0], pr[1][0]))(dssn_certificate(f)) for f in finals)}
+        outcomes = {
+            (int(p), tuple(bool(r >= t) for t in radii))
+            for p, r in ((lambda pr: (pr[0][0], pr[1][0]))(dssn_certificate(f)) for f in finals)
+        }
         decided = bool(dssn_decided(counts, remaining, radii)[0])
         if decided:
             assert len(outcomes) == 1
@@ -65,7 +67,9 @@ def test_early_dssn_gives_the_verdicts_and_certified_accuracy_of_full_enumeratio
         assert torch.equal(verdict_full, verdict_early), r
     assert (early.radius <= full.radius).all()
     assert early.forward_passes < full.forward_passes
-    assert early.forward_passes == int(early.draws.sum()) and full.forward_passes_full == 300 * noise.num_draws
+    assert (
+        early.forward_passes == int(early.draws.sum()) and full.forward_passes_full == 300 * noise.num_draws
+    )
 
 
 def test_sequential_monte_carlo_keeps_coverage_at_level_alpha():

@@ -41,7 +41,9 @@ def test_dssn_with_3091_draws_on_imagenet_sized_images_stays_within_the_batch_bu
 
         noise.draws = recording_draws
         engine = Engine(spy, 3, max_batch=64)
-        counts, done = engine.exact_counts(noise, quantised((2, 3, 224, 224)), stop_when=lambda c, d: torch.tensor([d >= 192] * len(c)))
+        counts, done = engine.exact_counts(
+            noise, quantised((2, 3, 224, 224)), stop_when=lambda c, d: torch.tensor([d >= 192] * len(c))
+        )
         assert max(spy.sizes) <= 64 and max(drawn) <= 64 * 3 * 224 * 224
         assert int(counts.sum()) == sum(spy.sizes) == int(done.sum())
 
@@ -72,13 +74,13 @@ def test_bf16_autocast_and_channels_last_run_and_agree_on_clear_cases():
     assert (bf16.counts - fp32.counts).abs().sum() <= 0.1 * fp32.counts.sum()
 
 
-
-
 def test_images_retired_by_early_decisions_make_room_for_new_ones():
     """Images decide at different times; the room they leave goes to waiting images, so forward batches stay
     (nearly) full, and every image's counts and draws done equal those of enumerating it alone."""
     torch.manual_seed(0)
-    noise = smoothcore.noise("dssn", sigma=0.3, dim=16)  # 265 draws: 17 per step between the 16 decision points
+    noise = smoothcore.noise(
+        "dssn", sigma=0.3, dim=16
+    )  # 265 draws: 17 per step between the 16 decision points
     x = quantised((40, 1, 4, 4), seed=5)
     spy = Spy()
     with torch.no_grad():
@@ -88,9 +90,13 @@ def test_images_retired_by_early_decisions_make_room_for_new_ones():
     def rule(c, d):  # decides some images early, some late, some never
         return (c[:, 0] > 0.9 * d) | (c[:, 2] > 0.9 * d)
 
-    alone, alone_done = Engine(spy, 3, max_batch=17).exact_counts(noise, x, stop_when=rule)  # one image at a time
+    alone, alone_done = Engine(spy, 3, max_batch=17).exact_counts(
+        noise, x, stop_when=rule
+    )  # one image at a time
     spy.sizes.clear()
-    counts, done = Engine(spy, 3, max_batch=170).exact_counts(noise, x, stop_when=rule)  # cohorts of 10 images
+    counts, done = Engine(spy, 3, max_batch=170).exact_counts(
+        noise, x, stop_when=rule
+    )  # cohorts of 10 images
     assert torch.equal(counts, alone) and torch.equal(done, alone_done)
     assert 0 < int((done < noise.num_draws).sum()) < 40  # some images stopped early, not all
     assert max(spy.sizes) <= 170

@@ -43,8 +43,9 @@ def single_thread():
         torch.set_num_threads(threads)
 
 
-def kill_repeatedly(args: list[str], watch: Path, kills: int, rng: random.Random, *, grow_by=lambda: 1,
-                    timeout: float = 240) -> int:
+def kill_repeatedly(
+    args: list[str], watch: Path, kills: int, rng: random.Random, *, grow_by=lambda: 1, timeout: float = 240
+) -> int:
     """Run ``args`` (adding --resume once ``watch`` exists), SIGKILL it at a random moment after ``watch`` has grown,
     ``kills`` times; then let it finish. Returns how many kills landed mid-run."""
     landed = 0
@@ -74,27 +75,83 @@ def kill_repeatedly(args: list[str], watch: Path, kills: int, rng: random.Random
 
 def test_certification_killed_repeatedly_ends_with_the_uninterrupted_table(run_copy, fashion_dir):
     rng = random.Random(7)
-    args = smoothcore_cmd("certify", str(run_copy), "--noise", "ssn", "--sigma", "0.25", "--n0", "8", "--n", "200",
-                          "--data-dir", str(fashion_dir), "--skip", "41", "--limit", "24", "--max-batch", "64", "--tag", "killed")
+    args = smoothcore_cmd(
+        "certify",
+        str(run_copy),
+        "--noise",
+        "ssn",
+        "--sigma",
+        "0.25",
+        "--n0",
+        "8",
+        "--n",
+        "200",
+        "--data-dir",
+        str(fashion_dir),
+        "--skip",
+        "41",
+        "--limit",
+        "24",
+        "--max-batch",
+        "64",
+        "--tag",
+        "killed",
+    )
     table_path = run_copy / "certify_killed.csv"
     landed = kill_repeatedly(args, table_path, kills=2, rng=rng)
     assert landed >= 1
     killed = load_results(table_path)
     with single_thread():
-        clean = certify_experiment(run_copy, CertifyConfig(noise="ssn", sigma=0.25, n0=8, n=200, data_dir=str(fashion_dir), skip=41,
-                                                           limit=24, max_batch=64, tag="clean"))
+        clean = certify_experiment(
+            run_copy,
+            CertifyConfig(
+                noise="ssn",
+                sigma=0.25,
+                n0=8,
+                n=200,
+                data_dir=str(fashion_dir),
+                skip=41,
+                limit=24,
+                max_batch=64,
+                tag="clean",
+            ),
+        )
     pd.testing.assert_frame_equal(killed[COMPARED], clean[COMPARED])
     assert killed["index"].is_unique
 
 
 def test_training_killed_repeatedly_ends_with_the_uninterrupted_weights(tiny_idx_dir, tmp_path):
     rng = random.Random(3)
-    common = ["--data-dir", str(tiny_idx_dir), "--noise", "dssn", "--sigma", "0.25", "--epochs", "3", "--batch-size", "8",
-              "--eval-limit", "8", "--seed", "2", "--save-every-steps", "1"]
+    common = [
+        "--data-dir",
+        str(tiny_idx_dir),
+        "--noise",
+        "dssn",
+        "--sigma",
+        "0.25",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--eval-limit",
+        "8",
+        "--seed",
+        "2",
+        "--save-every-steps",
+        "1",
+    ]
     args = smoothcore_cmd("train-classifier", *common, "--out", str(tmp_path / "killed"))
     assert kill_repeatedly(args, tmp_path / "killed" / "train_state.pt", kills=2, rng=rng) >= 1
-    cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(tiny_idx_dir), noise="dssn", sigma=0.25, epochs=3, batch_size=8,
-                      eval_limit=8, seed=2)
+    cfg = TrainConfig(
+        dataset="fashion-mnist",
+        data_dir=str(tiny_idx_dir),
+        noise="dssn",
+        sigma=0.25,
+        epochs=3,
+        batch_size=8,
+        eval_limit=8,
+        seed=2,
+    )
     with single_thread():
         train_classifier(cfg, tmp_path / "clean")
     a = load_file(tmp_path / "killed" / "checkpoint.pt")["state_dict"]
@@ -107,22 +164,41 @@ def test_training_killed_repeatedly_ends_with_the_uninterrupted_weights(tiny_idx
 def test_a_full_disk_stops_certification_cleanly_and_resume_completes_it(run_copy, fashion_dir):
     """The result table may not grow past a file-size quota (RLIMIT_FSIZE): the run stops with a clear error,
     keeps every finished image, and --resume without the quota ends with the uninterrupted table."""
-    args = smoothcore_cmd("certify", str(run_copy), "--data-dir", str(fashion_dir), "--skip", "53", "--limit", "30",
-                          "--max-batch", "512", "--tag", "quota")
+    args = smoothcore_cmd(
+        "certify",
+        str(run_copy),
+        "--data-dir",
+        str(fashion_dir),
+        "--skip",
+        "53",
+        "--limit",
+        "30",
+        "--max-batch",
+        "512",
+        "--tag",
+        "quota",
+    )
 
     def quota():
         resource.setrlimit(resource.RLIMIT_FSIZE, (2500, 2500))
 
     proc = subprocess.run(args, env=env(), capture_output=True, text=True, preexec_fn=quota, timeout=240)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "could not write results" in proc.stderr and "File too large" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        "could not write results" in proc.stderr
+        and "File too large" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
     kept = load_results(run_copy / "certify_quota.csv")
     assert 0 < len(kept) < 30
     proc = subprocess.run(args + ["--resume"], env=env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     resumed = load_results(run_copy / "certify_quota.csv")
     with single_thread():
-            clean = certify_experiment(run_copy, CertifyConfig(data_dir=str(fashion_dir), skip=53, limit=30, max_batch=512, tag="noquota"))
+        clean = certify_experiment(
+            run_copy,
+            CertifyConfig(data_dir=str(fashion_dir), skip=53, limit=30, max_batch=512, tag="noquota"),
+        )
     pd.testing.assert_frame_equal(resumed[COMPARED], clean[COMPARED])
 
 

@@ -12,9 +12,17 @@ import torch
 import smoothcore
 from smoothcore.report import certified_accuracy_table, load_runs
 
-DSSN_RUNS = {"cifar_split_derandomized_0.25": 0.25, "cifar_split_derandomized_1.0": 1.0, "cifar_split_derandomized_3.5": 3.5}
-MC_RUNS = {"cifar_split_0.5": ("ssn", 0.5), "cifar_split_2.0": ("ssn", 2.0), "cifar_uniform_0.5": ("uniform", 0.5),
-           "cifar_uniform_2.0": ("uniform", 2.0)}
+DSSN_RUNS = {
+    "cifar_split_derandomized_0.25": 0.25,
+    "cifar_split_derandomized_1.0": 1.0,
+    "cifar_split_derandomized_3.5": 3.5,
+}
+MC_RUNS = {
+    "cifar_split_0.5": ("ssn", 0.5),
+    "cifar_split_2.0": ("ssn", 2.0),
+    "cifar_uniform_0.5": ("uniform", 0.5),
+    "cifar_uniform_2.0": ("uniform", 2.0),
+}
 CIFAR_DIM = 3 * 32 * 32
 
 
@@ -87,18 +95,23 @@ def test_monte_carlo_predictions_and_radii_come_from_our_standard_certificate(go
     published_p = np.load(folder / "prob_lb.npy").astype(np.float32)
     table32 = cp_table.astype(np.float32)
     above = np.clip(np.searchsorted(table32, published_p), 1, len(table32) - 1)
-    k = np.where(np.abs(table32[above - 1] - published_p) < np.abs(table32[above] - published_p), above - 1, above)
+    k = np.where(
+        np.abs(table32[above - 1] - published_p) < np.abs(table32[above] - published_p), above - 1, above
+    )
     top = selection.argmax(dim=1)
     rows = torch.arange(len(top))
     counts = torch.zeros(len(top), 10, dtype=torch.long)
     counts[rows, top] = torch.from_numpy(k)
     counts[rows, (top + 1) % 10] = 100_000 - torch.from_numpy(k)
-    out = get_certificate("standard").certify(noise, Statistics(counts=counts, num_draws=100_000, selection=selection,
-                                                                  alpha=0.001))
+    out = get_certificate("standard").certify(
+        noise, Statistics(counts=counts, num_draws=100_000, selection=selection, alpha=0.001)
+    )
     published_r = np.load(folder / "radius_l1.npy")
     certified = published_r > 0
     assert np.array_equal(out.prediction.numpy() >= 0, certified)
-    published_top = np.argmax(np.load(folder / "preds.npy"), axis=1)  # the selection's top class, ties to the lowest
+    published_top = np.argmax(
+        np.load(folder / "preds.npy"), axis=1
+    )  # the selection's top class, ties to the lowest
     assert np.array_equal(out.prediction.numpy()[certified], published_top[certified])
     assert np.allclose(out.radius.numpy()[certified], published_r[certified], rtol=0, atol=3e-6)
 
@@ -117,7 +130,9 @@ def published_table(golden) -> dict[str, list[float]]:
 def test_report_gives_the_published_certified_accuracy_table(golden):
     expected = published_table(golden)
     runs = load_runs(sorted(golden.iterdir()))
-    table = certified_accuracy_table(runs, [0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4], envelope=False).set_index("run")
+    table = certified_accuracy_table(runs, [0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4], envelope=False).set_index(
+        "run"
+    )
     for run, values in expected.items():
         got = table.loc[run, ["0", "0.5", "1", "1.5", "2", "2.5", "3", "3.5", "4"]].to_numpy(dtype=float)
         assert np.allclose(np.round(got, 2), values, atol=1e-9), run

@@ -29,8 +29,17 @@ def randomised_wrn(seed: int = 0) -> WideResNet:
 
 def test_wrn40_has_the_standard_parameter_names():
     keys = set(WideResNet(40, 10, 2).state_dict())
-    for k in ("conv1.weight", "block1.layer.0.bn1.weight", "block1.layer.0.conv1.weight", "block1.layer.5.conv2.weight",
-              "block2.layer.0.convShortcut.weight", "block3.layer.0.convShortcut.weight", "bn1.running_var", "fc.weight", "fc.bias"):
+    for k in (
+        "conv1.weight",
+        "block1.layer.0.bn1.weight",
+        "block1.layer.0.conv1.weight",
+        "block1.layer.5.conv2.weight",
+        "block2.layer.0.convShortcut.weight",
+        "block3.layer.0.convShortcut.weight",
+        "bn1.running_var",
+        "fc.weight",
+        "fc.bias",
+    ):
         assert k in keys
     assert "block1.layer.0.convShortcut.weight" in keys  # 16 -> 32 channels: the first block widens
     assert "block1.layer.1.convShortcut.weight" not in keys
@@ -55,8 +64,12 @@ def test_reference_model_ckpt_loads_with_its_normalisation(tmp_path):
 
 def test_denoised_smoothing_checkpoint_loads_through_wrn40_compat(tmp_path):
     net = randomised_wrn(1)
-    ckpt = {"epoch": 90, "arch": "cifar_wrn40", "state_dict": {f"1.{k}": v for k, v in net.state_dict().items()},
-            "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}}
+    ckpt = {
+        "epoch": 90,
+        "arch": "cifar_wrn40",
+        "state_dict": {f"1.{k}": v for k, v in net.state_dict().items()},
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]},
+    }
     torch.save(ckpt, tmp_path / "checkpoint.pth.tar")
     loaded, info = smoothcore.load_classifier(tmp_path / "checkpoint.pth.tar", return_info=True)
     assert info["model"] == "wrn40-compat" and info["dataset"] == "cifar10"
@@ -68,17 +81,30 @@ def test_denoised_smoothing_checkpoint_loads_through_wrn40_compat(tmp_path):
 
 def test_denoised_smoothing_dataparallel_prefix_is_accepted(tmp_path):
     net = randomised_wrn(2)
-    ckpt = {"epoch": 1, "arch": "cifar_wrn40", "state_dict": {f"1.module.{k}": v for k, v in net.state_dict().items()}}
+    ckpt = {
+        "epoch": 1,
+        "arch": "cifar_wrn40",
+        "state_dict": {f"1.module.{k}": v for k, v in net.state_dict().items()},
+    }
     torch.save(ckpt, tmp_path / "c.pth.tar")
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(smoothcore.load_classifier(tmp_path / "c.pth.tar")(x)[0], net(
-            (x - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))[0], atol=1e-5)
+        assert torch.allclose(
+            smoothcore.load_classifier(tmp_path / "c.pth.tar")(x)[0],
+            net(
+                (x - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+            )[0],
+            atol=1e-5,
+        )
 
 
 def own_checkpoint(tmp_path, name="cnn"):
-    net = build_classifier(name, num_classes=10, in_channels=1, image_size=28, mean=(0.286,), std=(0.353,)).eval()
-    ckpt = classifier_checkpoint(net, name=name, params={}, dataset="fashion-mnist", num_classes=10, in_channels=1, image_size=28)
+    net = build_classifier(
+        name, num_classes=10, in_channels=1, image_size=28, mean=(0.286,), std=(0.353,)
+    ).eval()
+    ckpt = classifier_checkpoint(
+        net, name=name, params={}, dataset="fashion-mnist", num_classes=10, in_channels=1, image_size=28
+    )
     torch.save(ckpt, tmp_path / "checkpoint.pt")
     return net, ckpt
 
@@ -95,8 +121,14 @@ def test_own_checkpoint_round_trips_with_identical_logits(tmp_path):
 
 def test_checkpoint_of_another_architecture_names_the_mismatched_keys(tmp_path):
     net = randomised_wrn()
-    torch.save({"epoch": 1, "arch": "cifar_wrn40", "state_dict": {f"1.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "c.pth.tar")
-    with pytest.raises(CheckpointError, match="does not fit the model: missing keys: net.layer1.0.conv1.weight.*unexpected keys: net.block1.*wrong shapes: net.bn1.weight"):
+    torch.save(
+        {"epoch": 1, "arch": "cifar_wrn40", "state_dict": {f"1.{k}": v for k, v in net.state_dict().items()}},
+        tmp_path / "c.pth.tar",
+    )
+    with pytest.raises(
+        CheckpointError,
+        match="does not fit the model: missing keys: net.layer1.0.conv1.weight.*unexpected keys: net.block1.*wrong shapes: net.bn1.weight",
+    ):
         smoothcore.load_classifier(tmp_path / "c.pth.tar", model="resnet110")
 
 
@@ -159,9 +191,17 @@ def test_an_imagenet_checkpoint_used_with_cifar10_is_refused_with_that_fact(tmp_
     import torchvision
 
     net = torchvision.models.resnet18(weights=None)
-    torch.save({"epoch": 1, "arch": "resnet18", "state_dict": {f"1.module.{k}": v for k, v in net.state_dict().items()}},
-               tmp_path / "imagenet.pth.tar")
-    with pytest.raises(CheckpointError, match="predicts 1000 classes \\(an ImageNet model\\), but cifar10 has 10"):
+    torch.save(
+        {
+            "epoch": 1,
+            "arch": "resnet18",
+            "state_dict": {f"1.module.{k}": v for k, v in net.state_dict().items()},
+        },
+        tmp_path / "imagenet.pth.tar",
+    )
+    with pytest.raises(
+        CheckpointError, match="predicts 1000 classes \\(an ImageNet model\\), but cifar10 has 10"
+    ):
         smoothcore.load_classifier(tmp_path / "imagenet.pth.tar", dataset="cifar10")
     loaded, info = smoothcore.load_classifier(tmp_path / "imagenet.pth.tar", return_info=True)
     assert info["dataset"] == "imagenet" and info["model"] == "torchvision:resnet18"
@@ -177,13 +217,21 @@ def test_published_classifiers_give_the_logits_of_the_original_architecture(tmp_
     original = OriginalWideResNet(40, 10, 2) if arch == "cifar_wrn40" else OriginalCifarResNet(110, 10)
     original = randomise_batch_norm(original, seed=6)
     # denoised smoothing saves torch.nn.DataParallel(Sequential(NormalizeLayer, model)): keys module.1.<original keys>
-    torch.save({"arch": arch, "epoch": 90, "state_dict": {f"module.1.{k}": v for k, v in original.state_dict().items()}},
-               tmp_path / "checkpoint.pth.tar")
+    torch.save(
+        {
+            "arch": arch,
+            "epoch": 90,
+            "state_dict": {f"module.1.{k}": v for k, v in original.state_dict().items()},
+        },
+        tmp_path / "checkpoint.pth.tar",
+    )
     loaded = smoothcore.load_classifier(tmp_path / "checkpoint.pth.tar")
     x = torch.rand(6, 3, 32, 32)
     mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = original((x - mean) / std)
-        assert (expected - expected.mean(dim=0)).abs().max() > 1e-3  # images differ in logits: wiring mistakes show
+        assert (
+            expected - expected.mean(dim=0)
+        ).abs().max() > 1e-3  # images differ in logits: wiring mistakes show
         assert torch.allclose(loaded(x), expected, atol=1e-6, rtol=1e-4)

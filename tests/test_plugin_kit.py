@@ -105,13 +105,16 @@ def mutant_plugin(cls) -> types.ModuleType:
     return mod
 
 
-@pytest.mark.parametrize("cls,test,message", [
-    (InflatedUniform, "test_audit_finds_no_violation_on_toy_classifiers", "found a perturbation of norm"),
-    (UnseededUniform, "test_same_generator_seed_gives_the_same_draws", "same seed gave different draws"),
-    (CarelessUniform, "test_bad_scales_are_config_errors", "sigma=0.0 was accepted"),
-    (HalfDssn, "test_training_draws_follow_the_enumerated_distribution", "do not follow the enumerated"),
-    (Float32Uniform, "test_sample_keeps_shape_dtype_and_device", "sample returned torch.float32"),
-])
+@pytest.mark.parametrize(
+    "cls,test,message",
+    [
+        (InflatedUniform, "test_audit_finds_no_violation_on_toy_classifiers", "found a perturbation of norm"),
+        (UnseededUniform, "test_same_generator_seed_gives_the_same_draws", "same seed gave different draws"),
+        (CarelessUniform, "test_bad_scales_are_config_errors", "sigma=0.0 was accepted"),
+        (HalfDssn, "test_training_draws_follow_the_enumerated_distribution", "do not follow the enumerated"),
+        (Float32Uniform, "test_sample_keeps_shape_dtype_and_device", "sample returned torch.float32"),
+    ],
+)
 def test_the_kit_fails_a_broken_noise_and_says_why(cls, test, message):
     suite = type("Suite", (NoisePluginSuite,), {"noise_name": cls.name, "plugin": mutant_plugin(cls)})()
     suite.setup_method()
@@ -127,8 +130,20 @@ def install(source: Path, target: Path) -> None:
     """Install ``source`` into the folder ``target`` without network access: uv with the environment's own
     setuptools (no build isolation, no dependencies)."""
     uv = shutil.which("uv") or str(Path.home() / ".local" / "bin" / "uv")
-    cmd = [uv, "pip", "install", "--offline", "--no-deps", "--no-build-isolation", "--quiet",
-           "--python", sys.executable, "--target", str(target), str(source)]
+    cmd = [
+        uv,
+        "pip",
+        "install",
+        "--offline",
+        "--no-deps",
+        "--no-build-isolation",
+        "--quiet",
+        "--python",
+        sys.executable,
+        "--target",
+        str(target),
+        str(source),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, f"installing {source.name} failed:\n{out.stdout}\n{out.stderr}"
 
@@ -198,8 +213,9 @@ with open(report, "w") as f:
 def run(args: list[str], site: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("SMOOTHCORE_LOAD_PLUGINS", "PYTHONPATH")}
     env["PYTHONPATH"] = str(site)
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=site,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=site, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,9 @@ def test_builtin_plugins_register_every_kind():
     comps = components()
     assert {"uniform", "ssn", "dssn", "gaussian", "laplace"} <= set(comps["noise"].names())
     assert {"standard", "exact"} <= set(comps["certificate"].names())
-    assert {"cnn", "wrn40", "wrn40-compat", "resnet110", "resnet50", "torchvision"} <= set(comps["classifier"].names())
+    assert {"cnn", "wrn40", "wrn40-compat", "resnet110", "resnet50", "torchvision"} <= set(
+        comps["classifier"].names()
+    )
     assert {"fashion-mnist", "cifar10", "imagenet"} <= set(comps["dataset"].names())
     assert registry("noise").get("dssn").plugin == "smoothcore_plugins.splitting"
 
@@ -62,7 +64,9 @@ def test_two_plugins_registering_one_name_is_an_error_naming_both():
     def register_noises(register):
         register("ssn", ShiftNoise)
 
-    with pytest.raises(PluginError, match="smoothcore_plugins.splitting.*impostor|impostor.*smoothcore_plugins.splitting"):
+    with pytest.raises(
+        PluginError, match="smoothcore_plugins.splitting.*impostor|impostor.*smoothcore_plugins.splitting"
+    ):
         use_plugins(plugin_module("impostor", register_noises=register_noises))
 
 
@@ -95,7 +99,11 @@ def test_invalid_component_names_are_refused(bad):
 def test_unknown_names_list_what_exists_and_suggest_the_closest():
     with pytest.raises(UnknownNameError) as err:
         registry("classifier").get("wrn41")
-    assert "available:" in str(err.value) and "wrn40" in str(err.value) and "did you mean 'wrn40'" in str(err.value)
+    assert (
+        "available:" in str(err.value)
+        and "wrn40" in str(err.value)
+        and "did you mean 'wrn40'" in str(err.value)
+    )
 
 
 class FakeEntryPoint:
@@ -113,7 +121,9 @@ def test_entry_points_load_and_can_be_restricted(monkeypatch):
         register("shift", ShiftNoise)
 
     eps = [FakeEntryPoint("acme", plugin_module("acme", register_noises=register_noises))]
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps if group == "smoothcore" else [])
+    monkeypatch.setattr(
+        importlib.metadata, "entry_points", lambda group: eps if group == "smoothcore" else []
+    )
     monkeypatch.delenv("SMOOTHCORE_LOAD_PLUGINS", raising=False)
     assert "shift" in use_plugins()["noise"]
     monkeypatch.setenv("SMOOTHCORE_LOAD_PLUGINS", "")
@@ -165,8 +175,14 @@ class Misbehaving(ShiftNoise):
         return torch.full_like(x, float("nan"))
 
 
-@pytest.mark.parametrize("how,match", [("raise", "failed to draw: RuntimeError: kaboom"), ("shape", "returned draws of shape"),
-                                       ("nan", "NaN or infinite draws")])
+@pytest.mark.parametrize(
+    "how,match",
+    [
+        ("raise", "failed to draw: RuntimeError: kaboom"),
+        ("shape", "returned draws of shape"),
+        ("nan", "NaN or infinite draws"),
+    ],
+)
 def test_a_noise_plugin_that_raises_or_returns_garbage_is_named_when_certifying(how, match):
     def register_noises(register):
         register("misbehaving", type(f"Misbehaving_{how}", (Misbehaving,), {"how": how}))
@@ -195,8 +211,13 @@ def test_a_certificate_plugin_returning_garbage_is_named():
         register("sloppy", Sloppy)
 
     use_plugins(plugin_module("acme_certs", register_certificates=register_certificates))
-    smoothed = smoothcore.SmoothedClassifier(torch.nn.Linear(4, 2), smoothcore.noise("uniform", sigma=0.1, dim=4), 2)
-    with pytest.raises(PluginError, match="certificate 'sloppy' \\(plugin 'acme_certs'\\) returned prediction of shape \\(5,\\) for 3 images"):
+    smoothed = smoothcore.SmoothedClassifier(
+        torch.nn.Linear(4, 2), smoothcore.noise("uniform", sigma=0.1, dim=4), 2
+    )
+    with pytest.raises(
+        PluginError,
+        match="certificate 'sloppy' \\(plugin 'acme_certs'\\) returned prediction of shape \\(5,\\) for 3 images",
+    ):
         smoothed.certify(torch.full((3, 4), 0.5), n0=4, n=20, certificate="sloppy")
 
 
@@ -227,9 +248,14 @@ def test_a_certificate_plugin_that_raises_in_applies_to_or_predicts_unknown_clas
         register("inventive", Inventive)
 
     use_plugins(plugin_module("acme_odd", register_certificates=register_certificates))
-    smoothed = smoothcore.SmoothedClassifier(torch.nn.Linear(4, 2), smoothcore.noise("uniform", sigma=0.1, dim=4), 2)
+    smoothed = smoothcore.SmoothedClassifier(
+        torch.nn.Linear(4, 2), smoothcore.noise("uniform", sigma=0.1, dim=4), 2
+    )
     x = torch.full((2, 4), 0.5)
-    with pytest.raises(PluginError, match="certificate 'broken' \\(plugin 'acme_odd'\\) failed in applies_to: RuntimeError: kaboom"):
+    with pytest.raises(
+        PluginError,
+        match="certificate 'broken' \\(plugin 'acme_odd'\\) failed in applies_to: RuntimeError: kaboom",
+    ):
         smoothed.certify(x, n0=4, n=20, certificate="broken")
     with pytest.raises(PluginError, match="predictions outside -1..1"):
         smoothed.certify(x, n0=4, n=20, certificate="inventive")

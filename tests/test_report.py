@@ -9,7 +9,15 @@ from smoothcore.report import Run, certified_accuracy_table, comparability_warni
 
 
 def run(name, labels, preds, radii, **meta):
-    return Run(name, np.array(labels), np.array(preds), np.array(radii, dtype=float), "l1", meta, np.arange(len(labels)))
+    return Run(
+        name,
+        np.array(labels),
+        np.array(preds),
+        np.array(radii, dtype=float),
+        "l1",
+        meta,
+        np.arange(len(labels)),
+    )
 
 
 def test_certified_accuracy_counts_right_predictions_with_enough_radius():
@@ -26,7 +34,9 @@ def test_envelope_takes_the_best_run_at_each_radius():
 
 
 def test_warnings_for_runs_on_other_data_images_or_checkpoints():
-    base = dict(dataset="fashion-mnist", noise={"name": "dssn", "sigma": 0.5}, certificate="exact", finished="x")
+    base = dict(
+        dataset="fashion-mnist", noise={"name": "dssn", "sigma": 0.5}, certificate="exact", finished="x"
+    )
     a = run("a", [0, 1], [0, 1], [0.1, 0.1], classifier_sha256="aa", test_fingerprint="f1", **base)
     b = run("b", [0, 1], [0, 1], [0.1, 0.1], classifier_sha256="bb", test_fingerprint="f2", **base)
     c = run("c", [0], [0], [0.1], dataset="cifar10", finished="x")
@@ -40,14 +50,26 @@ def test_warnings_for_runs_on_other_data_images_or_checkpoints():
 
 def test_warnings_for_stale_tables_unfinished_runs_and_mixed_monte_carlo_settings():
     noise = {"name": "ssn", "sigma": 0.5}
-    stale = run("stale", [0], [0], [0.1], noise=noise, classifier_sha256="old", n=1000, alpha=0.001, finished="x")
-    stale.manifest = {"checkpoint_sha256": "new"}  # the experiment's checkpoint was retrained after this certification
-    fresh = run("fresh", [0], [0], [0.1], noise=noise, classifier_sha256="new", n=1000, alpha=0.001, finished="x")
+    stale = run(
+        "stale", [0], [0], [0.1], noise=noise, classifier_sha256="old", n=1000, alpha=0.001, finished="x"
+    )
+    stale.manifest = {
+        "checkpoint_sha256": "new"
+    }  # the experiment's checkpoint was retrained after this certification
+    fresh = run(
+        "fresh", [0], [0], [0.1], noise=noise, classifier_sha256="new", n=1000, alpha=0.001, finished="x"
+    )
     fresh.manifest = {"checkpoint_sha256": "new"}
-    other_n = run("other-n", [0], [0], [0.1], noise=noise, classifier_sha256="new", n=100, alpha=0.001, finished="x")
-    partial = run("partial", [0], [0], [0.1], noise=noise, classifier_sha256="new", n=1000, alpha=0.001, num_images=10)
+    other_n = run(
+        "other-n", [0], [0], [0.1], noise=noise, classifier_sha256="new", n=100, alpha=0.001, finished="x"
+    )
+    partial = run(
+        "partial", [0], [0], [0.1], noise=noise, classifier_sha256="new", n=1000, alpha=0.001, num_images=10
+    )
     warnings = " | ".join(comparability_warnings([stale, fresh, other_n, partial]))
-    assert "stale was certified with an earlier checkpoint" in warnings and "fresh was certified" not in warnings
+    assert (
+        "stale was certified with an earlier checkpoint" in warnings and "fresh was certified" not in warnings
+    )
     assert "different Monte-Carlo settings (n=100, alpha=0.001; n=1000, alpha=0.001)" in warnings
     assert "partial is unfinished (1 of 10 images)" in warnings
     assert comparability_warnings([fresh]) == []
@@ -55,6 +77,28 @@ def test_warnings_for_stale_tables_unfinished_runs_and_mixed_monte_carlo_setting
 
 def test_exact_and_monte_carlo_runs_of_one_model_are_not_flagged_as_mixed_settings():
     noise = {"name": "dssn", "sigma": 0.5}
-    exact = run("exact", [0], [0], [0.1], noise=noise, classifier_sha256="m", certificate="exact", n=441, alpha=None, finished="x")
-    mc = run("mc", [0], [0], [0.1], noise=noise, classifier_sha256="m", certificate="standard", n=100000, alpha=0.001, finished="x")
+    exact = run(
+        "exact",
+        [0],
+        [0],
+        [0.1],
+        noise=noise,
+        classifier_sha256="m",
+        certificate="exact",
+        n=441,
+        alpha=None,
+        finished="x",
+    )
+    mc = run(
+        "mc",
+        [0],
+        [0],
+        [0.1],
+        noise=noise,
+        classifier_sha256="m",
+        certificate="standard",
+        n=100000,
+        alpha=0.001,
+        finished="x",
+    )
     assert not any("Monte-Carlo settings" in w for w in comparability_warnings([exact, mc]))

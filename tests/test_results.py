@@ -13,8 +13,22 @@ from smoothcore.results import ResultWriter, load_results, read_valid
 
 
 def rows(n):
-    return [{"index": i, "label": i % 10, "prediction": i % 10, "correct": 1, "radius": 0.1 * i, "norm": "l1",
-             "certificate": "exact", "p_lower": None, "counts": "1 2 3", "forward_passes": 6, "seconds": 0.01} for i in range(n)]
+    return [
+        {
+            "index": i,
+            "label": i % 10,
+            "prediction": i % 10,
+            "correct": 1,
+            "radius": 0.1 * i,
+            "norm": "l1",
+            "certificate": "exact",
+            "p_lower": None,
+            "counts": "1 2 3",
+            "forward_passes": 6,
+            "seconds": 0.01,
+        }
+        for i in range(n)
+    ]
 
 
 def test_rows_round_trip(tmp_path):

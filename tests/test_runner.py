@@ -16,16 +16,33 @@ from smoothcore.runner import CertifyConfig, certify_experiment, execute, plan
 
 
 def test_certify_writes_one_row_per_image_with_exact_counts(run_copy, fashion_dir):
-    table = certify_experiment(run_copy, CertifyConfig(skip=50, limit=12, data_dir=str(fashion_dir), max_batch=512))
+    table = certify_experiment(
+        run_copy, CertifyConfig(skip=50, limit=12, data_dir=str(fashion_dir), max_batch=512)
+    )
     assert table["index"].tolist() == list(range(0, 600, 50))
-    assert set(table.columns) >= {"index", "label", "prediction", "correct", "radius", "counts", "seconds", "certificate"}
+    assert set(table.columns) >= {
+        "index",
+        "label",
+        "prediction",
+        "correct",
+        "radius",
+        "counts",
+        "seconds",
+        "certificate",
+    }
     counts = np.array([list(map(int, c.split())) for c in table["counts"]])
     assert (counts.sum(axis=1) == 220).all()
     # the recorded radii are the exact certificate of the recorded counts
     noise = smoothcore.noise("dssn", sigma=0.25, dim=784)
     pred, radius = smoothcore.certify_counts(noise, torch.from_numpy(counts))
-    assert np.array_equal(pred.numpy(), table["prediction"].to_numpy()) and np.allclose(radius.numpy(), table["radius"])
-    labels = get_dataset("fashion-mnist").load("test", fashion_dir).labels[torch.from_numpy(table["index"].to_numpy().copy())]
+    assert np.array_equal(pred.numpy(), table["prediction"].to_numpy()) and np.allclose(
+        radius.numpy(), table["radius"]
+    )
+    labels = (
+        get_dataset("fashion-mnist")
+        .load("test", fashion_dir)
+        .labels[torch.from_numpy(table["index"].to_numpy().copy())]
+    )
     assert np.array_equal(labels.numpy(), table["label"].to_numpy())
     meta = json.loads((run_copy / "certify_dssn_sigma0.25.json").read_text())
     assert meta["noise"]["levels"] == 220 and meta["num_images"] == 12 and meta["finished"]
@@ -35,7 +52,9 @@ def test_certify_matches_the_smoothed_classifier_api(run_copy, fashion_dir):
     table = certify_experiment(run_copy, CertifyConfig(limit=4, data_dir=str(fashion_dir)))
     model = smoothcore.load_classifier(run_copy / "checkpoint.pt")
     x, _ = fetch(get_dataset("fashion-mnist").load("test", fashion_dir), [0, 1, 2, 3])
-    result = smoothcore.SmoothedClassifier(model, smoothcore.noise("dssn", sigma=0.25, dim=784), 10).certify(x)
+    result = smoothcore.SmoothedClassifier(model, smoothcore.noise("dssn", sigma=0.25, dim=784), 10).certify(
+        x
+    )
     assert result.prediction.tolist() == table["prediction"].tolist()
 
 
@@ -53,7 +72,9 @@ def test_an_interrupted_certification_resumes_to_the_identical_table(run_copy, f
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        certify_experiment(run_copy, CertifyConfig(**cfg, tag="part"), on_progress=stop_after_some, images_per_call=2)
+        certify_experiment(
+            run_copy, CertifyConfig(**cfg, tag="part"), on_progress=stop_after_some, images_per_call=2
+        )
     partial = pd.read_csv(run_copy / "certify_part.csv")
     assert 0 < len(partial) < 9
     resumed = certify_experiment(run_copy, CertifyConfig(**cfg, tag="part"), resume=True)
@@ -67,15 +88,22 @@ def test_existing_results_are_refused_unless_resumed_or_overwritten(run_copy, fa
         certify_experiment(run_copy, CertifyConfig(limit=2, data_dir=str(fashion_dir)))
     with pytest.raises(ExperimentError, match="changed parameters.*limit"):
         certify_experiment(run_copy, CertifyConfig(limit=3, data_dir=str(fashion_dir)), resume=True)
-    assert len(certify_experiment(run_copy, CertifyConfig(limit=3, data_dir=str(fashion_dir)), overwrite=True)) == 3
+    assert (
+        len(certify_experiment(run_copy, CertifyConfig(limit=3, data_dir=str(fashion_dir)), overwrite=True))
+        == 3
+    )
 
 
 def test_certify_can_use_another_noise_than_training(run_copy, fashion_dir):
-    run = plan(run_copy, CertifyConfig(noise="uniform", sigma=0.1, limit=2, n0=8, n=50, data_dir=str(fashion_dir)))
+    run = plan(
+        run_copy, CertifyConfig(noise="uniform", sigma=0.1, limit=2, n0=8, n=50, data_dir=str(fashion_dir))
+    )
     assert run.tag == "uniform_sigma0.1" and run.meta["certificate"] == "standard"
 
 
-def test_early_decisions_keep_the_forward_batches_full_and_the_verdicts_of_full_enumeration(run_copy, fashion_dir):
+def test_early_decisions_keep_the_forward_batches_full_and_the_verdicts_of_full_enumeration(
+    run_copy, fashion_dir
+):
     """With --radii, exact enumeration goes num_draws / 16 draws per image at a time: the runner must hand the engine
     enough images to fill max_batch (220 draws -> 14 per step -> 36 images), not max_batch // num_draws = 2."""
     common = dict(skip=25, limit=40, data_dir=str(fashion_dir), max_batch=512)
@@ -88,16 +116,22 @@ def test_early_decisions_keep_the_forward_batches_full_and_the_verdicts_of_full_
     assert max(sizes) > 256 and max(sizes) <= 512
     assert early["prediction"].tolist() == full["prediction"].tolist()
     for r in (0.02, 0.05):
-        assert ((early["radius"] >= r) & (early["correct"] == 1)).tolist() == ((full["radius"] >= r) & (full["correct"] == 1)).tolist()
+        assert ((early["radius"] >= r) & (early["correct"] == 1)).tolist() == (
+            (full["radius"] >= r) & (full["correct"] == 1)
+        ).tolist()
     assert early["forward_passes"].sum() < full["forward_passes"].sum()
 
 
 def test_the_certificate_chosen_is_recorded_per_row_and_report_shows_them_side_by_side(run_copy, fashion_dir):
     from smoothcore.report import certified_accuracy_table, load_runs
 
-    common = dict(noise="ssn", sigma=0.25, n0=8, n=200, alpha=0.01, skip=200, limit=6, data_dir=str(fashion_dir))
-    tables = {name: certify_experiment(run_copy, CertifyConfig(**common, certificate=name))
-              for name in ("standard", "two-sided", "box")}
+    common = dict(
+        noise="ssn", sigma=0.25, n0=8, n=200, alpha=0.01, skip=200, limit=6, data_dir=str(fashion_dir)
+    )
+    tables = {
+        name: certify_experiment(run_copy, CertifyConfig(**common, certificate=name))
+        for name in ("standard", "two-sided", "box")
+    }
     for name, table in tables.items():
         assert set(table["certificate"]) == {name}
         if name != "standard":
@@ -107,5 +141,9 @@ def test_the_certificate_chosen_is_recorded_per_row_and_report_shows_them_side_b
     assert (tables["two-sided"]["radius"][same] >= tables["standard"]["radius"][same] - 1e-12).all()
     assert (tables["box"]["radius"].fillna(-1) >= tables["two-sided"]["radius"].fillna(-1) - 1e-12).all()
     runs = load_runs([run_copy])
-    assert sorted(r.name.split("/")[-1] for r in runs) == ["ssn_sigma0.25", "ssn_sigma0.25_box", "ssn_sigma0.25_two-sided"]
+    assert sorted(r.name.split("/")[-1] for r in runs) == [
+        "ssn_sigma0.25",
+        "ssn_sigma0.25_box",
+        "ssn_sigma0.25_two-sided",
+    ]
     assert len(certified_accuracy_table(runs, [0.0, 0.1])) == 4  # three runs and the envelope

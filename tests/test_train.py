@@ -14,8 +14,18 @@ from smoothcore.train import TrainConfig, Trainer, stability_loss, train_classif
 
 
 def tiny_config(data_dir, **overrides) -> TrainConfig:
-    base = dict(dataset="fashion-mnist", data_dir=str(data_dir), model="cnn", noise="dssn", sigma=0.25, epochs=2,
-                batch_size=16, lr=0.05, eval_limit=32, seed=3)
+    base = dict(
+        dataset="fashion-mnist",
+        data_dir=str(data_dir),
+        model="cnn",
+        noise="dssn",
+        sigma=0.25,
+        epochs=2,
+        batch_size=16,
+        lr=0.05,
+        eval_limit=32,
+        seed=3,
+    )
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -33,7 +43,9 @@ def test_training_writes_an_experiment_folder(tiny_idx_dir, tmp_path):
     from smoothcore.checkpoints import sha256
 
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["checkpoint_sha256"] == sha256(tmp_path / "run" / "checkpoint.pt") and manifest["epoch"] == 2
+    assert (
+        manifest["checkpoint_sha256"] == sha256(tmp_path / "run" / "checkpoint.pt") and manifest["epoch"] == 2
+    )
     assert {"smoothcore", "torch", "python"} <= set(manifest["versions"])
     assert manifest["plugins"]["smoothcore_plugins.splitting"] == "built-in"
     assert manifest["noise"]["name"] == "dssn" and manifest["noise"]["sigma"] == 0.25
@@ -43,7 +55,9 @@ def test_training_writes_an_experiment_folder(tiny_idx_dir, tmp_path):
 
 def test_noise_augmentation_learns_real_data(fashion_dir, tmp_path):
     """One epoch on 3,000 real Fashion-MNIST images under DSSN noise beats chance by far."""
-    cfg = tiny_config(fashion_dir, epochs=1, train_limit=3000, eval_limit=500, batch_size=64, lr=0.05, sigma=0.5)
+    cfg = tiny_config(
+        fashion_dir, epochs=1, train_limit=3000, eval_limit=500, batch_size=64, lr=0.05, sigma=0.5
+    )
     log = train_classifier(cfg, tmp_path / "run")
     assert log["test_noisy_acc"].iloc[-1] > 0.5
 
@@ -70,8 +84,12 @@ def test_resumed_training_matches_an_uninterrupted_run(tiny_idx_dir, tmp_path, s
             raise Crash
 
     with pytest.raises(Crash):
-        Trainer(tiny_config(tiny_idx_dir, epochs=3, stability=stability), tmp_path / "resumed").run(on_epoch=crash_after_first)
-    log = Trainer(tiny_config(tiny_idx_dir, epochs=3, stability=stability), tmp_path / "resumed").run(resume=True)
+        Trainer(tiny_config(tiny_idx_dir, epochs=3, stability=stability), tmp_path / "resumed").run(
+            on_epoch=crash_after_first
+        )
+    log = Trainer(tiny_config(tiny_idx_dir, epochs=3, stability=stability), tmp_path / "resumed").run(
+        resume=True
+    )
     assert log["epoch"].tolist() == [1, 2, 3]
     a = load_file(tmp_path / "straight" / "checkpoint.pt")["state_dict"]
     b = load_file(tmp_path / "resumed" / "checkpoint.pt")["state_dict"]
@@ -93,12 +111,22 @@ def test_stability_loss_is_cross_entropy_plus_weighted_kl():
     y = torch.randint(0, 5, (8,))
     p, q = F.softmax(a, 1), F.softmax(b, 1)
     kl = (p * (p.log() - q.log())).sum(1).mean()
-    assert stability_loss(a, b, y, 6.0).item() == pytest.approx((F.cross_entropy(a, y) + 6.0 * kl).item(), rel=1e-5)
+    assert stability_loss(a, b, y, 6.0).item() == pytest.approx(
+        (F.cross_entropy(a, y) + 6.0 * kl).item(), rel=1e-5
+    )
     assert stability_loss(a, a, y, 6.0).item() == pytest.approx(F.cross_entropy(a, y).item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("field,value,match", [("epochs", 0, "epochs"), ("batch_size", -1, "batch_size"), ("lr", 0.0, "lr"),
-                                               ("precision", "fp8", "precision"), ("sigma", -0.5, "sigma")])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("epochs", 0, "epochs"),
+        ("batch_size", -1, "batch_size"),
+        ("lr", 0.0, "lr"),
+        ("precision", "fp8", "precision"),
+        ("sigma", -0.5, "sigma"),
+    ],
+)
 def test_bad_training_parameters_are_clear_errors(tiny_idx_dir, tmp_path, field, value, match):
     with pytest.raises(ConfigError, match=match):
         Trainer(tiny_config(tiny_idx_dir, **{field: value}), tmp_path / "run").run()
@@ -126,21 +154,25 @@ def test_resume_from_the_middle_of_an_epoch_matches_an_uninterrupted_run(tiny_id
 
 def test_finetuning_starts_from_a_checkpoint_without_its_last_layer(tiny_idx_dir, tmp_path):
     train_classifier(tiny_config(tiny_idx_dir, epochs=1), tmp_path / "base")
-    trainer = Trainer(tiny_config(tiny_idx_dir, epochs=1, finetune=str(tmp_path / "base" / "checkpoint.pt"), lr=1e-9),
-                      tmp_path / "tuned")
+    trainer = Trainer(
+        tiny_config(tiny_idx_dir, epochs=1, finetune=str(tmp_path / "base" / "checkpoint.pt"), lr=1e-9),
+        tmp_path / "tuned",
+    )
     trainer.run()
     base = load_file(tmp_path / "base" / "checkpoint.pt")["state_dict"]
     tuned = load_file(tmp_path / "tuned" / "checkpoint.pt")["state_dict"]
     first_conv = "net.features.0.weight"
     assert torch.allclose(base[first_conv], tuned[first_conv], atol=1e-6)  # carried over (lr ~ 0)
-    assert not torch.allclose(base["net.classifier.3.weight"], tuned["net.classifier.3.weight"])  # re-initialised head
+    assert not torch.allclose(
+        base["net.classifier.3.weight"], tuned["net.classifier.3.weight"]
+    )  # re-initialised head
 
 
 @pytest.mark.parametrize("layout", ["reference", "denoised-smoothing", "generic"])
 def test_finetuning_reads_the_published_checkpoint_layouts(tiny_idx_dir, tmp_path, layout):
     train_classifier(tiny_config(tiny_idx_dir, epochs=1), tmp_path / "base")
     base = load_file(tmp_path / "base" / "checkpoint.pt")["state_dict"]
-    net = {k[len("net."):]: v for k, v in base.items() if k.startswith("net.")}
+    net = {k[len("net.") :]: v for k, v in base.items() if k.startswith("net.")}
     if layout == "reference":  # model_ckpt.torch: model.module.* plus the learned normalisation
         obj = {f"model.module.{k}": v for k, v in net.items()}
         obj |= {"norm.module.mu": torch.zeros(1, 1, 1, 1), "norm.module.log_sig": torch.zeros(1, 1, 1, 1)}
@@ -149,7 +181,10 @@ def test_finetuning_reads_the_published_checkpoint_layouts(tiny_idx_dir, tmp_pat
     else:  # what many training scripts save: {"state_dict": ..., "epoch": ...}
         obj = {"state_dict": base, "epoch": 1}
     torch.save(obj, tmp_path / "published.pt")
-    Trainer(tiny_config(tiny_idx_dir, epochs=1, finetune=str(tmp_path / "published.pt"), lr=1e-9), tmp_path / "tuned").run()
+    Trainer(
+        tiny_config(tiny_idx_dir, epochs=1, finetune=str(tmp_path / "published.pt"), lr=1e-9),
+        tmp_path / "tuned",
+    ).run()
     tuned = load_file(tmp_path / "tuned" / "checkpoint.pt")["state_dict"]
     assert torch.allclose(base["net.features.0.weight"], tuned["net.features.0.weight"], atol=1e-6)
     assert not torch.allclose(base["net.classifier.3.weight"], tuned["net.classifier.3.weight"])
@@ -175,9 +210,13 @@ def test_a_start_that_fails_on_bad_input_leaves_no_folder_behind(tiny_idx_dir, t
         Trainer(tiny_config(tmp_path / "no-such-data", epochs=1), tmp_path / "run").run()
     assert not (tmp_path / "run").exists()
     with pytest.raises(smoothcore.CheckpointError):
-        Trainer(tiny_config(tiny_idx_dir, epochs=1, finetune=str(tmp_path / "missing.pt")), tmp_path / "run").run()
+        Trainer(
+            tiny_config(tiny_idx_dir, epochs=1, finetune=str(tmp_path / "missing.pt")), tmp_path / "run"
+        ).run()
     assert not (tmp_path / "run").exists()
-    assert len(Trainer(tiny_config(tiny_idx_dir, epochs=1), tmp_path / "run").run()) == 1  # the corrected rerun just works
+    assert (
+        len(Trainer(tiny_config(tiny_idx_dir, epochs=1), tmp_path / "run").run()) == 1
+    )  # the corrected rerun just works
 
 
 def test_resume_continues_the_global_random_stream_of_dropout(tiny_idx_dir, tmp_path):
@@ -188,8 +227,13 @@ def test_resume_continues_the_global_random_stream_of_dropout(tiny_idx_dir, tmp_
     from tests.test_plugins import plugin_module
 
     def dropout_mlp(*, num_classes, in_channels, image_size):
-        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, 32), nn.ReLU(), nn.Dropout(0.5),
-                             nn.Linear(32, num_classes))
+        return nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * image_size**2, 32),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(32, num_classes),
+        )
 
     def register_classifiers(register):
         register("dropout-mlp", dropout_mlp)

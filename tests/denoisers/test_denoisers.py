@@ -19,8 +19,11 @@ class OriginalDnCNN(nn.Module):
         super().__init__()
         layers = [nn.Conv2d(image_channels, n_channels, 3, padding=1, bias=True), nn.ReLU(inplace=True)]
         for _ in range(depth - 2):
-            layers += [nn.Conv2d(n_channels, n_channels, 3, padding=1, bias=False),
-                       nn.BatchNorm2d(n_channels, eps=0.0001, momentum=0.95), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(n_channels, n_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(n_channels, eps=0.0001, momentum=0.95),
+                nn.ReLU(inplace=True),
+            ]
         layers.append(nn.Conv2d(n_channels, image_channels, 3, padding=1, bias=False))
         self.dncnn = nn.Sequential(*layers)
 
@@ -70,7 +73,9 @@ class OriginalMemNet(nn.Module):
         super().__init__()
         self.feature_extractor = OriginalBNReLUConv(in_channels, channels)
         self.reconstructor = OriginalBNReLUConv(channels, in_channels)
-        self.dense_memory = nn.ModuleList([OriginalMemoryBlock(channels, num_resblock, i + 1) for i in range(num_memblock)])
+        self.dense_memory = nn.ModuleList(
+            [OriginalMemoryBlock(channels, num_resblock, i + 1) for i in range(num_memblock)]
+        )
 
     def forward(self, x):
         residual = x
@@ -94,17 +99,24 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("arch,original,module_prefix", [
-    ("cifar_dncnn", lambda: OriginalDnCNN(17, 64, 3), ""),
-    ("cifar_dncnn_wide", lambda: OriginalDnCNN(17, 128, 3), ""),
-    ("imagenet_dncnn", lambda: OriginalDnCNN(17, 64, 3), "module."),
-    ("memnet", lambda: OriginalMemNet(3, 64, 3, 6), ""),
-    ("imagenet_memnet", lambda: OriginalMemNet(3, 64, 3, 6), "module."),
-])
+@pytest.mark.parametrize(
+    "arch,original,module_prefix",
+    [
+        ("cifar_dncnn", lambda: OriginalDnCNN(17, 64, 3), ""),
+        ("cifar_dncnn_wide", lambda: OriginalDnCNN(17, 128, 3), ""),
+        ("imagenet_dncnn", lambda: OriginalDnCNN(17, 64, 3), "module."),
+        ("memnet", lambda: OriginalMemNet(3, 64, 3, 6), ""),
+        ("imagenet_memnet", lambda: OriginalMemNet(3, 64, 3, 6), "module."),
+    ],
+)
 def test_denoised_smoothing_checkpoints_give_the_original_outputs(tmp_path, arch, original, module_prefix):
     net = randomise(original())
-    ckpt = {"epoch": 90, "arch": arch, "state_dict": {module_prefix + k: v for k, v in net.state_dict().items()},
-            "optimizer": {"state": {}, "param_groups": []}}
+    ckpt = {
+        "epoch": 90,
+        "arch": arch,
+        "state_dict": {module_prefix + k: v for k, v in net.state_dict().items()},
+        "optimizer": {"state": {}, "param_groups": []},
+    }
     torch.save(ckpt, tmp_path / "checkpoint.pth.tar")
     loaded = smoothcore.load_denoiser(tmp_path / "checkpoint.pth.tar")
     assert not loaded.training and loaded.in_channels == 3
@@ -121,7 +133,13 @@ def test_dncnn_has_the_reference_layout():
     assert all(bn.eps == 1e-4 and bn.momentum == 0.95 for bn in bns)
     assert convs[0].bias is not None and all(c.bias is None for c in convs[1:])
     keys = set(net.state_dict())
-    assert {"dncnn.0.weight", "dncnn.0.bias", "dncnn.2.weight", "dncnn.3.running_var", "dncnn.47.weight"} <= keys
+    assert {
+        "dncnn.0.weight",
+        "dncnn.0.bias",
+        "dncnn.2.weight",
+        "dncnn.3.running_var",
+        "dncnn.47.weight",
+    } <= keys
 
 
 def test_memnet_gates_see_the_growing_long_term_memory():
@@ -132,7 +150,10 @@ def test_memnet_gates_see_the_growing_long_term_memory():
 
 def test_own_denoiser_checkpoint_round_trips(tmp_path):
     net = randomise(DnCNN(1, 5, 8))
-    torch.save(denoiser_checkpoint(net, arch="dncnn", params={"depth": 5, "channels": 8}, in_channels=1), tmp_path / "d.pt")
+    torch.save(
+        denoiser_checkpoint(net, arch="dncnn", params={"depth": 5, "channels": 8}, in_channels=1),
+        tmp_path / "d.pt",
+    )
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(smoothcore.load_denoiser(tmp_path / "d.pt")(x), net(x))
@@ -167,8 +188,19 @@ def test_each_objective_reduces_its_loss_on_a_small_batch(objective):
 
 
 def test_train_denoiser_writes_best_and_last_and_lowers_the_error(fashion_dir, tmp_path):
-    cfg = DenoiserConfig(dataset="fashion-mnist", data_dir=str(fashion_dir), arch="dncnn", arch_params={"depth": 4, "channels": 8},
-                         noise="ssn", sigma=0.5, epochs=2, batch_size=32, lr=3e-3, train_limit=600, eval_limit=100)
+    cfg = DenoiserConfig(
+        dataset="fashion-mnist",
+        data_dir=str(fashion_dir),
+        arch="dncnn",
+        arch_params={"depth": 4, "channels": 8},
+        noise="ssn",
+        sigma=0.5,
+        epochs=2,
+        batch_size=32,
+        lr=3e-3,
+        train_limit=600,
+        eval_limit=100,
+    )
     log = DenoiserTrainer(cfg, tmp_path / "den").run()
     assert (tmp_path / "den" / "denoiser.pt").is_file() and (tmp_path / "den" / "denoiser_best.pt").is_file()
     assert log["val_mse"].iloc[-1] < 0.5 * log["noisy_mse"].iloc[-1]
@@ -189,8 +221,18 @@ def test_denoiser_training_resumes_to_the_uninterrupted_result(tiny_idx_dir, tmp
     from smoothcore.checkpoints import load_file
 
     def cfg():
-        return DenoiserConfig(dataset="fashion-mnist", data_dir=str(tiny_idx_dir), arch="dncnn", arch_params={"depth": 3, "channels": 4},
-                              noise="uniform", sigma=0.3, epochs=3, batch_size=16, eval_limit=16, sgd_after=2)
+        return DenoiserConfig(
+            dataset="fashion-mnist",
+            data_dir=str(tiny_idx_dir),
+            arch="dncnn",
+            arch_params={"depth": 3, "channels": 4},
+            noise="uniform",
+            sigma=0.3,
+            epochs=3,
+            batch_size=16,
+            eval_limit=16,
+            sgd_after=2,
+        )
 
     DenoiserTrainer(cfg(), tmp_path / "straight").run()
 
@@ -211,10 +253,23 @@ def test_denoiser_training_resumes_to_the_uninterrupted_result(tiny_idx_dir, tmp
 
 
 @pytest.mark.parametrize("sgd_after", [0, 1])
-def test_the_switch_to_sgd_uses_the_sgd_learning_rate_and_the_reference_weight_decay(tiny_idx_dir, tmp_path, sgd_after):
-    cfg = DenoiserConfig(dataset="fashion-mnist", data_dir=str(tiny_idx_dir), arch="dncnn", arch_params={"depth": 3, "channels": 4},
-                         noise="uniform", sigma=0.3, epochs=2, batch_size=16, eval_limit=16, train_limit=32, sgd_after=sgd_after,
-                         sgd_lr=3e-4)
+def test_the_switch_to_sgd_uses_the_sgd_learning_rate_and_the_reference_weight_decay(
+    tiny_idx_dir, tmp_path, sgd_after
+):
+    cfg = DenoiserConfig(
+        dataset="fashion-mnist",
+        data_dir=str(tiny_idx_dir),
+        arch="dncnn",
+        arch_params={"depth": 3, "channels": 4},
+        noise="uniform",
+        sigma=0.3,
+        epochs=2,
+        batch_size=16,
+        eval_limit=16,
+        train_limit=32,
+        sgd_after=sgd_after,
+        sgd_lr=3e-4,
+    )
     assert cfg.weight_decay == 1e-4  # the reference's Adam default
     log = DenoiserTrainer(cfg, tmp_path / "run").run()
     assert log["optimizer"].tolist() == ["adam"] * sgd_after + ["sgd"] * (2 - sgd_after)

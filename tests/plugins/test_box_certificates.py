@@ -37,7 +37,9 @@ def box_overlap(x: np.ndarray, x2: np.ndarray, lambd: float) -> np.ndarray:
 
 def radius_of(x: np.ndarray, margin: float, lambd: float) -> float:
     """The box radius of one image ``x`` (flat, float64) for a margin ``p_A_lower - p_B_upper``."""
-    return box_radius(box_rooms(torch.from_numpy(x)[None]), torch.tensor([margin], dtype=torch.float64), lambd).item()
+    return box_radius(
+        box_rooms(torch.from_numpy(x)[None]), torch.tensor([margin], dtype=torch.float64), lambd
+    ).item()
 
 
 def worst_case(x: np.ndarray, radius: float, lambd: float) -> np.ndarray:
@@ -56,8 +58,10 @@ def worst_case(x: np.ndarray, radius: float, lambd: float) -> np.ndarray:
 # -- which noises ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, applies", [("uniform", True), ("ssn", True), ("dssn", False), ("gaussian", False),
-                                           ("laplace", False)])
+@pytest.mark.parametrize(
+    "name, applies",
+    [("uniform", True), ("ssn", True), ("dssn", False), ("gaussian", False), ("laplace", False)],
+)
 def test_box_and_two_sided_apply_to_uniform_and_ssn_only(name, applies):
     noise = smoothcore.noise(name, sigma=0.5, dim=16)
     assert get_certificate("box").applies_to(noise) is applies
@@ -127,7 +131,9 @@ def test_never_below_the_standard_radius_and_never_abstains_where_it_certifies(c
     certified = std.prediction >= 0
     assert torch.equal(ours.prediction[certified], std.prediction[certified])
     assert bool((ours.radius[certified] >= std.radius[certified] - 1e-12).all())
-    assert bool((ours.radius[certified] > std.radius[certified] + 1e-3).any())  # a third class makes it strictly better
+    assert bool(
+        (ours.radius[certified] > std.radius[certified] + 1e-3).any()
+    )  # a third class makes it strictly better
 
 
 def test_a_clear_plurality_below_one_half_is_certified_where_the_standard_certificate_abstains():
@@ -200,12 +206,17 @@ def test_below_lambda_one_half_the_box_never_helps_even_with_saturated_pixels():
     x = torch.randint(0, 3, (500, 12), generator=g).double() / 2.0
     margin = torch.rand(500, generator=g, dtype=torch.float64)
     for lambd in (0.1, 0.3, 0.5):
-        assert torch.allclose(box_radius(box_rooms(x), margin, lambd), union_radius(margin, lambd), rtol=0, atol=1e-15)
+        assert torch.allclose(
+            box_radius(box_rooms(x), margin, lambd), union_radius(margin, lambd), rtol=0, atol=1e-15
+        )
 
 
-@pytest.mark.parametrize("lambd, margin, expect_equal", [(0.9, 0.5, True), (1.0, 0.5, True), (1.0, 0.6, False)])
-def test_all_pixels_at_one_half_equal_the_union_bound_iff_lambda_margin_is_at_most_one_half(lambd, margin,
-                                                                                        expect_equal):
+@pytest.mark.parametrize(
+    "lambd, margin, expect_equal", [(0.9, 0.5, True), (1.0, 0.5, True), (1.0, 0.6, False)]
+)
+def test_all_pixels_at_one_half_equal_the_union_bound_iff_lambda_margin_is_at_most_one_half(
+    lambd, margin, expect_equal
+):
     rooms = box_rooms(torch.full((1, 64), 0.5))
     box = box_radius(rooms, torch.tensor([margin]), lambd).item()
     assert (box == pytest.approx(lambd * margin, abs=1e-12)) is expect_equal
@@ -239,7 +250,9 @@ CASES = [  # (x, lambda, margin)
 
 
 @pytest.mark.parametrize("x, lambd, margin", CASES)
-def test_box_radius_is_the_smallest_norm_of_a_box_feasible_perturbation_that_breaks_the_condition(x, lambd, margin):
+def test_box_radius_is_the_smallest_norm_of_a_box_feasible_perturbation_that_breaks_the_condition(
+    x, lambd, margin
+):
     """Brute force over a grid of perturbations inside [0, 1]^d, with the exact probability of agreement of two
     uniform noises (the overlap of two boxes): no grid point of norm below the radius breaks
     ``agreement > 1 - margin / 2``, and one within a grid step of the radius does."""
@@ -288,7 +301,7 @@ def test_box_radius_handles_large_batches_and_images_in_chunks():
     x = torch.rand(40, 3 * 64 * 64, generator=g)
     margin = torch.rand(40, generator=g, dtype=torch.float64)
     whole = box_radius(box_rooms(x), margin, 2.0)
-    single = torch.cat([box_radius(box_rooms(x[i:i + 1]), margin[i:i + 1], 2.0) for i in range(40)])
+    single = torch.cat([box_radius(box_rooms(x[i : i + 1]), margin[i : i + 1], 2.0) for i in range(40)])
     assert torch.equal(whole, single)
 
 

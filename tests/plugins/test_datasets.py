@@ -66,9 +66,12 @@ def write_cifar_fixture(folder, n_per_batch=20, seed=0):
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, n_per_batch).tolist(),
-                 b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 b"filenames": [f"img{i}.png".encode() for i in range(n_per_batch)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": rng.integers(0, 10, n_per_batch).tolist(),
+            b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+            b"filenames": [f"img{i}.png".encode() for i in range(n_per_batch)],
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane"] * 10}, protocol=2))
@@ -82,7 +85,9 @@ def test_cifar10_batches_load_channel_major(tmp_path):
     assert len(train) == 100 and len(test) == 20
     raw = pickle.load(open(folder / "test_batch", "rb"), encoding="bytes")
     x, y = fetch(test, [3])
-    assert torch.equal((x[0] * 255).round().to(torch.uint8), torch.from_numpy(raw[b"data"][3].reshape(3, 32, 32)))
+    assert torch.equal(
+        (x[0] * 255).round().to(torch.uint8), torch.from_numpy(raw[b"data"][3].reshape(3, 32, 32))
+    )
     assert int(y[0]) == raw[b"labels"][3]
 
 
@@ -125,7 +130,9 @@ def test_imagenet_reads_class_folders_of_jpegs_with_the_paper_transforms(tmp_pat
     for cls in ("n01440764", "n01443537"):
         (tmp_path / "val" / cls).mkdir(parents=True)
         for i in range(2):
-            Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(tmp_path / "val" / cls / f"{i}.JPEG", quality=90)
+            Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(
+                tmp_path / "val" / cls / f"{i}.JPEG", quality=90
+            )
     monkeypatch.setenv("IMAGENET_TEST_DIR", str(tmp_path / "val"))
     ds = get_dataset("imagenet").load("test")
     x, y = fetch(ds, [0, 3])
@@ -168,7 +175,9 @@ def test_a_corrupt_jpeg_is_named_without_a_worker_traceback(tmp_path, monkeypatc
     ds = get_dataset("imagenet").load("test")
     with pytest.raises(DataError) as err:
         list(batches(ds, 2, shuffle=False, workers=workers))
-    assert "bad.JPEG" in str(err.value) and "Traceback" not in str(err.value) and "worker" not in str(err.value)
+    assert (
+        "bad.JPEG" in str(err.value) and "Traceback" not in str(err.value) and "worker" not in str(err.value)
+    )
 
 
 def test_labels_that_are_not_class_indices_are_a_clean_error():
@@ -194,7 +203,9 @@ def test_batches_from_a_folder_dataset_leave_the_global_generator_alone(tmp_path
 
     (tmp_path / "val" / "n01440764").mkdir(parents=True)
     for i in range(4):
-        Image.fromarray(np.full((40, 40, 3), 10 * i, dtype=np.uint8)).save(tmp_path / "val" / "n01440764" / f"{i}.JPEG")
+        Image.fromarray(np.full((40, 40, 3), 10 * i, dtype=np.uint8)).save(
+            tmp_path / "val" / "n01440764" / f"{i}.JPEG"
+        )
     monkeypatch.setenv("IMAGENET_TEST_DIR", str(tmp_path / "val"))
     ds = get_dataset("imagenet").load("test")
     torch.manual_seed(123)

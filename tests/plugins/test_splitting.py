@@ -23,7 +23,9 @@ def reference_dssn_draw(x: np.ndarray, seed: int, sigma: float, k: int) -> np.nd
     if lambd >= 0.5:
         return ((x > s).astype(np.float32) + np.minimum(s, np.float32(1))) / np.float32(2)
     u = np.ceil(np.float32(255.0) * (x - s) / np.float32(levels)) * np.float32(levels) / np.float32(255.0) + s
-    return (np.minimum(u, np.float32(1)) + np.maximum(u - np.float32(levels / 255.0), np.float32(0))) / np.float32(2)
+    return (
+        np.minimum(u, np.float32(1)) + np.maximum(u - np.float32(levels / 255.0), np.float32(0))
+    ) / np.float32(2)
 
 
 @pytest.mark.parametrize("sigma", [0.05, 0.12, 0.25, 0.5, 1.0])
@@ -42,7 +44,9 @@ def test_dssn_draws_do_not_depend_on_how_the_range_is_split():
     x = quantised((2, 1, 6, 6))
     noise = smoothcore.noise("dssn", sigma=0.3, dim=36)
     whole = noise.draws(x, 0, noise.num_draws)
-    parts = torch.cat([noise.draws(x, a, min(a + 17, noise.num_draws)) for a in range(0, noise.num_draws, 17)], dim=1)
+    parts = torch.cat(
+        [noise.draws(x, a, min(a + 17, noise.num_draws)) for a in range(0, noise.num_draws, 17)], dim=1
+    )
     assert torch.equal(whole, parts)
 
 
@@ -114,8 +118,18 @@ def test_dssn_refuses_inputs_off_the_grid():
     noise.check_input(torch.tensor([[0, 1, 128, 255]]) / 255.0)
 
 
-@pytest.mark.parametrize("kwargs", [{"sigma": 0.0}, {"sigma": -1.0}, {"sigma": float("nan")}, {"sigma": 1e9},
-                                    {"sigma": 0.5, "lambd": 0.8}, {}, {"sigma": 0.0005}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sigma": 0.0},
+        {"sigma": -1.0},
+        {"sigma": float("nan")},
+        {"sigma": 1e9},
+        {"sigma": 0.5, "lambd": 0.8},
+        {},
+        {"sigma": 0.0005},
+    ],
+)
 def test_dssn_rejects_bad_scales_with_the_parameter_named(kwargs):
     with pytest.raises(ConfigError, match="sigma|lambda"):
         smoothcore.noise("dssn", dim=4, **kwargs)

@@ -54,12 +54,14 @@ class ParetoNoise(Noise):
     name = "pareto"
     norm = "l1"
 
-    def __init__(self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu",
-                 tail: float = 3.0) -> None:
+    def __init__(
+        self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu", tail: float = 3.0
+    ) -> None:
         super().__init__(dim=dim, seed=seed, device=device)
         if lambd is not None:
-            raise ConfigError(f"pareto noise takes sigma (its standard deviation), not lambda "
-                              f"(got lambda={lambd!r})")
+            raise ConfigError(
+                f"pareto noise takes sigma (its standard deviation), not lambda (got lambda={lambd!r})"
+            )
         if sigma is None:
             raise ConfigError("pareto noise needs sigma (its standard deviation)")
         self.sigma = positive_scale("sigma", sigma)
@@ -85,11 +87,19 @@ class ParetoNoise(Noise):
         return _apply(p_lower, lambda p: np.log(1.0 / (2.0 * (1.0 - p))) / self.lipschitz())
 
     def params(self) -> dict[str, Any]:
-        return {"name": self.name, "sigma": self.sigma, "tail": self.tail, "scale": self.scale,
-                "seed": self.seed}
+        return {
+            "name": self.name,
+            "sigma": self.sigma,
+            "tail": self.tail,
+            "scale": self.scale,
+            "seed": self.seed,
+        }
 
 
 @hookimpl
 def register_noises(register) -> None:
-    register("pareto", ParetoNoise,
-             description="symmetric Pareto (double Lomax) noise, tail 3; L1, Monte-Carlo (smoothcore-pareto)")
+    register(
+        "pareto",
+        ParetoNoise,
+        description="symmetric Pareto (double Lomax) noise, tail 3; L1, Monte-Carlo (smoothcore-pareto)",
+    )
