@@ -36,14 +36,13 @@ def fetch(dataset: str, root: str | Path | None = None) -> Path:
         )
     class_name, default_root, inner = DOWNLOADABLE[dataset]
     root = Path(root or default_root)
+    made = not root.exists()
     try:
         for train in (True, False):
             getattr(tvd, class_name)(str(root), train=train, download=True)
-    except (
-        OSError,
-        RuntimeError,
-        ValueError,
-    ) as exc:  # URLError is an OSError; torchvision raises RuntimeError on bad checksums
+    except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError; bad checksums: RuntimeError
+        if made:
+            _remove_empty_folders(root)  # a failed first download leaves no empty folders behind
         raise DataError(
             f"could not download {dataset} into {root}: {exc}",
             hint="this needs a network; otherwise copy the files in their standard layout and use --data-dir",
@@ -51,6 +50,16 @@ def fetch(dataset: str, root: str | Path | None = None) -> Path:
     folder = root / inner
     get_dataset(dataset).load("test", folder)  # what smoothcore will read, checked now
     return folder
+
+
+def _remove_empty_folders(root: Path) -> None:
+    import os
+
+    for folder, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):  # deepest first
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty: a partial download stays for the next try
+            pass
 
 
 @hookimpl

@@ -125,7 +125,7 @@ class SmoothedClassifier:
                 raise ConfigError(
                     f"{name}={value:,} draws per image is beyond any useful certificate (at most {MAX_DRAWS:,})"
                 )
-        if not 0.0 < float(alpha) < 1.0:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < float(alpha) < 1.0:
             raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
 
     # -- the algorithms --------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ def load_file(path: str | Path, *, trust: bool = False) -> Any:
         )
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
+    _check_container(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -59,9 +60,8 @@ def load_file(path: str | Path, *, trust: bool = False) -> Any:
             raise CheckpointError(
                 f"{path} is truncated or corrupt, or not a PyTorch checkpoint: {_first_line(exc)}"
             ) from None
-        if (
-            not trust
-        ):  # a pickle the safe loader refuses: Python objects beyond tensors, or a legacy pickle format
+        # a pickle the safe loader refuses: Python objects beyond tensors, or a legacy pickle format
+        if not trust:
             raise CheckpointError(
                 f"{path} cannot be loaded safely: it holds Python objects beyond tensors and plain containers (or is a "
                 f"legacy pickle), and loading it could run code ({_unsupported(exc)})",
@@ -69,7 +69,7 @@ def load_file(path: str | Path, *, trust: bool = False) -> Any:
             ) from None
     except (
         Exception
-    ) as exc:  # torch.load raises many kinds of errors on damaged files; none of them is the user's bug
+    ) as exc:  # torch.load raises many kinds of errors on damaged files; none is the user's bug
         raise CheckpointError(
             f"{path} is truncated or corrupt, or not a PyTorch checkpoint: {_first_line(exc)}"
         ) from None
@@ -84,6 +84,22 @@ def load_file(path: str | Path, *, trust: bool = False) -> Any:
         raise CheckpointError(
             f"{path} could not be loaded even as a trusted pickle: {_first_line(exc)}"
         ) from None
+
+
+def _check_container(path: Path) -> None:
+    """A PyTorch checkpoint is a zip archive (torch >= 1.6), a pickle (protocol 2 or later: older torch.save), or a
+    tar archive (torch < 0.4); anything else (a text file, an image) is named as such, rather than suggesting that
+    trusting it could help."""
+    import tarfile
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return
+    if tarfile.is_tarfile(path):
+        return
+    what = "it is empty" if not head else "neither a zip archive, a pickle nor a tar archive"
+    raise CheckpointError(f"{path} is not a PyTorch checkpoint ({what})")
 
 
 def _unsupported(exc: BaseException) -> str:

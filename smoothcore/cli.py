@@ -7,6 +7,7 @@ traceback; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -77,7 +78,7 @@ def fail(exc: SmoothcoreError) -> None:
     sys.exit(2)
 
 
-def progress_bar() -> Progress:
+def progress_bar(disable: bool = False) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -86,6 +87,7 @@ def progress_bar() -> Progress:
         TimeRemainingColumn(),
         console=err_console,
         transient=False,
+        disable=disable,
     )
 
 
@@ -278,10 +280,10 @@ def train_classifier_cmd(**opts: Any) -> None:
         noise=opts["noise"],
         sigma=opts["sigma"],
         lambd=opts["lambd"],
-        noise_seed=opts["noise_seed"] or 0,
-        epochs=opts["epochs"] or recipe.get("epochs", 5),
-        batch_size=opts["batch_size"] or recipe.get("batch_size", 64),
-        lr=opts["lr"] or recipe.get("lr", 0.1),
+        noise_seed=_given(opts["noise_seed"], 0),
+        epochs=_given(opts["epochs"], recipe.get("epochs", 5)),
+        batch_size=_given(opts["batch_size"], recipe.get("batch_size", 64)),
+        lr=_given(opts["lr"], recipe.get("lr", 0.1)),
         momentum=opts["momentum"],
         weight_decay=opts["weight_decay"],
         stability=opts["stability"],
@@ -316,7 +318,10 @@ def train_classifier_cmd(**opts: Any) -> None:
         def on_step(epoch: int, step: int, total: int, _loss: float) -> None:
             bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}", completed=step, total=total)
 
+        trained = []
+
         def on_epoch(row: dict[str, Any]) -> None:
+            trained.append(row["epoch"])
             bar.console.print(
                 f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, noisy train acc {row['train_noisy_acc']:.4f}, "
                 f"noisy test acc {row['test_noisy_acc']:.4f} ({row['seconds']:.1f} s)",
@@ -330,11 +335,22 @@ def train_classifier_cmd(**opts: Any) -> None:
             on_epoch=on_epoch,
             dist_info=info,
         )
-    if info.main:
-        console.print(f"saved {trainer.exp.checkpoint} ({len(log)} epochs)", highlight=False)
+    if info.main and not trained:
+        console.print(f"nothing to train: {trainer.exp.checkpoint} is complete ({_count(len(log), 'epoch')})")
+    elif info.main:
+        console.print(f"saved {trainer.exp.checkpoint} ({_count(len(log), 'epoch')})", highlight=False)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 # -- train-denoiser -----------------------------------------------------------------------------------------------
+def _given(value: Any, default: Any) -> Any:
+    """The option's value when the user gave one (0 included: it is checked, not replaced), else the default."""
+    return default if value is None else value
+
+
 def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -537,11 +553,8 @@ def certify_cmd(
     run_dir: str, checkpoint: str | None, model: str | None, resume: bool, overwrite: bool, **opts: Any
 ) -> None:
     """Certify the test set with the classifier of experiment folder RUN_DIR."""
-    from smoothcore.runner import CertifyConfig, execute, plan
-
-    if checkpoint is not None:
-        _external_experiment(run_dir, checkpoint, model, opts)
     from smoothcore.distributed import device_for, from_env
+    from smoothcore.runner import CertifyConfig, execute, plan
 
     info = from_env()
     radii_text = opts.pop("radii_text")
@@ -553,8 +566,17 @@ def certify_cmd(
             raise click.BadParameter(
                 f"--max-batch must be a positive integer or 'auto', got {opts['max_batch']!r}"
             ) from None
-    cfg = CertifyConfig(**opts, radii=parse_radii(radii_text) if radii_text else None)
-    run = plan(run_dir, cfg)
+    radii_list = parse_radii(radii_text) if radii_text else None
+    made = _external_experiment(run_dir, checkpoint, model, opts) if checkpoint is not None else False
+    try:
+        cfg = CertifyConfig(**opts, radii=radii_list)
+        run = plan(run_dir, cfg)
+    except SmoothcoreError:
+        if (
+            made
+        ):  # the folder this call made for --checkpoint holds nothing yet: a failed start leaves nothing
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     console = _console(stderr=True)
     shards = f" on {info.world} ranks" if info.active else ""
     if info.main:
@@ -600,8 +622,9 @@ def certify_cmd(
     )
 
 
-def _external_experiment(run_dir: str, checkpoint: str, model: str | None, opts: dict[str, Any]) -> None:
-    """Make RUN_DIR an experiment folder that points at an outside classifier checkpoint."""
+def _external_experiment(run_dir: str, checkpoint: str, model: str | None, opts: dict[str, Any]) -> bool:
+    """Make RUN_DIR an experiment folder that points at an outside classifier checkpoint; True when this call
+    created the folder."""
     from smoothcore.experiment import Experiment
     from smoothcore.fileio import atomic_write_json
     from smoothcore.loading import load_classifier
@@ -626,6 +649,7 @@ def _external_experiment(run_dir: str, checkpoint: str, model: str | None, opts:
         from smoothcore.errors import ExperimentError
 
         raise ExperimentError(f"{run_dir} already holds another experiment", hint="choose another RUN_DIR")
+    made = not exp.path.exists()
     exp.path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(exp.path / "config.json", config)
     from smoothcore.checkpoints import sha256
@@ -642,6 +666,7 @@ def _external_experiment(run_dir: str, checkpoint: str, model: str | None, opts:
     )
     if opts.get("dataset") is None:
         opts["dataset"] = config["dataset"]
+    return made
 
 
 def _default_radii(run) -> list[float]:
@@ -691,8 +716,16 @@ def report_cmd(
 ) -> None:
     """Certified accuracy (%) at RADII, average certified radius and the envelope of the runs at PATHS
     (result tables, experiment folders, or reference result folders)."""
-    from smoothcore.report import certified_accuracy_table, comparability_warnings, load_runs, plot
+    from smoothcore.report import (
+        certified_accuracy_table,
+        check_plot_path,
+        comparability_warnings,
+        load_runs,
+        plot,
+    )
 
+    if plot_path:
+        plot_path = str(check_plot_path(plot_path))  # before the table: a bad path fails first, loses nothing
     runs = load_runs(paths)
     table = certified_accuracy_table(runs, parse_radii(radii), envelope=not no_envelope)
     for warning in comparability_warnings(runs):
@@ -700,12 +733,13 @@ def report_cmd(
     if fmt == "csv":
         click.echo(table.to_csv(index=False, float_format="%.4f"), nl=False)
     elif fmt == "json":
-        click.echo(table.to_json(orient="records", indent=2))
+        # through json: pandas writes "/" as "\/" (legal JSON, but run names are paths people grep for)
+        click.echo(json.dumps(json.loads(table.to_json(orient="records")), indent=2))
     else:
         print_table(table, "certified accuracy (%) by radius")
     if plot_path:
-        plot(runs, plot_path)
-        err_console.print(f"wrote {plot_path}", highlight=False)
+        written = plot(runs, plot_path)
+        err_console.print(f"wrote {written}", highlight=False)
 
 
 # -- sweep ------------------------------------------------------------------------------------------------------
@@ -777,13 +811,17 @@ def sweep_cmd(
     if sigmas:
         sweep.sigmas = parse_list(sigmas, float)
     if stability:
-        sweep.stability = {"plain": [False], "stab": [True], "both": [False, True]}[stability]
-    sweep.train = {**sweep.train, **parse_params(train_option), **({"epochs": epochs} if epochs else {})}
+        sweep.stability = stability
+    sweep.train = {
+        **sweep.train,
+        **parse_params(train_option),
+        **({"epochs": epochs} if epochs is not None else {}),
+    }
     sweep.certify = {**sweep.certify, **parse_params(certify_option)}
     specs = expand(sweep)
     console = _console(stderr=True)
     console.print(f"sweep of {len(specs)} runs into {sweep.out}", highlight=False)
-    with progress_bar() as bar:
+    with progress_bar(disable=dry_run) as bar:
         task = bar.add_task("run", total=None)
         tables = run_sweep(
             sweep,

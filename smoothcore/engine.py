@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothcore.errors import ConfigError, PluginError, SmoothcoreError
+from smoothcore.errors import ConfigError, DataError, PluginError, SmoothcoreError
 from smoothcore.noise import ExactNoise, Noise
 
 MAX_BATCH = 1 << 20  # a million noisy images per forward pass is beyond any device's memory
@@ -242,7 +242,13 @@ class Engine:
         except RuntimeError as exc:
             if is_out_of_memory(exc):
                 raise self._oom(batch.shape[0]) from None
-            raise
+            # most often images of the wrong shape for the model (a missing batch or channel axis); chained, so
+            # that a genuine bug in a model keeps its traceback in Python
+            raise DataError(
+                f"the model could not evaluate noisy images of shape {tuple(batch.shape[1:])}: "
+                f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}",
+                hint="images are (batch, *image) in the layout the model expects, e.g. (batch, channels, height, width)",
+            ) from exc
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] != self.num_classes:
             if not isinstance(logits, torch.Tensor):
                 raise ConfigError(f"the model returned {type(logits).__name__}, not a tensor of logits")

@@ -52,7 +52,28 @@ class Entry:
                     hint=f"it accepts: {', '.join(accepted) or '(none)'}",
                 ) from None
             raise ConfigError(f"{self.kind} {self.name!r}: {exc}") from None
+        for key, value in params.items():
+            param = signature.parameters.get(key)
+            if param is not None:
+                self._check_type(key, value, param.default)
         return self._call(params)
+
+    def _check_type(self, key: str, value: Any, default: Any) -> None:
+        """A value of the wrong kind for a parameter whose default is a flag or a number (text such as
+        ``--model-param width=abc``) is named here, rather than failing deep inside the factory."""
+        if isinstance(default, bool):
+            ok, wanted = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, wanted = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, wanted = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        else:
+            return
+        if not ok:
+            raise ConfigError(
+                f"{self.kind} {self.name!r}: parameter {key!r} takes {wanted}, got {value!r}",
+                hint=f"its default is {default!r}",
+            )
 
     def _call(self, params: dict[str, Any]) -> Any:
         try:

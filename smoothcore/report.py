@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from smoothcore.errors import DataError
+from smoothcore.errors import ConfigError, DataError
 from smoothcore.fileio import check_fields, read_json
 from smoothcore.results import load_results
 
@@ -271,6 +271,7 @@ def plot(runs: list[Run], path: str | Path, *, max_radius: float | None = None) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    path = check_plot_path(path, plt)
     top = (
         max_radius
         or max([float(np.nanmax(np.where(r.correct, r.radius, 0.0), initial=0.0)) for r in runs] + [0.5])
@@ -292,7 +293,33 @@ def plot(runs: list[Run], path: str | Path, *, max_radius: float | None = None) 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as exc:
+        raise ConfigError(f"could not write the plot {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+    return path
+
+
+def check_plot_path(path: str | Path, plt: Any = None) -> Path:
+    """``path`` checked before anything is drawn: its folder exists and its extension is a format matplotlib
+    writes (none: ``.png`` is added, and the returned path says so)."""
+    if plt is None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
     path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    if path.suffix[1:].lower() not in formats:
+        raise ConfigError(
+            f"cannot write a plot as {path.suffix!r}",
+            hint=f"use one of {', '.join('.' + f for f in sorted(formats))}",
+        )
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write the plot {path}: the folder {path.parent} does not exist")
     return path

@@ -61,6 +61,31 @@ class CertifyConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def validate(self) -> None:
+        """The options that need no model or data, checked before anything is loaded (a sweep checks them before
+        its first run trains)."""
+        import math
+
+        from smoothcore.engine import PRECISIONS, check_batch
+
+        SmoothedClassifier._check_mc(self.n0, self.n, self.alpha)
+        subset_indices(0, self.skip, self.limit, self.offset)
+        if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
+            raise ConfigError(f"offset must be a non-negative integer, got {self.offset!r}")
+        if self.max_batch != "auto":
+            check_batch(self.max_batch, "max_batch")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.radii is not None and (
+            not isinstance(self.radii, list)
+            or not self.radii
+            or not all(
+                isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r >= 0
+                for r in self.radii
+            )
+        ):
+            raise ConfigError(f"radii must be a non-empty list of non-negative numbers, got {self.radii!r}")
+
 
 def _fmt(x: float) -> str:
     return f"{x:g}"
@@ -99,6 +124,7 @@ class CertifyRun:
 
 def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     """Load everything a certification needs and check it, without evaluating anything."""
+    cfg.validate()
     exp = Experiment(exp_dir)
     train_cfg = exp.config()
     device = resolve_device(cfg.device)
@@ -145,6 +171,11 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     noise_name = cfg.noise or train_cfg.get("noise")
     if noise_name is None:
         raise ConfigError("which noise? give --noise (and --sigma)")
+    if noise_name == "none" and cfg.noise is None:
+        raise ConfigError(
+            f"the classifier of {exp.path} was trained without noise: which noise to certify it with?",
+            hint="give --noise (and --sigma), usually with --denoiser in front of a clean classifier",
+        )
     sigma, lambd = cfg.sigma, cfg.lambd
     if sigma is None and lambd is None and noise_name == train_cfg.get("noise"):
         sigma, lambd = train_cfg.get("sigma"), train_cfg.get("lambd")

@@ -62,7 +62,76 @@ class Sweep:
             raise ConfigError(
                 f"{path}: unknown recipe keys {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
+        for key in ("train", "certify"):
+            if not isinstance(data.get(key, {}), dict):
+                raise ConfigError(f"{path}: sweep {key} must be a mapping of options, got {data[key]!r}")
         return cls(**data)
+
+    def check(self) -> None:
+        """Validate the grid (a recipe's values arrive untyped): each problem names the key, what was given and what
+        is allowed. ``stability`` also takes the CLI's words: "plain", "stab", "both" (alone or in a list)."""
+        import math
+
+        from smoothcore.plugins import registry
+
+        for key in ("dataset", "model", "out"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ConfigError(f"sweep {key} must be a non-empty string, got {getattr(self, key)!r}")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise ConfigError(f"sweep data_dir must be a path string, got {self.data_dir!r}")
+        if (
+            not isinstance(self.noises, list)
+            or not self.noises
+            or not all(isinstance(n, str) for n in self.noises)
+        ):
+            raise ConfigError(
+                f"sweep noises must be a non-empty list of noise names, got {self.noises!r}",
+                hint='e.g. ["dssn"]',
+            )
+        known = set(registry("noise").names()) | {"none"}
+        unknown = [n for n in self.noises if n not in known]
+        if unknown:
+            raise ConfigError(
+                f"unknown noise {unknown[0]!r} in the sweep; available: {', '.join(sorted(known))}"
+            )
+        if (
+            not isinstance(self.sigmas, list)
+            or not self.sigmas
+            or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                for v in self.sigmas
+            )
+        ):
+            raise ConfigError(
+                f"sweep sigmas must be a non-empty list of positive numbers, got {self.sigmas!r}",
+                hint="e.g. [0.5, 1.0]",
+            )
+        self.sigmas = [float(v) for v in self.sigmas]
+        self.stability = _stability_list(self.stability)
+        for key in ("train", "certify"):
+            if not isinstance(getattr(self, key), dict):
+                raise ConfigError(f"sweep {key} must be a mapping of options, got {getattr(self, key)!r}")
+
+
+_STABILITY_WORDS = {"plain": [False], "stab": [True], "both": [False, True]}
+
+
+def _stability_list(value: Any) -> list[bool]:
+    """``[False, True]`` style lists, or the CLI's words "plain" | "stab" | "both" (alone or in a list)."""
+    items = value if isinstance(value, list) else [value]
+    out: list[bool] = []
+    for item in items:
+        if isinstance(item, bool):
+            out.append(item)
+        elif isinstance(item, str) and item in _STABILITY_WORDS:
+            out.extend(_STABILITY_WORDS[item])
+        else:
+            raise ConfigError(
+                f'sweep stability must be true/false, "plain", "stab" or "both" (or a list of them), got {value!r}'
+            )
+    if not out:
+        raise ConfigError("sweep stability is an empty list", hint='e.g. "both" or [false, true]')
+    return list(dict.fromkeys(out))
 
 
 @dataclass
@@ -73,6 +142,19 @@ class RunSpec:
     certify: Any  # CertifyConfig
 
 
+def _radii_option(certify: dict[str, Any]) -> dict[str, Any]:
+    """``radii`` as a list whether the recipe or ``--certify-option radii=0.5,1`` gave a list, a number or a string."""
+    radii = certify.get("radii")
+    if isinstance(radii, (int, float)) and not isinstance(radii, bool):
+        return {"radii": [radii]}
+    if isinstance(radii, str):
+        try:
+            return {"radii": [float(r) for r in radii.replace(" ", "").split(",") if r]}
+        except ValueError:
+            raise ConfigError(f"radii must be comma-separated numbers, got {radii!r}") from None
+    return {}
+
+
 def run_name(noise: str, sigma: float, stability: bool) -> str:
     return f"{noise}_sigma{sigma:g}_{'stab' if stability else 'plain'}"
 
@@ -81,6 +163,7 @@ def expand(sweep: Sweep) -> list[RunSpec]:
     from smoothcore.runner import CertifyConfig
     from smoothcore.train import RECIPES, TrainConfig
 
+    sweep.check()
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cert_fields = {f.name for f in dataclasses.fields(CertifyConfig)}
     for label, given, known in (
@@ -108,7 +191,16 @@ def expand(sweep: Sweep) -> list[RunSpec]:
                         **sweep.train,
                     }
                 )
-                cert = CertifyConfig(**{"data_dir": sweep.data_dir, "tag": "sweep", **sweep.certify})
+                train.validate()  # before anything runs: a bad option fails the dry run too, not run 7 of 90
+                cert = CertifyConfig(
+                    **{
+                        "data_dir": sweep.data_dir,
+                        "tag": "sweep",
+                        **sweep.certify,
+                        **_radii_option(sweep.certify),
+                    }
+                )
+                cert.validate()
                 specs.append(RunSpec(name, Path(sweep.out) / name, train, cert))
     return specs
 

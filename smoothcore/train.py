@@ -74,6 +74,21 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
+        if self.noise == "none":  # a clean classifier: options of noisy training would be silently ignored
+            given = [
+                opt
+                for opt, on in (
+                    ("--sigma", self.sigma is not None),
+                    ("--lambda", self.lambd is not None),
+                    ("--stability", self.stability),
+                )
+                if on
+            ]
+            if given:
+                raise ConfigError(
+                    f"{', '.join(given)} given with --noise none: a clean classifier is trained without noise",
+                    hint="drop them, or name the noise to train under",
+                )
         for name in ("epochs", "batch_size", "eval_limit", "save_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -189,6 +189,16 @@ def test_certify_refuses_bad_input():
         )
 
 
+def test_an_image_without_its_batch_axis_is_a_clean_error_naming_the_shape():
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.LazyLinear(3))
+    conv(torch.zeros(1, 1, 4, 4))
+    smoothed = SmoothedClassifier(conv, smoothcore.noise("dssn", sigma=0.2, dim=16), 3)
+    with pytest.raises(DataError, match=r"could not evaluate noisy images of shape \(4, 4\)") as info:
+        smoothed.certify(torch.zeros(1, 4, 4))  # (channels, height, width) of one image, no batch axis
+    assert isinstance(info.value.__cause__, RuntimeError)  # the model's own error stays attached
+    assert smoothed.certify(torch.zeros(1, 1, 4, 4)).prediction.shape == (1,)
+
+
 class BatchSpy(nn.Module):
     """Wraps a model and records the size of every forward batch."""
 

@@ -68,8 +68,10 @@ def test_train_certify_report_on_real_data(fashion_dir, tmp_path):
     report = invoke("report", run, "--radii", "0,0.1,0.2", "--format", "csv").stdout.splitlines()
     assert report[0] == "run,norm,images,0,0.1,0.2,ACR"
     assert report[1].startswith("run/dssn_sigma0.25,l1,10,")
-    js = json.loads(invoke("report", run, "--format", "json", "--plot", tmp_path / "curve.png").stdout)
+    text = invoke("report", run, "--format", "json", "--plot", tmp_path / "curve.png").stdout
+    js = json.loads(text)
     assert js[0]["images"] == 10 and (tmp_path / "curve.png").stat().st_size > 1000
+    assert '"run": "run/dssn_sigma0.25"' in text  # the run's path as written, not "run\\/dssn..."
 
 
 def test_report_reads_reference_result_folders(golden):
@@ -88,6 +90,16 @@ def test_report_reads_reference_result_folders(golden):
         (["--sigma", "0.5", "--noise", "gausian"], "unknown noise 'gausian'.*available: dssn, gaussian"),
         (["--sigma", "0.5", "--model", "resnet"], "unknown classifier 'resnet'.*available:"),
         (["--sigma", "0.5", "--dataset", "fmnist"], "unknown dataset 'fmnist'.*fashion-mnist"),
+        (
+            ["--sigma", "0.5", "--epochs", "0"],
+            "epochs must be a positive integer, got 0",
+        ),  # 0 is not "default"
+        (["--sigma", "0.5", "--batch-size", "0"], "batch_size must be a positive integer, got 0"),
+        (["--sigma", "0.5", "--lr", "0"], r"lr must be a number in \(0, 10\], got 0"),
+        (
+            ["--noise", "none", "--sigma", "0.5", "--stability"],
+            "--sigma, --stability given with --noise none",
+        ),
     ],
 )
 def test_train_refuses_bad_options(tmp_path, args, match):
@@ -171,6 +183,16 @@ def test_checkpoint_of_another_architecture_names_the_keys(fashion_dir, tmp_path
 
 
 def test_certify_off_the_shelf_checkpoint(fashion_dir, tmp_path, trained_run):
+    fails(
+        "certify",
+        tmp_path / "ext",
+        "--checkpoint",
+        trained_run / "checkpoint.pt",
+        "--data-dir",
+        fashion_dir,
+        match="which noise",
+    )
+    assert not (tmp_path / "ext").exists()  # the folder made for --checkpoint is gone again
     out = invoke(
         "certify",
         tmp_path / "ext",
@@ -294,7 +316,21 @@ def test_unknown_model_parameters_are_a_clean_error_naming_them(tiny_idx_dir, tm
         1,
         "--out",
         tmp_path / "run",
-        match="could not build classifier 'cnn'",
+        match="classifier 'cnn': parameter 'width' takes an integer, got 'wide'",
+    )
+    fails(
+        "train-classifier",
+        "--data-dir",
+        tiny_idx_dir,
+        "--model-param",
+        "width=-3",
+        "--sigma",
+        0.25,
+        "--epochs",
+        1,
+        "--out",
+        tmp_path / "run",
+        match="could not build classifier 'cnn'.*negative dimension",
     )
     assert not (tmp_path / "run").exists()
 
@@ -357,3 +393,64 @@ def test_certify_with_radii_reports_the_forward_passes_it_saved(run_copy, fashio
     table = pd.read_csv(run_copy / "certify_early.csv")
     assert used == table["forward_passes"].sum() and full == 8 * 220 and used < full
     assert float(m.group(3)) == pytest.approx(100 * (1 - used / full), abs=0.05)
+
+
+def test_report_checks_the_plot_path_before_anything_else(golden, tmp_path):
+    run = golden / "cifar_split_0.5"
+    fails(
+        "report", run, "--plot", tmp_path / "missing" / "x.png", match="the folder .*missing does not exist"
+    )
+    fails("report", run, "--plot", tmp_path / "x.txt", match=r"cannot write a plot as '\.txt'.*\.png")
+    out = invoke("report", run, "--plot", tmp_path / "curves").output
+    assert f"wrote {tmp_path / 'curves.png'}" in out.replace("\n", "")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_clean_classifier_needs_a_noise_to_be_certified(tiny_idx_dir, tmp_path):
+    invoke(
+        "train-classifier",
+        "--data-dir",
+        tiny_idx_dir,
+        "--noise",
+        "none",
+        "--epochs",
+        1,
+        "--batch-size",
+        16,
+        "--eval-limit",
+        16,
+        "--out",
+        tmp_path / "clean",
+    )
+    fails(
+        "certify",
+        tmp_path / "clean",
+        "--data-dir",
+        tiny_idx_dir,
+        "--limit",
+        2,
+        match="trained without noise: which noise to certify it with.*--noise",
+    )
+
+
+def test_resuming_a_finished_training_says_there_is_nothing_to_do(tiny_idx_dir, tmp_path):
+    args = [
+        "train-classifier",
+        "--data-dir",
+        tiny_idx_dir,
+        "--sigma",
+        0.25,
+        "--epochs",
+        1,
+        "--batch-size",
+        16,
+        "--eval-limit",
+        16,
+        "--out",
+        tmp_path / "run",
+    ]
+    assert "(1 epoch)" in invoke(*args).output
+    before = (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns
+    out = invoke(*args, "--resume").output
+    assert "nothing to train" in out and "is complete (1 epoch)" in out.replace("\n", "")
+    assert (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns == before

@@ -149,6 +149,18 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
         smoothcore.load_classifier(tmp_path / "noise.pt")
 
 
+def test_a_file_that_is_no_checkpoint_at_all_is_named_so_and_trust_is_not_suggested(tmp_path):
+    (tmp_path / "README.md").write_text("# not weights\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for name, what in (
+        ("README.md", "neither a zip archive, a pickle nor a tar archive"),
+        ("empty.pt", "it is empty"),
+    ):
+        with pytest.raises(CheckpointError, match=f"{name} is not a PyTorch checkpoint \\({what}\\)") as info:
+            smoothcore.load_classifier(tmp_path / name)
+        assert "trust" not in str(info.value) + str(info.value.hint or "")
+
+
 class Payload:
     def __reduce__(self):
         return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))

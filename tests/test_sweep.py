@@ -77,3 +77,57 @@ def test_recipe_files_are_checked(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps({"dataset": "cifar10", "sigma": [0.5]}))
     result = CliRunner().invoke(cli, ["sweep", "--recipe", str(tmp_path / "r.json"), "--dry-run"])
     assert result.exit_code == 2 and "unknown recipe keys sigma" in result.output
+
+
+def _dry_run(tmp_path, recipe: dict | None = None, *args: str):
+    cmd = ["sweep", "--dry-run", "--out", str(tmp_path / "sweep"), *args]
+    if recipe is not None:
+        (tmp_path / "r.json").write_text(json.dumps(recipe))
+        cmd += ["--recipe", str(tmp_path / "r.json")]
+    return CliRunner().invoke(cli, cmd)
+
+
+def test_recipe_values_are_checked_before_anything_runs(tmp_path):
+    # a string where a list belongs would otherwise be split into characters ("dssn" -> d, s, s, n)
+    bad = [
+        ({"noises": "dssn"}, "noises must be a non-empty list of noise names, got 'dssn'"),
+        ({"noises": ["dssn"], "sigmas": "0.5"}, "sigmas must be a non-empty list of positive numbers"),
+        ({"noises": ["dssn"], "sigmas": [0.5, -1]}, "sigmas must be a non-empty list of positive numbers"),
+        ({"noises": ["nosuch"]}, "unknown noise 'nosuch' in the sweep; available: dssn"),
+        ({"noises": ["dssn"], "stability": "yes"}, "stability must be true/false"),
+        ({"noises": ["dssn"], "train": ["epochs", 1]}, "train must be a mapping"),
+        ({"noises": ["dssn"], "train": {"epochs": 0}}, "epochs must be a positive integer, got 0"),
+        ({"noises": ["dssn"], "certify": {"n": 0}}, "n must be a positive integer, got 0"),
+        ({"noises": ["dssn"], "certify": {"alpha": "abc"}}, "alpha must be in (0, 1), got 'abc'"),
+    ]
+    for recipe, message in bad:
+        result = _dry_run(tmp_path, recipe)
+        assert result.exit_code != 0 and message in result.output, (recipe, result.output)
+        assert "Traceback" not in result.output and not (tmp_path / "sweep").exists()
+
+
+def test_stability_takes_the_cli_words_in_a_recipe_too(tmp_path):
+    for value, runs in (
+        ("plain", ["plain"]),
+        (["stab"], ["stab"]),
+        ("both", ["plain", "stab"]),
+        ([False], ["plain"]),
+    ):
+        result = _dry_run(tmp_path, {"noises": ["dssn"], "sigmas": [0.5], "stability": value})
+        assert result.exit_code == 0, result.output
+        assert f"sweep of {len(runs)} runs" in result.output
+        for kind in ("plain", "stab"):
+            assert (f"dssn_sigma0.5_{kind}" in result.output) == (kind in runs), (value, result.output)
+
+
+def test_cli_options_are_checked_by_the_dry_run(tmp_path):
+    result = _dry_run(tmp_path, None, "--noises", "nosuch")
+    assert result.exit_code != 0 and "unknown noise 'nosuch'" in result.output
+    result = _dry_run(tmp_path, None, "--noises", "dssn", "--epochs", "0")
+    assert result.exit_code != 0 and "epochs must be a positive integer, got 0" in result.output
+    result = _dry_run(
+        tmp_path, None, "--noises", "dssn", "--sigmas", "0.5", "--certify-option", "radii=0.5,1"
+    )
+    assert result.exit_code == 0 and "sweep of 2 runs" in result.output
+    specs = expand(Sweep(noises=["dssn"], sigmas=[0.5], stability=["plain"], certify={"radii": "0.5,1"}))
+    assert specs[0].certify.radii == [0.5, 1.0]

@@ -42,7 +42,10 @@ class FakeMNIST:
 
 
 class Offline:
+    """Makes its folders first, as torchvision does, then finds no network."""
+
     def __init__(self, root, train=True, download=False):
+        (Path(root) / "cifar-10-batches-py").mkdir(parents=True, exist_ok=True)
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
 
@@ -71,6 +74,10 @@ def test_fetch_without_a_network_is_a_clean_error(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["fetch-data", "cifar10", "--root", str(tmp_path / "c")])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "could not download cifar10" in result.output and "name resolution" in result.output
+    assert not (tmp_path / "c").exists()  # no empty folders left behind
+    (tmp_path / "mine").mkdir()  # a folder the user had stays, whatever happened inside it
+    CliRunner().invoke(cli, ["fetch-data", "cifar10", "--root", str(tmp_path / "mine")])
+    assert (tmp_path / "mine").is_dir()
 
 
 def test_datasets_without_a_downloader_say_where_to_get_them():
