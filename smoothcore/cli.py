@@ -445,7 +445,10 @@ def train_denoiser_cmd(
         def on_step(epoch: int, step: int, total: int) -> None:
             bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}", completed=step, total=total)
 
+        trained = []
+
         def on_epoch(row: dict[str, Any]) -> None:
+            trained.append(row["epoch"])
             acc = (
                 ""
                 if row["val_accuracy"] != row["val_accuracy"]
@@ -458,6 +461,9 @@ def train_denoiser_cmd(
             )
 
         trainer.run(overwrite=overwrite, resume=resume, on_step=on_step, on_epoch=on_epoch)
+    if not trained:
+        console.print(f"nothing to train: {Path(out) / 'denoiser.pt'} is complete", highlight=False)
+        return
     console.print(
         f"saved {Path(out) / 'denoiser.pt'} and the best epoch's {Path(out) / 'denoiser_best.pt'}",
         highlight=False,

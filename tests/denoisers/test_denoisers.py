@@ -274,3 +274,33 @@ def test_the_switch_to_sgd_uses_the_sgd_learning_rate_and_the_reference_weight_d
     log = DenoiserTrainer(cfg, tmp_path / "run").run()
     assert log["optimizer"].tolist() == ["adam"] * sgd_after + ["sgd"] * (2 - sgd_after)
     assert log["lr"].iloc[-1] == pytest.approx(3e-4)
+
+
+def test_train_denoiser_cli_trains_then_has_nothing_left_to_do_on_resume(tiny_idx_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from smoothcore.cli import cli
+
+    args = [
+        "train-denoiser",
+        "--data-dir",
+        str(tiny_idx_dir),
+        "--noise",
+        "dssn",
+        "--sigma",
+        "0.25",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--eval-limit",
+        "16",
+        "--arch-param",
+        "depth=3",
+        "--out",
+        str(tmp_path / "d"),
+    ]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0 and "saved" in first.output, first.output
+    again = CliRunner().invoke(cli, [*args, "--resume"])
+    assert again.exit_code == 0 and "nothing to train" in again.output and "saved" not in again.output
