@@ -72,29 +72,53 @@ def forward_flops(model: torch.nn.Module, device: torch.device) -> float:
 
 
 def bench_dssn(
-    model, device, n_images: int, precision: str, channels_last: bool, flops: float, sigma: float = 1.0
+    model,
+    device,
+    n_images: int,
+    precision: str,
+    channels_last: bool,
+    flops: float,
+    sigma: float = 1.0,
+    budget_s: float = float("inf"),
+    compile: bool = False,
 ) -> dict:
+    """Exact DSSN certification of ``n_images``; stops early (and says so in the row) once ``budget_s`` seconds
+    are spent, so that a slow configuration cannot eat the device time of the rows after it."""
     noise = smoothcore.noise("dssn", sigma=sigma, dim=3072, device=device)
     max_batch = auto_max_batch(model, (3, 32, 32), device, cpu_default=1024)
     smoothed = smoothcore.SmoothedClassifier(
-        model, noise, 10, max_batch=max_batch, device=device, precision=precision, channels_last=channels_last
+        model,
+        noise,
+        10,
+        max_batch=max_batch,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile,
     )
     images, _ = cifar_like(n_images)
     x = images.to(device).float() / 255.0
     per_call = max(1, max_batch // noise.num_draws) * 8
-    smoothed.certify(x[:per_call])  # warm-up
+    smoothed.certify(x[:per_call])  # warm-up (and compilation)
     sync(device)
     t0 = time.perf_counter()
+    done = 0
     for i in range(0, n_images, per_call):
         smoothed.certify(x[i : i + per_call])
+        done = min(n_images, i + per_call)
+        if time.perf_counter() - t0 > budget_s:
+            break
     sync(device)
     seconds = time.perf_counter() - t0
-    passes = n_images * noise.num_draws
+    passes = done * noise.num_draws
+    counted = (
+        f"{done} images" if done == n_images else f"{done} of {n_images} images (stopped at {budget_s:g} s)"
+    )
     return {
-        "benchmark": f"DSSN sigma {sigma:g} ({noise.num_draws} draws), {n_images} images, {precision}"
-        f"{' channels-last' if channels_last else ''}",
+        "benchmark": f"DSSN sigma {sigma:g} ({noise.num_draws} draws), {counted}, {precision}"
+        f"{' channels-last' if channels_last else ''}{' compiled' if compile else ''}",
         "seconds": seconds,
-        "per image ms": 1000 * seconds / n_images,
+        "per image ms": 1000 * seconds / done,
         "forward passes/s": passes / seconds,
         "model TFLOP/s": flops * passes / seconds / 1e12,
         "max batch": max_batch,
@@ -204,6 +228,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (runs on the CPU)")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--dssn-budget",
+        type=float,
+        default=240.0,
+        help="most seconds per DSSN row (the row says where it stopped)",
+    )
+    parser.add_argument("--fp32", action="store_true", help="also DSSN in fp32 (TF32), no channels-last")
+    parser.add_argument("--compile", action="store_true", help="also DSSN with torch.compile")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
@@ -229,17 +261,29 @@ def main() -> None:
         ]
     else:
         plan = [
-            lambda: bench_dssn(model, device, 10_000, precision, cuda, flops),
+            lambda: bench_dssn(model, device, 10_000, precision, cuda, flops, budget_s=args.dssn_budget),
             lambda: bench_ssn(model, device, 5, 100_000, precision, flops),
             lambda: bench_train_epoch(device, 50_000, 256, precision, cuda, flops),
         ]
-        if cuda:
-            plan.insert(1, lambda: bench_dssn(model, device, 10_000, "fp32", False, flops))
+        if cuda and args.fp32:
+            plan.append(
+                lambda: bench_dssn(model, device, 10_000, "fp32", False, flops, budget_s=args.dssn_budget)
+            )
+        if cuda and args.compile:
+            plan.append(
+                lambda: bench_dssn(
+                    model, device, 10_000, precision, True, flops, budget_s=args.dssn_budget, compile=True
+                )
+            )
     rows = []
-    for (
-        step
-    ) in plan:  # each row is printed as it finishes, so that a run cut short still shows what it measured
-        row = step()
+    # each row is printed as it finishes, so that a run cut short still shows what it measured; a row that fails
+    # (torch.compile on an untried stack, say) is reported and the others still run
+    for step in plan:
+        try:
+            row = step()
+        except Exception as exc:
+            print(f"failed: {type(exc).__name__}: {exc}", flush=True)
+            continue
         row["% of ceiling"] = 100.0 * row["model TFLOP/s"] / ceiling
         print(
             "done: "
@@ -247,6 +291,8 @@ def main() -> None:
             flush=True,
         )
         rows.append(row)
+    if not rows:
+        raise SystemExit("no benchmark finished")
     record(
         "GPU benchmarks (CIFAR-shaped synthetic images, WRN-40-2)" + (" [smoke]" if small else ""),
         rows,

@@ -39,3 +39,16 @@ def test_memory_benchmark_runs_and_memory_does_not_follow_the_draw_count(monkeyp
     memory.main()
     out = capsys.readouterr().out
     assert "| 3.500 | 3091 |" in out and "| 0.250 | 220 |" in out
+
+
+def test_a_dssn_row_that_runs_out_of_its_time_budget_says_how_far_it_got():
+    import torch
+    from torch import nn
+
+    from benchmarks import gpu
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3072, 10)).eval()
+    row = gpu.bench_dssn(model, torch.device("cpu"), 1000, "fp32", False, 1.0, sigma=0.02, budget_s=0.0)
+    # 17 draws, forward batches of 1024: 60 images per batch, 8 batches per call -> one call of 480 images
+    assert "480 of 1000 images (stopped at 0 s)" in row["benchmark"]
+    assert row["forward passes/s"] == 480 * 17 / row["seconds"]
