@@ -87,16 +87,12 @@ def load_file(path: str | Path, *, trust: bool = False) -> Any:
 
 
 def _check_container(path: Path) -> None:
-    """A PyTorch checkpoint is a zip archive (torch >= 1.6), a pickle (protocol 2 or later: older torch.save), or a
-    tar archive (torch < 0.4); anything else (a text file, an image) is named as such, rather than suggesting that
-    trusting it could help."""
-    import tarfile
-
+    """A PyTorch checkpoint is a zip archive (torch >= 1.6), a pickle (protocol 2 or later: older torch.save), or an
+    uncompressed tar archive (torch < 0.4); anything else (a text file, an image) is named as such, rather than
+    suggesting that trusting it could help. Only magic bytes are read: nothing is parsed here."""
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        return
-    if tarfile.is_tarfile(path):
+        head = f.read(262)
+    if head[:2] == b"PK" or head[:1] == b"\x80" or head[257:262] == b"ustar":
         return
     what = "it is empty" if not head else "neither a zip archive, a pickle nor a tar archive"
     raise CheckpointError(f"{path} is not a PyTorch checkpoint ({what})")

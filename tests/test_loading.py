@@ -152,9 +152,11 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 def test_a_file_that_is_no_checkpoint_at_all_is_named_so_and_trust_is_not_suggested(tmp_path):
     (tmp_path / "README.md").write_text("# not weights\n")
     (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "gzip.pt").write_bytes(b"\x1f\x8b")  # a cut gzip header: nothing may try to decompress it
     for name, what in (
         ("README.md", "neither a zip archive, a pickle nor a tar archive"),
         ("empty.pt", "it is empty"),
+        ("gzip.pt", "neither a zip archive, a pickle nor a tar archive"),
     ):
         with pytest.raises(CheckpointError, match=f"{name} is not a PyTorch checkpoint \\({what}\\)") as info:
             smoothcore.load_classifier(tmp_path / name)

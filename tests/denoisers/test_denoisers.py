@@ -184,7 +184,7 @@ def test_each_objective_reduces_its_loss_on_a_small_batch(objective):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(denoiser_loss(objective, den(noisy), x, y, classifier)) < 0.7 * first
+    assert float(denoiser_loss(objective, den(noisy), x, y, classifier).detach()) < 0.7 * first
 
 
 def test_train_denoiser_writes_best_and_last_and_lowers_the_error(fashion_dir, tmp_path):
