@@ -61,12 +61,17 @@ class Entry:
     def _check_type(self, key: str, value: Any, default: Any) -> None:
         """A value of the wrong kind for a parameter whose default is a flag or a number (text such as
         ``--model-param width=abc``) is named here, rather than failing deep inside the factory."""
+        import numbers
+
+        import numpy as np
+
+        flag = isinstance(value, (bool, np.bool_))
         if isinstance(default, bool):
-            ok, wanted = isinstance(value, bool), "true or false"
+            ok, wanted = flag, "true or false"
         elif isinstance(default, int):
-            ok, wanted = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            ok, wanted = isinstance(value, numbers.Integral) and not flag, "an integer"
         elif isinstance(default, float):
-            ok, wanted = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+            ok, wanted = isinstance(value, numbers.Real) and not flag, "a number"
         else:
             return
         if not ok:

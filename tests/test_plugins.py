@@ -272,3 +272,22 @@ def test_a_classifier_with_nan_logits_gets_no_certificate(name):
     smoothed = smoothcore.SmoothedClassifier(NaNModel(), smoothcore.noise(name, sigma=0.5, dim=4), 3)
     with pytest.raises(smoothcore.ConfigError, match="NaN or infinite logits"):
         smoothed.certify(torch.full((2, 1, 2, 2), 128 / 255), n0=4, n=50)
+
+
+def test_parameters_of_the_wrong_kind_are_named_before_the_factory_runs():
+    import numpy as np
+
+    from smoothcore import ConfigError
+
+    cnn = registry("classifier").get("cnn")
+    shape = {"num_classes": 10, "in_channels": 1, "image_size": 28}
+    for key, value, wanted in (
+        ("width", "abc", "an integer"),
+        ("width", 2.5, "an integer"),
+        ("width", True, "an integer"),
+        ("batch_norm", 1, "true or false"),
+    ):
+        with pytest.raises(ConfigError, match=f"parameter '{key}' takes {wanted}, got {value!r}"):
+            cnn.build(**shape, **{key: value})
+    # numpy scalars are numbers and flags too (values computed with numpy reach factories from Python)
+    assert cnn.build(**shape, width=np.int64(8), batch_norm=np.bool_(False)) is not None
