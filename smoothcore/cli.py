@@ -169,6 +169,11 @@ def _applies(cert, noise) -> bool:
 
 
 # -- train-classifier ---------------------------------------------------------------------------------------------
+device_option = click.option(
+    "--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when available)."
+)
+
+
 def noise_options(f):
     f = click.option("--noise-seed", type=int, default=None, help="Noise seed (DSSN template). Default 0.")(f)
     f = click.option(
@@ -246,9 +251,7 @@ def noise_options(f):
 @click.option(
     "--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on GPUs)."
 )
-@click.option(
-    "--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when available)."
-)
+@device_option
 @click.option(
     "--workers", type=int, default=0, show_default=True, help="Data-loading processes (folder datasets)."
 )
@@ -416,9 +419,7 @@ def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--train-limit", type=int, default=None)
 @click.option("--eval-limit", type=int, default=1000, show_default=True)
-@click.option(
-    "--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when available)."
-)
+@device_option
 @click.option("--workers", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), required=True)
 @click.option("--overwrite", is_flag=True)
@@ -526,9 +527,7 @@ def train_denoiser_cmd(
     help="Autocast precision; the certificate is for the classifier as evaluated.",
 )
 @click.option("--channels-last", is_flag=True)
-@click.option(
-    "--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when available)."
-)
+@device_option
 @click.option("--dataset", default=None, help="Dataset (default: the experiment's).")
 @click.option("--data-dir", type=click.Path(), default=None)
 @click.option("--denoiser", type=click.Path(), default=None, help="Certify classifier(denoiser(x)).")
