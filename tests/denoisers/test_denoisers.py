@@ -217,22 +217,26 @@ def test_denoisers_take_one_or_three_channels():
         DnCNN(4)
 
 
+def tiny_denoiser_config(data_dir, **overrides) -> DenoiserConfig:
+    """A 3-layer, 4-channel DnCNN under uniform noise on the tiny IDX fixture, with ``overrides``."""
+    base = dict(
+        dataset="fashion-mnist",
+        data_dir=str(data_dir),
+        arch="dncnn",
+        arch_params={"depth": 3, "channels": 4},
+        noise="uniform",
+        sigma=0.3,
+        batch_size=16,
+        eval_limit=16,
+    )
+    return DenoiserConfig(**{**base, **overrides})
+
+
 def test_denoiser_training_resumes_to_the_uninterrupted_result(tiny_idx_dir, tmp_path):
     from smoothcore.checkpoints import load_file
 
     def cfg():
-        return DenoiserConfig(
-            dataset="fashion-mnist",
-            data_dir=str(tiny_idx_dir),
-            arch="dncnn",
-            arch_params={"depth": 3, "channels": 4},
-            noise="uniform",
-            sigma=0.3,
-            epochs=3,
-            batch_size=16,
-            eval_limit=16,
-            sgd_after=2,
-        )
+        return tiny_denoiser_config(tiny_idx_dir, epochs=3, sgd_after=2)
 
     DenoiserTrainer(cfg(), tmp_path / "straight").run()
 
@@ -256,20 +260,7 @@ def test_denoiser_training_resumes_to_the_uninterrupted_result(tiny_idx_dir, tmp
 def test_the_switch_to_sgd_uses_the_sgd_learning_rate_and_the_reference_weight_decay(
     tiny_idx_dir, tmp_path, sgd_after
 ):
-    cfg = DenoiserConfig(
-        dataset="fashion-mnist",
-        data_dir=str(tiny_idx_dir),
-        arch="dncnn",
-        arch_params={"depth": 3, "channels": 4},
-        noise="uniform",
-        sigma=0.3,
-        epochs=2,
-        batch_size=16,
-        eval_limit=16,
-        train_limit=32,
-        sgd_after=sgd_after,
-        sgd_lr=3e-4,
-    )
+    cfg = tiny_denoiser_config(tiny_idx_dir, epochs=2, train_limit=32, sgd_after=sgd_after, sgd_lr=3e-4)
     assert cfg.weight_decay == 1e-4  # the reference's Adam default
     log = DenoiserTrainer(cfg, tmp_path / "run").run()
     assert log["optimizer"].tolist() == ["adam"] * sgd_after + ["sgd"] * (2 - sgd_after)
