@@ -271,7 +271,7 @@ def plot(runs: list[Run], path: str | Path, *, max_radius: float | None = None) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = check_plot_path(path, plt)
+    path = check_plot_path(path)
     top = (
         max_radius
         or max([float(np.nanmax(np.where(r.correct, r.radius, 0.0), initial=0.0)) for r in runs] + [0.5])
@@ -302,17 +302,13 @@ def plot(runs: list[Run], path: str | Path, *, max_radius: float | None = None) 
     return path
 
 
-def check_plot_path(path: str | Path, plt: Any = None) -> Path:
+def check_plot_path(path: str | Path) -> Path:
     """``path`` checked before anything is drawn: its folder exists and its extension is a format matplotlib
-    writes (none: ``.png`` is added, and the returned path says so)."""
-    if plt is None:
-        import matplotlib
+    writes (none: ``.png`` is added, and the returned path says so). Opens no figure."""
+    from matplotlib.backend_bases import FigureCanvasBase
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     path = Path(path)
-    formats = plt.figure().canvas.get_supported_filetypes()
-    plt.close("all")
+    formats = FigureCanvasBase.get_supported_filetypes()
     if not path.suffix:
         path = path.with_suffix(".png")
     if path.suffix[1:].lower() not in formats:
