@@ -15,7 +15,6 @@ import torch
 import smoothcore
 from benchmarks.common import peak_rss_mib, record
 from smoothcore.data import fetch, get_dataset
-from smoothcore.engine import image_generator
 from smoothcore.models import build_classifier
 
 
@@ -89,8 +88,8 @@ def bench_mc(model, x, max_batch: int, repeats: int, n0: int = 64, n: int = 2000
             smoothed.certify(x[i : i + 1], n0=n0, n=n, indices=[i])
 
     batches = []
-    for i in range(len(x)):  # the same noisy inputs in the same batch sizes
-        g = image_generator(0, i, "cpu")
+    for i in range(len(x)):  # the same images, draws of the same noise, in the engine's forward-batch sizes
+        g = torch.Generator().manual_seed(i)
         for m in [n0] + [min(max_batch, n - s) for s in range(0, n, max_batch)]:
             batches.append(noise.sample(x[i : i + 1].expand(m, *x.shape[1:]), g))
     certify_s, bare_s, median = compare(certify_pass, batches, model, repeats)

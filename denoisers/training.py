@@ -19,13 +19,14 @@ from torch import nn
 from smoothcore.checkpoints import load_file, sha256
 from smoothcore.data import batches, get_dataset, subset_indices
 from smoothcore.denoise import denoiser_checkpoint
+from smoothcore.devices import resolve_device
 from smoothcore.errors import ConfigError
 from smoothcore.experiment import Experiment
 from smoothcore.fileio import atomic_torch_save
 from smoothcore.loading import check_compatible, load_classifier
 from smoothcore.models import build_denoiser
 from smoothcore.noise import make_noise
-from smoothcore.train import append_csv, damaged_train_state, resolve_device, truncate_log
+from smoothcore.train import append_csv, damaged_train_state, truncate_log
 
 OBJECTIVES = ("mse", "stability", "classification")
 DENOISER = "denoiser.pt"

@@ -51,8 +51,12 @@ class SplittingNoise(Noise):
 
 
 def dssn_levels(lambd: float) -> int:
-    """Number of DSSN draws: ``floor(2 lambda 255)``."""
-    return int(math.floor(2.0 * lambd * 255.0))
+    """Number of DSSN draws: ``floor(2 lambda 255)``. A product within 1e-9 of an integer counts as that integer:
+    ``lambda = sigma * sqrt(3)`` computed from a sigma given for a grid value of lambda (k / 510) can land a rounding
+    error below it, and the floor would lose a draw."""
+    product = 2.0 * lambd * 255.0
+    nearest = round(product)
+    return int(nearest) if abs(product - nearest) <= 1e-9 else int(math.floor(product))
 
 
 def dssn_template(seed: int, levels: int, dim: int) -> np.ndarray:
@@ -146,6 +150,11 @@ class DerandomizedSplittingNoise(ExactNoise):
 
     def check_input(self, x: torch.Tensor) -> None:
         check_images(x, self.dim)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            raise DataError(
+                f"dssn needs float32 or float64 images: {x.dtype} cannot hold every multiple of 1/255 exactly",
+                hint="pass x.float(); to run the model in half precision, use the precision option (bf16, fp16)",
+            )
         if not is_quantised(x):
             raise DataError(
                 "dssn certifies only images whose pixel values are multiples of 1/255; these inputs are not "

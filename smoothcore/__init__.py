@@ -48,7 +48,10 @@ def noise(
     """The registered noise ``name`` (``uniform``, ``ssn``, ``dssn``, ``gaussian``, ``laplace``, or a plugin's).
 
     ``sigma`` is the standard deviation (for the uniform family the half-width is ``lambd = sigma * sqrt(3)``;
-    give one of the two). ``dim`` is the number of pixel values per image; ``seed`` fixes DSSN's template.
+    give one of the two). ``dim`` is the number of pixel values per image. ``seed`` fixes DSSN's template and keys
+    every Monte-Carlo image stream (so certifying the same images twice gives the same result). ``device`` (``cpu``,
+    ``cuda``, ``auto``, ...) is where the noise keeps its own tensors (DSSN's template); draws are always made on
+    the device of the images they perturb.
     """
     from smoothcore.noise import make_noise
 

@@ -73,6 +73,7 @@ import torch
 
 from smoothcore.certificates import ABSTAIN
 from smoothcore.certify import SmoothedClassifier
+from smoothcore.engine import DrawStream
 from smoothcore.errors import ConfigError, DataError, ExperimentError
 from smoothcore.noise import is_quantised
 from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
@@ -366,7 +367,7 @@ class _Oracle:
                 draws = self.noise.sample(xs.expand(k, *self.shape), g)
         xv = xs.detach().clone().requires_grad_(True)
         model = self.engine.model
-        with torch.enable_grad():
+        with torch.enable_grad(), self.engine.evaluating():
             logits = model(draws + (xv - xv.detach())).float()
             others = torch.cat([logits[:, : self.top], logits[:, self.top + 1 :]], dim=1)
             surrogate = (logits[:, self.top] - torch.logsumexp(others, dim=1)).mean()
@@ -580,9 +581,9 @@ class _ImageAuditor:
         return int(counts.cpu().argmax(dim=1)[0])
 
     def fresh_counts(self, delta: torch.Tensor, key: int) -> torch.Tensor:
-        g = _generator(self.oracle.device, self.cfg.seed, self.claim.index, 2, key)
+        stream = DrawStream(self.cfg.seed, self.claim.index, 2, key)
         moved = self.oracle.images(delta.unsqueeze(0))
-        counts = self.smoothed.engine.sampled_counts(self.smoothed.noise, moved, self.cfg.n_test, [g])
+        counts = self.smoothed.engine.sampled_counts(self.smoothed.noise, moved, self.cfg.n_test, [stream])
         self.oracle.spent += self.cfg.n_test
         self.oracle.forward += self.cfg.n_test
         return counts.cpu()[0]

@@ -13,7 +13,8 @@ from scipy.stats import binomtest
 from torch import nn
 
 from smoothcore.certificates import ABSTAIN, Certified, Statistics, resolve_certificate, top_two
-from smoothcore.engine import Engine, image_generator, plugin_of
+from smoothcore.checks import check_indices, check_radii, is_int
+from smoothcore.engine import DrawStream, Engine, image_stream, plugin_of
 from smoothcore.errors import ConfigError, PluginError, SmoothcoreError
 from smoothcore.noise import Noise
 
@@ -54,7 +55,8 @@ def run_certificate(cert, noise: Noise, stats: Statistics, batch: int) -> Certif
 @dataclass
 class CertifyResult:
     """One entry per image. ``prediction``: the smoothed class, ``-1`` where it abstains. ``radius``: certified
-    radius in ``norm`` (float64; NaN on abstention). ``counts``: exact noises, class counts over all draws.
+    radius in ``norm`` (float64; NaN on abstention). ``counts``: exact noises, class counts over the draws
+    evaluated (all of them, unless early decisions (``radii``) stopped an image: then ``draws`` says how many).
     ``p_lower``: Monte-Carlo, the lower confidence bound on the top-class probability. ``forward_passes``: the
     base-classifier evaluations spent on the whole batch, ``forward_passes_full`` what full enumeration (or all
     n0 + n draws) would have spent, and ``draws`` the evaluations per image."""
@@ -94,8 +96,9 @@ class SmoothedClassifier:
     """The smoothed version of ``model`` under ``noise``.
 
     ``model``: an ``nn.Module`` from ``[0, 1]`` images to logits over ``num_classes`` (a denoiser, if any, is part
-    of it: see :func:`smoothcore.stack`). Engine options (``max_batch``, ``device``, ``precision``,
-    ``channels_last``, ``compile``) go to :class:`smoothcore.engine.Engine`.
+    of it: see :func:`smoothcore.stack`). Engine options (``max_batch`` (an integer or ``"auto"``), ``device``,
+    ``precision``, ``channels_last``, ``compile``) go to :class:`smoothcore.engine.Engine`. The model is evaluated
+    in eval mode and left in the mode it was in.
     """
 
     def __init__(self, model: nn.Module, noise: Noise, num_classes: int, **engine_options: Any) -> None:
@@ -108,18 +111,14 @@ class SmoothedClassifier:
         self.engine = Engine(model, num_classes, **engine_options)
 
     # -- helpers ---------------------------------------------------------------------------------------------
-    def _generators(self, n_images: int, indices) -> list[torch.Generator]:
-        if indices is None:
-            indices = range(n_images)
-        indices = [int(i) for i in indices]
-        if len(indices) != n_images:
-            raise ConfigError(f"got {len(indices)} indices for {n_images} images")
-        return [image_generator(self.noise.seed, i, self.engine.device) for i in indices]
+    def _streams(self, n_images: int, indices) -> list[DrawStream]:
+        indices = list(range(n_images)) if indices is None else check_indices(indices, n_images)
+        return [image_stream(self.noise.seed, i) for i in indices]
 
     @staticmethod
     def _check_mc(n0: int, n: int, alpha: float) -> None:
         for name, value in (("n0", n0), ("n", n)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
             if value > MAX_DRAWS:
                 raise ConfigError(
@@ -151,7 +150,7 @@ class SmoothedClassifier:
             counts, _ = self.engine.exact_counts(self.noise, x)
             return PredictResult(counts.argmax(dim=1).cpu(), counts.cpu())
         self._check_mc(1, n, alpha)
-        counts = self.engine.sampled_counts(self.noise, x, n, self._generators(len(x), indices)).cpu()
+        counts = self.engine.sampled_counts(self.noise, x, n, self._streams(len(x), indices)).cpu()
         a, b = top_two(counts)
         n_a = counts.gather(1, a.unsqueeze(1)).squeeze(1).tolist()
         n_b = counts.gather(1, b.unsqueeze(1)).squeeze(1).tolist()
@@ -179,8 +178,9 @@ class SmoothedClassifier:
         independent estimation draws count it; the certificate turns the counts into ``p_lower`` (a two-sided
         Clopper-Pearson bound at ``alpha``) and a radius, abstaining when ``p_lower < 1/2``. With probability at
         least ``1 - alpha`` per image, a non-abstaining prediction is constant within the radius.
-        ``indices`` (default ``0 .. batch-1``) seed each image's random stream, so results do not depend on
-        batching: pass dataset indices to make runs reproducible and shardable.
+        ``indices`` key each image's random stream (with the noise's seed); an image's result then does not depend
+        on the batch size, the other images of the call, sharding or resuming. Pass dataset indices: the default
+        ``0 .. batch-1`` gives the i-th image of every call the same stream.
 
         ``radii`` (early decisions): stop evaluating an image once its verdict at each of these radii is decided.
         Exact noises: once the remaining draws cannot change the prediction or whether the radius reaches each r;
@@ -214,7 +214,7 @@ class SmoothedClassifier:
         self.noise.check_input(x)
         cert = resolve_certificate(self.noise, certificate)
         before = self.engine.forward_passes
-        radii = None if radii is None else [float(r) for r in radii]
+        radii = None if radii is None else check_radii(radii)
         if cert.kind == "exact":
             total = self.noise.num_draws
             stop_when = (
@@ -235,9 +235,9 @@ class SmoothedClassifier:
             full = n0 + n
         else:
             self._check_mc(n0, n, alpha)
-            generators = self._generators(len(x), indices)
-            selection = self.engine.sampled_counts(self.noise, x, n0, generators)
-            counts = self.engine.sampled_counts(self.noise, x, n, generators)
+            streams = self._streams(len(x), indices)
+            selection = self.engine.sampled_counts(self.noise, x, n0, streams)
+            counts = self.engine.sampled_counts(self.noise, x, n, streams)
             stats = Statistics(
                 counts=counts.cpu(), num_draws=n, selection=selection.cpu(), alpha=alpha, x=x.cpu()
             )
@@ -260,12 +260,12 @@ class SmoothedClassifier:
         """Sequential Clopper-Pearson with Bonferroni alpha-spending over pre-planned looks (see ``certify``)."""
         from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
 
-        if isinstance(looks, bool) or not isinstance(looks, int) or looks < 1:
+        if not is_int(looks) or looks < 1:
             raise ConfigError(f"looks must be a positive integer, got {looks!r}")
         schedule = sorted({max(1, -(-n // 2 ** (looks - 1 - i))) for i in range(looks)})
         alpha_look = alpha / len(schedule)
-        generators = self._generators(len(x), indices)
-        top = self.engine.sampled_counts(self.noise, x, n0, generators).argmax(dim=1).cpu()
+        streams = self._streams(len(x), indices)
+        top = self.engine.sampled_counts(self.noise, x, n0, streams).argmax(dim=1).cpu()
         counts = torch.zeros(len(x), self.num_classes, dtype=torch.long)
         done = torch.zeros(len(x), dtype=torch.long)
         p_lower = torch.zeros(len(x), dtype=torch.float64)
@@ -275,7 +275,7 @@ class SmoothedClassifier:
             if not len(active) or extra <= 0:
                 continue
             counts[active] += self.engine.sampled_counts(
-                self.noise, x[active], extra, [generators[i] for i in active.tolist()]
+                self.noise, x[active], extra, [streams[i] for i in active.tolist()]
             ).cpu()
             done[active] = size
             k = counts[active].gather(1, top[active].unsqueeze(1)).squeeze(1).numpy()

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from smoothcore.checkpoints import DENOISER_FORMAT, load_file, load_state_strict, strip_prefix
+from smoothcore.devices import resolve_device
 from smoothcore.errors import CheckpointError
 from smoothcore.models import build_denoiser
 
@@ -62,6 +63,7 @@ def load_denoiser(
 ):
     """An eval-mode denoiser (noisy ``[0, 1]`` images -> denoised ones) with an ``in_channels`` attribute."""
     path = Path(path)
+    device = resolve_device(device)
     obj = load_file(path, trust=trust)
     if not isinstance(obj, dict) or "state_dict" not in obj or "arch" not in obj:
         keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__

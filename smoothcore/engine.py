@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from smoothcore.checks import is_int
+from smoothcore.devices import resolve_device
 from smoothcore.errors import ConfigError, DataError, PluginError, SmoothcoreError
 from smoothcore.noise import ExactNoise, Noise
 
@@ -53,14 +55,39 @@ def keep_freed_memory() -> bool:
     return ok
 
 
-def image_generator(seed: int, index: int, device: torch.device | str) -> torch.Generator:
-    """The random stream of image ``index`` under base ``seed``: independent of batching, sharding and resuming."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index) & 0xFFFFFFFF]).generate_state(
-        2, np.uint32
-    )
-    g = torch.Generator(device=device)
-    g.manual_seed((int(state[0]) << 31) ^ int(state[1]))
-    return g
+DRAW_BLOCK = 128  # random draws per block of an image's stream (see DrawStream)
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+class DrawStream:
+    """The Monte-Carlo draws of one image, keyed by integers (the noise's seed and the image's dataset index).
+
+    Draw ``j`` belongs to block ``j // DRAW_BLOCK``, and each block is drawn in one call from a generator seeded
+    from the keys and the block number alone. So an image's draws do not depend on how they are grouped into
+    calls and forward batches (``max_batch``, ``--max-batch auto``, the other images of a batch), nor on sharding or
+    resuming; on CUDA too, where a generator's position after a call depends on the call's size. ``position``:
+    the next draw; ``sampled_counts`` advances it, so selection and estimation draws follow one another.
+    """
+
+    def __init__(self, *keys: int) -> None:
+        state = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2, np.uint32)
+        self.base = (int(state[0]) << 32) | int(state[1])
+        self.position = 0
+
+    def block_seed(self, block: int) -> int:
+        return _splitmix64((self.base + block) & _MASK64)
+
+
+def image_stream(seed: int, index: int) -> DrawStream:
+    """The draw stream of image ``index`` under the noise's ``seed``."""
+    return DrawStream(seed, index)
 
 
 def auto_max_batch(
@@ -98,9 +125,9 @@ def exact_chunk(num_draws: int, max_batch: int, decision_points: int | None = No
 
 
 def check_batch(size: object, name: str = "batch_size") -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_BATCH:
+    if not is_int(size) or not 1 <= size <= MAX_BATCH:
         raise ConfigError(f"{name} must be an integer in [1, {MAX_BATCH:,}], got {size!r}")
-    return size
+    return int(size)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -117,7 +144,10 @@ def plugin_of(component: object) -> str:
 class Engine:
     """Forward passes of ``model`` (``[0, 1]`` images -> logits) over noisy draws, counted per image.
 
-    ``max_batch``: most noisy images in one forward pass. ``precision``: ``fp32`` or autocast ``bf16``/``fp16``
+    ``max_batch``: most noisy images in one forward pass, or ``"auto"`` (on CUDA, measured from the model's memory
+    on the first images and the free memory; 1024 on the CPU). ``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N``
+    (default: where the model's parameters are); the model is moved there in place. Each evaluation runs the model
+    in eval mode and restores its modules' modes afterwards. ``precision``: ``fp32`` or autocast ``bf16``/``fp16``
     (the certificate is then for the classifier as evaluated in that precision). ``forward_passes`` counts the
     noisy images evaluated so far.
     """
@@ -127,29 +157,39 @@ class Engine:
         model: nn.Module,
         num_classes: int,
         *,
-        max_batch: int = 1024,
+        max_batch: int | str = 1024,
         device: str | torch.device | None = None,
         precision: str = "fp32",
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
+        self._auto_batch = isinstance(max_batch, str) and max_batch == "auto"
+        if self._auto_batch:
+            max_batch = 1024  # until the first images arrive: then measured for their shape (see _fit_batch)
         check_batch(max_batch, "max_batch")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        if not is_int(num_classes) or num_classes < 2:
             raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        if not isinstance(model, nn.Module):
+            raise ConfigError(
+                f"the model must be a torch.nn.Module, got {type(model).__name__}",
+                hint="wrap a function in an nn.Module whose forward calls it",
+            )
         if device is None:
             param = next(model.parameters(), None)
             device = param.device if param is not None else torch.device("cpu")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if self.device.type == "cpu":
             keep_freed_memory()
-        self.model = model.to(self.device).eval()
+        # moved in place (as nn.Module.to does), but its train/eval mode is the caller's: every evaluation switches
+        # to eval mode for its duration only (see `evaluating`)
+        self.model = model.to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if compile else self.model
-        self.num_classes = num_classes
-        self.max_batch = max_batch
+        self.num_classes = int(num_classes)
+        self.max_batch = int(max_batch)
         self.precision = precision
         self.channels_last = channels_last
         self.forward_passes = 0
@@ -225,6 +265,27 @@ class Engine:
         finally:
             self.max_batch = old
 
+    def _fit_batch(self, x: torch.Tensor) -> None:
+        """``max_batch="auto"``: sized by :func:`auto_max_batch` for the first images' shape, once."""
+        if self._auto_batch:
+            self._auto_batch = False
+            with self.evaluating():
+                self.max_batch = auto_max_batch(self.model, tuple(x.shape[1:]), self.device)
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        """The model in eval mode within the block (dropout off, batch-norm running statistics used and left
+        untouched), its modules' own modes restored afterwards: a model certified between training epochs goes
+        on training as it was."""
+        training = [m for m in self.model.modules() if m.training]
+        for m in training:
+            m.training = False
+        try:
+            yield
+        finally:
+            for m in training:
+                m.training = True
+
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
         if dtype is None:
@@ -237,11 +298,18 @@ class Engine:
         if self.channels_last and batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         try:
-            with self._autocast():
+            with self._autocast(), self.evaluating():
                 logits = self.forward(batch)
         except RuntimeError as exc:
             if is_out_of_memory(exc):
                 raise self._oom(batch.shape[0]) from None
+            weights = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
+            if weights is not None and batch.is_floating_point() and batch.dtype != weights:
+                raise DataError(
+                    f"the model's weights are {weights} but the images are {batch.dtype}",
+                    hint="pass float32 images (x.float()); the precision option (bf16, fp16) runs the model in "
+                    "half precision by autocast",
+                ) from exc
             # most often images of the wrong shape for the model (a missing batch or channel axis); chained, so
             # that a genuine bug in a model keeps its traceback in Python
             raise DataError(
@@ -278,6 +346,7 @@ class Engine:
         draws_done ``(batch,)``.
         """
         x = x.to(self.device)
+        self._fit_batch(x)
         self._start_checks(noise)
         total = noise.num_draws
         chunk = exact_chunk(total, self.max_batch, decision_points if stop_when is not None else None)
@@ -334,47 +403,54 @@ class Engine:
 
     @torch.inference_mode()
     def sampled_counts(
-        self, noise: Noise, x: torch.Tensor, num: int, generators: Sequence[torch.Generator]
+        self, noise: Noise, x: torch.Tensor, num: int, streams: Sequence[DrawStream]
     ) -> torch.Tensor:
-        """Counts over ``num`` random draws per image, image ``i`` drawing from ``generators[i]``.
+        """Counts over the next ``num`` random draws of each image, image ``i`` drawing from ``streams[i]`` (whose
+        position advances by ``num``): ``(batch, classes)`` int64 on the device.
 
-        An image's draws are generated in pieces of at most ``max_batch`` starting at its own draw 0, so its
-        random stream (and result) does not depend on which other images share a forward batch.
+        Draws are generated a block of the stream at a time (see :class:`DrawStream`) and evaluated in forward
+        batches of exactly ``max_batch`` noisy images (the last one smaller), so the result depends neither on the
+        batch size nor on which other images share a batch.
         """
-        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        if not is_int(num) or num < 1:
             raise ConfigError(f"the number of draws must be a positive integer, got {num!r}")
+        if len(streams) != x.shape[0]:
+            raise ConfigError(f"got {len(streams)} draw streams for {x.shape[0]} images")
         x = x.to(self.device)
+        self._fit_batch(x)
         self._start_checks(noise)
         counts = torch.zeros(x.shape[0], self.num_classes, dtype=torch.long, device=self.device)
-        pieces = [
-            (i, min(self.max_batch, num - s))
-            for i in range(x.shape[0])
-            for s in range(0, num, self.max_batch)
-        ]
-        batch: list[tuple[int, int]] = []
-        filled = 0
-        for piece in pieces + [None]:
-            if piece is None or filled + piece[1] > self.max_batch:
-                if batch:
-                    noisy = torch.cat(
-                        [
-                            self._drawn(
-                                noise,
-                                noise.sample,
-                                (x[i].unsqueeze(0).expand(m, *x.shape[1:]), generators[i]),
-                                (m, *x.shape[1:]),
-                                m,
-                            )
-                            for i, m in batch
-                        ]
-                    )
-                    rows = torch.cat(
-                        [torch.full((m,), i, dtype=torch.long, device=self.device) for i, m in batch]
-                    )
-                    self._count(counts, rows, self.classify(noisy))
-                batch, filled = [], 0
-            if piece is not None:
-                batch.append(piece)
-                filled += piece[1]
+        generator = torch.Generator(device=self.device)
+        shape = (DRAW_BLOCK, *x.shape[1:])
+        noisy: list[torch.Tensor] = []
+        rows: list[torch.Tensor] = []
+        held = 0
+
+        def evaluate(upto: int) -> None:  # forward the first `upto` noisy images held, keep the rest
+            nonlocal noisy, rows, held
+            batch, owner = torch.cat(noisy), torch.cat(rows)
+            for a in range(0, upto, self.max_batch):
+                b = min(a + self.max_batch, upto)
+                self._count(counts, owner[a:b], self.classify(batch[a:b]))
+            noisy, rows, held = ([batch[upto:]], [owner[upto:]], held - upto) if upto < held else ([], [], 0)
+
+        for i, stream in enumerate(streams):
+            start, stop = stream.position, stream.position + int(num)
+            for block in range(start // DRAW_BLOCK, (stop - 1) // DRAW_BLOCK + 1):
+                lo = max(start - block * DRAW_BLOCK, 0)
+                hi = min(stop - block * DRAW_BLOCK, DRAW_BLOCK)
+                generator.manual_seed(stream.block_seed(block))
+                draws = self._drawn(
+                    noise, noise.sample, (x[i].unsqueeze(0).expand(shape), generator), shape, DRAW_BLOCK
+                )
+                noisy.append(draws[lo:hi])
+                rows.append(torch.full((hi - lo,), i, dtype=torch.long, device=self.device))
+                held += hi - lo
+                if held >= self.max_batch:
+                    evaluate(held - held % self.max_batch)
+        for stream in streams:
+            stream.position += int(num)
+        if held:
+            evaluate(held)
         self.finish_checks(noise)
         return counts

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from smoothcore.checkpoints import CLASSIFIER_FORMAT, load_file, load_state_strict, strip_prefix
+from smoothcore.devices import resolve_device
 from smoothcore.errors import CheckpointError, ConfigError
 from smoothcore.models import NormalizedClassifier, build_classifier
 
@@ -165,10 +166,16 @@ def load_classifier(
     result is ``(module, info)``, info holding the layout, model, dataset and the checkpoint's extra fields.
     """
     path = Path(path)
+    device = resolve_device(device)
     obj = load_file(path, trust=trust)
     layout = detect_layout(obj)
     info: dict[str, Any] = {"layout": layout, "path": str(path)}
     if layout == "smoothcore":
+        if model is not None and model != obj.get("model"):
+            raise CheckpointError(
+                f"{path} holds a {obj.get('model')!r} classifier, not {model!r}",
+                hint="smoothcore checkpoints name their own architecture: leave the model out",
+            )
         if dataset is not None and dataset != obj["dataset"]:
             src_classes = _dataset_facts(dataset)[0]
             if src_classes != obj["num_classes"] or _dataset_facts(dataset)[1] != obj["in_channels"]:

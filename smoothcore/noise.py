@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from smoothcore.checks import is_int
+from smoothcore.devices import resolve_device
 from smoothcore.errors import ConfigError, DataError
 
 SQRT3 = math.sqrt(3.0)
@@ -36,7 +38,7 @@ class Noise(ABC):
     def __init__(self, *, dim: int, seed: int = 0, device: str | torch.device = "cpu") -> None:
         self.dim = check_dim(dim)
         self.seed = int(seed)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
 
     @abstractmethod
     def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -93,11 +95,11 @@ class ExactNoise(Noise):
 
 
 def check_dim(dim: Any) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+    if not is_int(dim) or dim < 1:
         raise ConfigError(
             f"dim (the number of pixel values per image) must be a positive integer, got {dim!r}"
         )
-    return dim
+    return int(dim)
 
 
 def uniform_scale(sigma: float | None, lambd: float | None) -> tuple[float, float]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from smoothcore.checks import check_radii
 from smoothcore.errors import ConfigError, DataError
 from smoothcore.fileio import check_fields, read_json
 from smoothcore.results import load_results
@@ -37,6 +38,23 @@ class Run:
     index: np.ndarray | None = None
     manifest: dict[str, Any] = field(default_factory=dict)  # of the experiment folder holding the table
 
+    def __post_init__(self) -> None:  # tensors (as certify returns them), lists or arrays alike
+        self.label = _array(self.label, np.int64, "label")
+        self.prediction = _array(self.prediction, np.int64, "prediction")
+        self.radius = _array(self.radius, np.float64, "radius")
+        if self.index is not None:
+            self.index = _array(self.index, np.int64, "index")
+        if not len(self.label) == len(self.prediction) == len(self.radius):
+            raise DataError(
+                f"run {self.name!r}: {len(self.label)} labels, {len(self.prediction)} predictions and "
+                f"{len(self.radius)} radii"
+            )
+
+    @classmethod
+    def from_result(cls, name: str, result, labels) -> Run:
+        """A run from :meth:`smoothcore.SmoothedClassifier.certify`'s result and the images' true labels."""
+        return cls(name, labels, result.prediction, result.radius, result.norm)
+
     @property
     def correct(self) -> np.ndarray:
         return (self.prediction == self.label) & (self.prediction >= 0)
@@ -44,7 +62,7 @@ class Run:
     def certified_accuracy(self, radii) -> np.ndarray:
         """Fraction of images whose prediction is right and whose radius is at least r, for each r."""
         radius = np.nan_to_num(self.radius, nan=-np.inf)
-        radii = np.asarray(radii, dtype=np.float64)
+        radii = np.asarray(check_radii(radii), dtype=np.float64)
         if not len(radius):
             return np.full(len(radii), np.nan)  # no images: no accuracy to speak of
         return ((self.correct[None, :]) & (radius[None, :] >= radii[:, None])).mean(axis=1)
@@ -53,6 +71,16 @@ class Run:
         """ACR: the mean over images of the radius where the prediction is right (and certified), else 0."""
         radius = np.nan_to_num(self.radius, nan=0.0)
         return float(np.where(self.correct & (radius > 0), radius, 0.0).mean()) if len(radius) else 0.0
+
+
+def _array(values: Any, dtype, what: str) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    try:
+        out = np.asarray(values, dtype=dtype).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{what} must be numbers, one per image: {exc}") from None
+    return out
 
 
 def _reference_run(folder: Path) -> Run:
@@ -129,6 +157,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "n0": (int,),
     "alpha": (int, float),
     "noise": (dict,),
+    "radii": (list,),
 }
 
 
@@ -140,6 +169,8 @@ def check_meta(meta: Any, path: Path) -> dict[str, Any]:
 def load_runs(paths) -> list[Run]:
     """Every run found at ``paths`` (result tables, experiment folders, reference result folders)."""
     runs: list[Run] = []
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
     for p in map(Path, paths):
         if p.is_file() and p.suffix == ".csv":
             runs.append(_table_run(p))
@@ -161,7 +192,7 @@ def load_runs(paths) -> list[Run]:
 
 def certified_accuracy_table(runs: list[Run], radii=PAPER_RADII, *, envelope: bool = True) -> pd.DataFrame:
     """Certified accuracy (%) of each run at each radius, its ACR, and the best-over-runs envelope row."""
-    radii = [float(r) for r in radii]
+    radii = check_radii(radii)
     rows = []
     for run in runs:
         acc = run.certified_accuracy(radii) * 100.0
@@ -244,6 +275,14 @@ def comparability_warnings(runs: list[Run]) -> list[str]:
             out.append(
                 f"{r.name} was certified with an earlier checkpoint: the experiment's classifier has changed since "
                 "(trained further or replaced); certify again to report the current model"
+            )
+    for r in runs:
+        early = r.meta.get("radii")
+        if early:
+            out.append(
+                f"{r.name} stopped each image early once its verdicts at radii {', '.join(map(str, early))} "
+                "were decided (certify --radii): its certified accuracy is exact at those radii; at other radii, in "
+                "plots and in its ACR it is a lower bound (certify without --radii for the full values)"
             )
     settings: dict[str, set[str]] = {}
     for r in runs:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from smoothcore.errors import ExperimentError
+from smoothcore.errors import DataError, ExperimentError
 
 COLUMNS = (
     "index",
@@ -200,5 +200,19 @@ class ResultWriter:
 
 def load_results(path: str | Path) -> pd.DataFrame:
     """The valid rows of a result table, sorted by image index."""
-    frame, _, _ = read_valid(path)
+    path = Path(path)
+    if path.is_dir():
+        tables = sorted(p.name for p in path.glob("certify_*.csv"))
+        raise DataError(
+            f"{path} is a folder, not a result table",
+            hint=f"pass one of its tables ({', '.join(tables)})"
+            if tables
+            else "pass a certify_*.csv file; smoothcore.report.load_runs reads whole folders",
+        )
+    if not path.exists():
+        raise DataError(f"{path} does not exist")
+    try:
+        frame, _, _ = read_valid(path)
+    except OSError as exc:
+        raise DataError(f"could not read {path}: {exc.strerror or exc}") from None
     return frame.sort_values("index").reset_index(drop=True) if len(frame) else frame

@@ -22,6 +22,7 @@ from smoothcore.certificates import default_certificate, resolve_certificate
 from smoothcore.certify import SmoothedClassifier
 from smoothcore.checkpoints import sha256
 from smoothcore.data import fetch, get_dataset, subset_indices
+from smoothcore.devices import resolve_device
 from smoothcore.distributed import DistInfo, barrier
 from smoothcore.errors import ConfigError, ExperimentError
 from smoothcore.experiment import Experiment, now, versions
@@ -30,7 +31,6 @@ from smoothcore.loading import check_compatible, load_classifier
 from smoothcore.models import stack
 from smoothcore.noise import make_noise
 from smoothcore.results import ResultWriter, load_results
-from smoothcore.train import resolve_device
 
 
 @dataclass

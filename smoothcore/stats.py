@@ -11,6 +11,8 @@ from smoothcore.errors import ConfigError
 def _check(k, n, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     k_arr = np.asarray(k, dtype=np.float64)
     n_arr = np.asarray(n, dtype=np.float64)
+    if np.any(k_arr != np.round(k_arr)) or np.any(n_arr != np.round(n_arr)):
+        raise ConfigError(f"k and n are counts (integers), got k={k!r}, n={n!r}")
     if not 0.0 < float(alpha) < 1.0:
         raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
     if np.any(n_arr < 1) or np.any(k_arr < 0) or np.any(k_arr > n_arr):

@@ -22,6 +22,7 @@ from torch import nn
 
 from smoothcore.checkpoints import load_file, sha256
 from smoothcore.data import DatasetSource, batches, get_dataset, subset_indices
+from smoothcore.devices import resolve_device
 from smoothcore.distributed import DistInfo, barrier
 from smoothcore.engine import PRECISIONS
 from smoothcore.errors import CheckpointError, ConfigError, ExperimentError, SmoothcoreError
@@ -110,20 +111,6 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a number {bounds}, got {v!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r} (cpu, cuda, cuda:N or auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device {device!r} requested but CUDA is not available here", hint="use --device cpu"
-        )
-    return dev
 
 
 @dataclass

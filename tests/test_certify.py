@@ -232,3 +232,93 @@ def test_a_per_call_batch_size_bounds_the_forward_batches_and_leaves_the_results
     assert max(spy.sizes) > 32
     with pytest.raises(ConfigError, match="batch_size"):
         smoothed.certify(x, batch_size=0)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "laplace", "uniform", "ssn"])
+def test_monte_carlo_results_do_not_depend_on_the_batch_size_for_any_noise(name):
+    """An image's draws come in fixed blocks of its own stream: the same p_lower whatever max_batch (and on CUDA,
+    whatever --max-batch auto measures). dim 3 is not a multiple of 16, where CPU Gaussian sampling of one call of
+    n values differs from several smaller calls."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 3))
+    noise = smoothcore.noise(name, sigma=0.5, dim=3)
+    x = torch.rand(4, 3)
+    results = [
+        SmoothedClassifier(model, noise, 3, max_batch=size).certify(x, n0=50, n=700, indices=[3, 1, 4, 5])
+        for size in (7, 64, 129, 5000)
+    ]
+    for other in results[1:]:
+        assert torch.equal(other.p_lower, results[0].p_lower)
+    alone = SmoothedClassifier(model, noise, 3, max_batch=64).certify(x[2:3], n0=50, n=700, indices=[4])
+    assert alone.p_lower[0] == results[0].p_lower[2]
+
+
+def test_sequential_estimation_continues_the_streams_of_a_full_run():
+    """The draws of the sequential looks are the draws a full run would make, in the same order: an image that
+    is never decided early ends with the full run's counts and bound (at the sequential run's per-look alpha)."""
+    model = Threshold(0.5)
+    noise = smoothcore.noise("uniform", sigma=0.25, dim=16)
+    x = quantised((1, 1, 4, 4))
+    x[:, 0, 0, 0] = 0.5  # a coin flip: never decided before the last look
+    smoothed = SmoothedClassifier(model, noise, 2, max_batch=100)
+    sequential = smoothed.certify(x, n0=20, n=640, radii=[0.1], looks=6, indices=[7])
+    full = smoothed.certify(x, n0=20, n=640, alpha=0.001 / 6, indices=[7])
+    assert int(sequential.draws[0]) == 660
+    assert torch.allclose(sequential.p_lower, full.p_lower)
+
+
+def test_a_model_in_training_mode_is_evaluated_in_eval_mode_and_left_as_it_was():
+    """Certifying between training epochs: dropout and batch-norm act as at evaluation (deterministic counts),
+    batch-norm running statistics stay untouched, and every module keeps its mode afterwards."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+    frozen = nn.Sequential(nn.Identity())
+    frozen.eval()
+    model.append(frozen)
+    model.train()
+    frozen.eval()  # a submodule the user keeps in eval mode stays so
+    stats = model[2].running_mean.clone()
+    smoothed = SmoothedClassifier(model, smoothcore.noise("dssn", sigma=0.2, dim=16), 3)
+    assert model.training  # building it changes nothing
+    x = quantised((3, 1, 4, 4))
+    first, second = smoothed.certify(x), smoothed.certify(x)
+    assert torch.equal(first.counts, second.counts)
+    assert torch.equal(model[2].running_mean, stats)
+    assert model.training and model[3].training and not frozen.training
+    model.eval()
+    assert torch.equal(smoothed.certify(x).counts, first.counts)
+
+
+def test_python_api_arguments_are_checked_like_the_command_line():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    mc = SmoothedClassifier(model, smoothcore.noise("ssn", sigma=0.2, dim=16), 3)
+    x = quantised((2, 1, 4, 4))
+    for radii in ([float("nan")], [-1.0], 0.5, "0.5,1", []):
+        with pytest.raises(ConfigError, match="radii"):
+            mc.certify(x, n=20, radii=radii)
+    with pytest.raises(ConfigError, match="indices must be non-negative integers"):
+        mc.certify(x, n=20, indices=[1.7, 2.2])
+    with pytest.raises(ConfigError, match="2 images"):
+        mc.certify(x, n=20, indices=[1])
+    # numpy numbers, as computed from shapes and arrays, are accepted where Python numbers are
+    dim = np.prod(x.shape[1:])
+    smoothed = SmoothedClassifier(
+        model, smoothcore.noise("ssn", sigma=0.2, dim=dim), np.int64(3), max_batch=np.int64(64)
+    )
+    out = smoothed.certify(x, n0=np.int64(10), n=np.int64(50), indices=np.arange(2), radii=np.array([0.1]))
+    assert out.prediction.shape == (2,)
+    assert (
+        SmoothedClassifier(model, mc.noise, 3, max_batch="auto").engine.max_batch == 1024
+    )  # CPU: the default
+
+
+def test_dtype_mistakes_are_named_as_such():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x = quantised((2, 1, 4, 4))
+    dssn = SmoothedClassifier(model, smoothcore.noise("dssn", sigma=0.2, dim=16), 3)
+    with pytest.raises(DataError, match="float16 cannot hold every multiple of 1/255"):
+        dssn.certify(x.half())
+    with pytest.raises(DataError, match=r"weights are torch.float32 but the images are torch.float64"):
+        dssn.certify(x.double())
+    with pytest.raises(ConfigError, match="must be a torch.nn.Module"):
+        SmoothedClassifier(lambda z: model(z), dssn.noise, 3)

@@ -387,12 +387,13 @@ def test_certify_with_radii_reports_the_forward_passes_it_saved(run_copy, fashio
         "--tag",
         "early",
     ).output.replace("\n", " ")
-    m = re.search(r"forward passes: ([\d,]+) of ([\d,]+) \(([\d.]+)% saved by early decisions\)", out)
+    m = re.search(r"forward passes: ([\d,]+) of ([\d,]+) \(([\d.]+)% saved by early decisions; ", out)
     assert m, out
     used, full = int(m.group(1).replace(",", "")), int(m.group(2).replace(",", ""))
     table = pd.read_csv(run_copy / "certify_early.csv")
     assert used == table["forward_passes"].sum() and full == 8 * 220 and used < full
     assert float(m.group(3)) == pytest.approx(100 * (1 - used / full), abs=0.05)
+    assert "the ACR a lower bound" in out
 
 
 def test_report_checks_the_plot_path_before_anything_else(golden, tmp_path):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 import smoothcore
+from smoothcore import ConfigError
 from smoothcore.engine import Engine
 from tests.conftest import quantised
 
@@ -104,3 +106,15 @@ def test_images_retired_by_early_decisions_make_room_for_new_ones():
     # then only the slow images remain, for at most the 16 steps of one enumeration
     assert spy.sizes[:6] == [170] * 6
     assert len(spy.sizes) <= -(-sum(spy.sizes) // 170) + 16
+
+
+def test_devices_this_machine_lacks_or_that_do_not_exist_are_clean_errors():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        Engine(model, 3, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            Engine(model, 3, device="cuda")
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            smoothcore.noise("dssn", sigma=0.2, dim=16, device="cuda:1")
+    assert Engine(model, 3, device="auto").device.type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -132,6 +132,13 @@ def test_checkpoint_of_another_architecture_names_the_mismatched_keys(tmp_path):
         smoothcore.load_classifier(tmp_path / "c.pth.tar", model="resnet110")
 
 
+def test_another_architecture_named_for_an_own_checkpoint_is_refused(tmp_path):
+    own_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="holds a 'cnn' classifier, not 'wrn40'"):
+        smoothcore.load_classifier(tmp_path / "checkpoint.pt", model="wrn40")
+    assert smoothcore.load_classifier(tmp_path / "checkpoint.pt", model="cnn") is not None
+
+
 def test_checkpoint_for_other_data_is_refused(tmp_path):
     own_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="cannot classify cifar10"):

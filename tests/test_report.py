@@ -102,3 +102,44 @@ def test_exact_and_monte_carlo_runs_of_one_model_are_not_flagged_as_mixed_settin
         finished="x",
     )
     assert not any("Monte-Carlo settings" in w for w in comparability_warnings([exact, mc]))
+
+
+def test_runs_accept_what_certify_returns_and_check_their_arguments():
+    import torch
+
+    from smoothcore import ConfigError, DataError
+    from smoothcore.certify import CertifyResult
+
+    result = CertifyResult(
+        prediction=torch.tensor([0, 1, -1]),
+        radius=torch.tensor([0.5, 0.2, float("nan")], dtype=torch.float64),
+        norm="l1",
+        certificate="exact",
+    )
+    r = Run.from_result("mine", result, torch.tensor([0, 0, 2]))
+    assert r.certified_accuracy([0.0, 0.4]).tolist() == pytest.approx([1 / 3, 1 / 3])
+    with pytest.raises(ConfigError, match="radii must be a list"):
+        certified_accuracy_table([r], radii=0.5)
+    with pytest.raises(DataError, match="2 labels, 3 predictions"):
+        Run("bad", [0, 1], [0, 1, 2], [0.1, 0.2, 0.3])
+
+
+def test_runs_stopped_early_are_flagged_as_lower_bounds_away_from_their_radii():
+    early = Run("early", [0, 1], [0, 1], [0.5, 0.1], "l1", {"radii": [0.5, 1.0]}, np.arange(2))
+    full = run("full", [0, 1], [0, 1], [0.6, 0.3])
+    warnings = comparability_warnings([early, full])
+    assert any(
+        "early stopped each image early" in w and "0.5, 1.0" in w and "lower bound" in w for w in warnings
+    )
+    assert not any(w.startswith("full") for w in warnings)
+
+
+def test_load_runs_takes_one_path_as_well_as_a_list(tmp_path):
+    from smoothcore.report import load_runs
+
+    folder = tmp_path / "ref"
+    folder.mkdir()
+    np.save(folder / "labels.npy", np.array([0, 1]))
+    np.save(folder / "radius_l1.npy", np.array([0.1, 0.2]))
+    np.save(folder / "predicted_labels.npy", np.array([0, 0]))
+    assert [r.name for r in load_runs(str(folder))] == [r.name for r in load_runs([folder])] == ["ref"]

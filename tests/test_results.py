@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from smoothcore import ExperimentError
+from smoothcore import DataError, ExperimentError
 from smoothcore.results import ResultWriter, load_results, read_valid
 
 
@@ -97,3 +97,10 @@ def test_a_background_sync_failure_is_reported_by_the_next_write(tmp_path, monke
         w.write(rows(2)[1])
     monkeypatch.undo()
     w.close()
+
+
+def test_loading_a_folder_or_a_missing_table_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="is a folder, not a result table"):
+        load_results(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        load_results(tmp_path / "certify_x.csv")

@@ -30,7 +30,18 @@ def test_two_sided_interval_uses_half_of_alpha():
     assert clopper_pearson_lower(990, 1000, 0.01) == pytest.approx(beta.ppf(0.005, 990, 11))
 
 
-@pytest.mark.parametrize("k,n,alpha", [(5, 4, 0.01), (-1, 4, 0.01), (1, 0, 0.01), (1, 4, 0.0), (1, 4, 1.0)])
+@pytest.mark.parametrize(
+    "k,n,alpha",
+    [
+        (5, 4, 0.01),
+        (-1, 4, 0.01),
+        (1, 0, 0.01),
+        (1, 4, 0.0),
+        (1, 4, 1.0),
+        (0.99, 1000, 0.001),
+        (5.5, 10, 0.01),
+    ],
+)
 def test_invalid_arguments_are_clear_errors(k, n, alpha):
     with pytest.raises(ConfigError):
         clopper_pearson_lower(k, n, alpha)

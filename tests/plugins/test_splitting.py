@@ -141,6 +141,13 @@ def test_lambda_can_be_given_instead_of_sigma():
     assert a.num_draws == b.num_draws == 441
 
 
+def test_a_sigma_given_for_a_grid_value_of_lambda_keeps_every_draw():
+    """floor(2 lambda 255) with lambda = sigma sqrt(3) one rounding error below k / 510 would lose a draw."""
+    for k in range(1, 1021):
+        sigma = k / 510 / math.sqrt(3)
+        assert smoothcore.noise("dssn", sigma=sigma, dim=4).num_draws == k
+
+
 # -- SSN ------------------------------------------------------------------------------------------------------------
 def test_ssn_with_wide_cells_matches_the_closed_form():
     """For lambda >= 1/2: x~ = ([x > s] + min(s, 1)) / 2, so P(x~ > 1/2... ) follow from s ~ U[0, w)."""

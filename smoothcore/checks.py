@@ -1,0 +1,54 @@
+"""Argument checks shared by the Python API: what counts as an integer, a list of radii, a list of indices.
+
+numpy scalars are accepted where Python numbers are (``dim=np.prod(x.shape[1:])`` is a common way to compute a
+size); ``bool`` is not an integer here, and a string is not a list of numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+
+from smoothcore.errors import ConfigError
+
+
+def is_int(value: Any) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _as_list(value: Any, what: str) -> list:
+    if isinstance(value, (str, bytes)) or isinstance(value, numbers.Number):
+        raise ConfigError(f"{what} must be a list of numbers, got {value!r}", hint=f"e.g. {what}=[0.5, 1.0]")
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().reshape(-1).tolist()
+    try:
+        return list(value)
+    except TypeError:
+        raise ConfigError(f"{what} must be a list of numbers, got {type(value).__name__}") from None
+
+
+def check_radii(radii: Any) -> list[float]:
+    """A non-empty list of finite, non-negative radii, as floats."""
+    values = _as_list(radii, "radii")
+    if not values or any(
+        not isinstance(r, numbers.Real) or isinstance(r, (bool, np.bool_)) or not math.isfinite(r) or r < 0
+        for r in values
+    ):
+        raise ConfigError(f"radii must be a non-empty list of finite, non-negative numbers, got {radii!r}")
+    return [float(r) for r in values]
+
+
+def check_indices(indices: Any, count: int) -> list[int]:
+    """``count`` integer dataset indices (non-negative), as ints."""
+    values = _as_list(indices, "indices")
+    if len(values) != count:
+        raise ConfigError(f"got {len(values)} indices for {count} images")
+    bad = [i for i in values if not is_int(i) or i < 0]
+    if bad:
+        raise ConfigError(f"indices must be non-negative integers (dataset positions), got {bad[0]!r}")
+    return [int(i) for i in values]
