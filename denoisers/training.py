@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smoothcore.checkpoints import load_file, sha256
+from smoothcore.checks import check_params
 from smoothcore.data import batches, get_dataset, subset_indices
 from smoothcore.denoise import denoiser_checkpoint
 from smoothcore.devices import resolve_device
@@ -61,6 +62,7 @@ class DenoiserConfig:
     device: str = "auto"  # cuda when available, else cpu
     workers: int = 0
     arch_params: dict[str, Any] = field(default_factory=dict)
+    noise_params: dict[str, Any] = field(default_factory=dict)  # a noise's further parameters (plugins')
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,6 +74,8 @@ class DenoiserConfig:
             raise ConfigError(
                 f"the {self.objective} objective needs a frozen classifier: give --classifier PATH"
             )
+        check_params("noise_params", self.noise_params)
+        check_params("arch_params", self.arch_params)
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
         for name in ("epochs", "batch_size", "eval_limit", "lr_step"):
@@ -127,6 +131,7 @@ class DenoiserTrainer:
             dim=self.source.dim,
             seed=cfg.noise_seed,
             device=self.device,
+            **cfg.noise_params,
         )
         self.denoiser = build_denoiser(cfg.arch, in_channels=c, **cfg.arch_params)
         self.classifier = None

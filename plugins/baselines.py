@@ -34,7 +34,9 @@ class GaussianNoise(Noise):
         self.sigma = _sigma_only("gaussian", sigma, lambd)
 
     def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return x + torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * self.sigma
+        return (
+            torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(self.sigma).add_(x)
+        )
 
     def radius(self, p_lower):
         return apply(p_lower, lambda p: self.sigma * norm.ppf(p))

@@ -36,12 +36,16 @@ class SplittingNoise(Noise):
         self.width = 2.0 * self.lambd
 
     def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        s = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * self.width
+        # in-place arithmetic on the fresh tensors (half the time on the CPU); the values are those of
+        # ((x > s) + min(s, 1)) / 2 and (min(u, 1) + max(u - w, 0)) / 2 exactly (x <= 1, so x > s iff x > min(s, 1))
+        s = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(self.width)
         if self.lambd >= 0.5:
-            return ((x > s).to(x.dtype) + s.clamp(max=1.0)) / 2.0
+            s.clamp_(max=1.0)
+            return s.add_(x > s).mul_(0.5)
         w = self.width
-        u = s + w * torch.ceil((x - s) / w)
-        return (u.clamp(max=1.0) + (u - w).clamp(min=0.0)) / 2.0
+        u = (x - s).div_(w).ceil_().mul_(w).add_(s)
+        out = (u - w).clamp_(min=0.0)
+        return out.add_(u.clamp_(max=1.0)).mul_(0.5)
 
     def radius(self, p_lower):
         return apply(p_lower, lambda p: 2.0 * self.lambd * (p - 0.5))

@@ -887,7 +887,7 @@ def audit_experiment(
         raise ExperimentError(f"{table_path.name} has no certified (non-abstaining) images to audit")
     rows = rows.head(limit) if limit is not None else rows
     indices = [int(i) for i in rows["index"]]
-    x, _ = fetch(load_test_set(get_dataset(run.dataset), data_dir), indices)
+    x, _ = fetch(load_test_set(get_dataset(run.dataset), run.cfg.data_dir), indices)
     certificate = str(meta.get("certificate", ""))
     report = audit_claims(
         run.smoothed,
@@ -932,6 +932,7 @@ def _certify_config(meta: dict[str, Any], tag: str, data_dir: str | None, device
         sigma=sigma,
         lambd=lambd,
         noise_seed=seed,
+        noise_params=dict(meta.get("noise_params") or {}),
         certificate=meta.get("certificate"),
         dataset=meta.get("dataset"),
         denoiser=meta.get("denoiser"),

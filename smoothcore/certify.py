@@ -55,8 +55,9 @@ def run_certificate(cert, noise: Noise, stats: Statistics, batch: int) -> Certif
 @dataclass
 class CertifyResult:
     """One entry per image. ``prediction``: the smoothed class, ``-1`` where it abstains. ``radius``: certified
-    radius in ``norm`` (float64; NaN on abstention). ``counts``: exact noises, class counts over the draws
-    evaluated (all of them, unless early decisions (``radii``) stopped an image: then ``draws`` says how many).
+    radius in ``norm`` (float64; NaN on abstention). ``counts``: class counts over the draws evaluated: exact
+    noises, all of them unless early decisions (``radii``) stopped an image; Monte-Carlo, the estimation draws (not
+    the ``n0`` selection draws), so ``p_lower`` can be recomputed at another alpha. ``draws`` says how many.
     ``p_lower``: Monte-Carlo, the lower confidence bound on the top-class probability. ``forward_passes``: the
     base-classifier evaluations spent on the whole batch, ``forward_passes_full`` what full enumeration (or all
     n0 + n draws) would have spent, and ``draws`` the evaluations per image."""
@@ -248,7 +249,7 @@ class SmoothedClassifier:
             radius=out.radius.double(),
             norm=out.norm,
             certificate=cert.name,
-            counts=stats.counts if cert.kind == "exact" else None,
+            counts=stats.counts if stats is not None else counts,
             p_lower=out.p_lower,
             forward_passes=self.engine.forward_passes - before,
             forward_passes_full=full * len(x),

@@ -52,3 +52,14 @@ def check_indices(indices: Any, count: int) -> list[int]:
     if bad:
         raise ConfigError(f"indices must be non-negative integers (dataset positions), got {bad[0]!r}")
     return [int(i) for i in values]
+
+
+def check_params(what: str, params: Any) -> None:
+    """Further parameters of a component (``--noise-param``, ``--model-param``, recipe mappings): a mapping from
+    names to JSON values, recorded with the run."""
+    if not isinstance(params, dict) or not all(isinstance(k, str) and k for k in params):
+        raise ConfigError(f"{what} must be a mapping from parameter names to values, got {params!r}")
+    for key, value in params.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
+            raise ConfigError(f"{what}: {key} = {value!r} is not a number, flag, text or list of them")

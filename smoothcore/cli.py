@@ -175,6 +175,11 @@ device_option = click.option(
 
 
 def noise_options(f):
+    f = click.option(
+        "--noise-param",
+        multiple=True,
+        help="Further parameter of the noise KEY=VALUE (a plugin's, e.g. tail=3). Certify: default the training's.",
+    )(f)
     f = click.option("--noise-seed", type=int, default=None, help="Noise seed (DSSN template). Default 0.")(f)
     f = click.option(
         "--lambda",
@@ -304,6 +309,7 @@ def train_classifier_cmd(**opts: Any) -> None:
         save_every=opts["save_every"],
         save_every_steps=opts["save_every_steps"],
         model_params=parse_params(opts["model_param"]),
+        noise_params=parse_params(opts["noise_param"]),
         trust_checkpoint=opts["trust_checkpoint"],
     )
     trainer = Trainer(cfg, opts["out"])
@@ -430,9 +436,11 @@ def train_denoiser_cmd(
     """Train a denoiser under noise (Salman et al. 2020) into an experiment folder (denoiser.pt, denoiser_best.pt)."""
     from smoothcore_denoisers.training import DenoiserConfig, DenoiserTrainer
 
+    noise_params = parse_params(opts.pop("noise_param"))
     cfg = DenoiserConfig(
         **{k: v for k, v in opts.items() if v is not None or k in ("sigma", "lambd", "classifier")},
         arch_params=parse_params(arch_param),
+        noise_params=noise_params,
     )
     trainer = DenoiserTrainer(cfg, out)
     console = _console(stderr=True)
@@ -563,6 +571,7 @@ def certify_cmd(
 
     info = from_env()
     radii_text = opts.pop("radii_text")
+    opts["noise_params"] = parse_params(opts.pop("noise_param")) or None  # None: the training's
     opts["device"] = device_for(opts["device"], info)
     if opts["max_batch"] != "auto":
         try:

@@ -52,8 +52,8 @@ class DatasetSource:
     """A dataset as a plugin registers it.
 
     ``loader(split, data_dir)`` returns a Dataset of ``(image float [0, 1] (C, H, W), label)``; ``augment(batch,
-    generator)`` is the training augmentation on a batch on its device (None: none). ``quantised``: its images
-    are on the 1/255 grid (needed for DSSN certificates).
+    generator)`` is the training augmentation on a batch on its device (None: none). ``quantised``: whether its
+    images are on the 1/255 grid (informational: DSSN checks every image it certifies itself).
     """
 
     name: str
@@ -77,7 +77,25 @@ class DatasetSource:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         dataset = self.loader(split, Path(data_dir) if data_dir is not None else None)
         check_labels(dataset, self.num_classes, f"{self.name} {split}")
+        check_first_image(dataset, self.image_shape, f"{self.name} {split}")
         return dataset
+
+
+def check_first_image(dataset: Dataset, image_shape: tuple[int, ...], what: str) -> None:
+    """The first image has the shape the dataset declares (a loader or a folder of other-sized images that
+    disagrees would otherwise fail deep inside a noise or a model)."""
+    try:
+        if len(dataset) == 0:
+            return
+    except TypeError:  # an iterable dataset without a length: nothing to index
+        return
+    item = dataset[0]
+    image = item[0] if isinstance(item, (tuple, list)) else item
+    if isinstance(image, torch.Tensor) and tuple(image.shape) != tuple(image_shape):
+        raise DataError(
+            f"{what}: images have shape {tuple(image.shape)}, but the dataset declares {tuple(image_shape)}",
+            hint="a dataset plugin's image_shape must be what its loader returns (resize or crop in the loader)",
+        )
 
 
 def check_labels(dataset: Dataset, num_classes: int, what: str) -> None:

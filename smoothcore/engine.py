@@ -55,7 +55,7 @@ def keep_freed_memory() -> bool:
     return ok
 
 
-DRAW_BLOCK = 128  # random draws per block of an image's stream (see DrawStream)
+DRAW_BLOCK = 64  # random draws per block of an image's stream (see DrawStream); n0 = 64 fills block 0 exactly
 _MASK64 = (1 << 64) - 1
 
 

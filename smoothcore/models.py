@@ -83,7 +83,13 @@ def build_classifier(
         params["variant"] = variant
     if len(mean) != in_channels:
         raise ConfigError(f"normalisation has {len(mean)} channels but the data has {in_channels}")
-    net = entry.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **params)
+    net = entry.build(
+        framework=("num_classes", "in_channels", "image_size"),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        **params,
+    )
     if not isinstance(net, nn.Module):
         raise PluginError(
             f"plugin {entry.plugin!r} built classifier {name!r} as {type(net).__name__}, not an nn.Module"
@@ -95,7 +101,7 @@ def build_denoiser(name: str, *, in_channels: int, **params: Any) -> nn.Module:
     from smoothcore.plugins import registry
 
     entry = registry("denoiser").get(name)
-    net = entry.build(in_channels=in_channels, **params)
+    net = entry.build(framework=("in_channels",), in_channels=in_channels, **params)
     if not isinstance(net, nn.Module):
         raise PluginError(
             f"plugin {entry.plugin!r} built denoiser {name!r} as {type(net).__name__}, not an nn.Module"

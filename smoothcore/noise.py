@@ -155,6 +155,9 @@ def is_quantised(x: torch.Tensor, levels: int = 255, tol: float = 1e-3) -> bool:
     return bool(((scaled - scaled.round()).abs() <= tol).all())
 
 
+NOISE_ARGUMENTS = ("sigma", "lambd", "dim", "seed", "device")  # what every noise factory takes
+
+
 def make_noise(
     name: str,
     *,
@@ -169,7 +172,9 @@ def make_noise(
     from smoothcore.plugins import registry
 
     entry = registry("noise").get(name)
-    built = entry.build(sigma=sigma, lambd=lambd, dim=dim, seed=seed, device=device, **params)
+    built = entry.build(
+        framework=NOISE_ARGUMENTS, sigma=sigma, lambd=lambd, dim=dim, seed=seed, device=device, **params
+    )
     if not isinstance(built, Noise):
         from smoothcore.errors import PluginError
 

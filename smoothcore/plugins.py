@@ -82,8 +82,11 @@ def build_manager(extra_plugins: tuple[Any, ...] = ()) -> pluggy.PluginManager:
         try:
             plugin = ep.load()
         except Exception as exc:  # a broken third-party package must not take the tool down silently
-            raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to import: {exc!r}") from exc
-        pm.register(plugin, name=ep.name)
+            raise PluginError(
+                f"plugin {ep.name!r} ({ep.value}) failed to import: {exc!r}",
+                hint="fix or uninstall it; SMOOTHCORE_LOAD_PLUGINS='' runs smoothcore without third-party plugins",
+            ) from exc
+        _register(pm, plugin, ep.name)
     if allowed is not None:
         installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
         missing = sorted(allowed - installed)
@@ -93,9 +96,33 @@ def build_manager(extra_plugins: tuple[Any, ...] = ()) -> pluggy.PluginManager:
                 hint=f"installed entry points in group {ENTRY_POINT_GROUP!r}: {', '.join(sorted(installed)) or '(none)'}",
             )
     for plugin in extra_plugins:
+        if pm.is_registered(plugin):  # already loaded through its entry point
+            continue
         name = getattr(plugin, "__name__", None) or type(plugin).__name__
-        pm.register(plugin, name=name)
+        _register(pm, plugin, name)
+    try:  # a @hookimpl whose name is no hook (a typo such as register_noise) would otherwise be ignored silently
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(
+            f"plugin {pm.get_name(exc.plugin) or exc.plugin!r} does not fit smoothcore's hooks: {exc}",
+            hint=f"the hooks are {', '.join(sorted(HOOKS))} (smoothcore/hookspecs.py)",
+        ) from None
     return pm
+
+
+HOOKS = (*KINDS.values(), "register_commands")
+
+
+def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(
+            f"plugin {name!r} does not fit smoothcore's hooks: {exc}",
+            hint="each hook takes the argument named in smoothcore/hookspecs.py (register, or cli)",
+        ) from None
+    except ValueError as exc:  # the same module under another name, or another module under a taken name
+        raise PluginError(f"plugin {name!r} could not be registered: {exc}") from None
 
 
 def collect(pm: pluggy.PluginManager) -> Components:

@@ -157,6 +157,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "n0": (int,),
     "alpha": (int, float),
     "noise": (dict,),
+    "noise_params": (dict,),
     "radii": (list,),
 }
 

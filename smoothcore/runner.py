@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import pandas as pd
 from smoothcore.certificates import default_certificate, resolve_certificate
 from smoothcore.certify import SmoothedClassifier
 from smoothcore.checkpoints import sha256
+from smoothcore.checks import check_params
 from smoothcore.data import fetch, get_dataset, subset_indices
 from smoothcore.devices import resolve_device
 from smoothcore.distributed import DistInfo, barrier
@@ -39,6 +41,7 @@ class CertifyConfig:
     sigma: float | None = None
     lambd: float | None = None
     noise_seed: int | None = None
+    noise_params: dict[str, Any] | None = None  # a noise's further parameters; None: the training's
     certificate: str | None = None
     n0: int = 64
     n: int = 100_000
@@ -69,6 +72,8 @@ class CertifyConfig:
         from smoothcore.engine import PRECISIONS, check_batch
 
         SmoothedClassifier._check_mc(self.n0, self.n, self.alpha)
+        if self.noise_params is not None:
+            check_params("noise_params", self.noise_params)
         subset_indices(0, self.skip, self.limit, self.offset)
         if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
             raise ConfigError(f"offset must be a non-negative integer, got {self.offset!r}")
@@ -91,9 +96,18 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def result_tag(noise_params: dict[str, Any], certificate: str, default_cert: str, denoised: bool) -> str:
+def result_tag(
+    noise_params: dict[str, Any],
+    certificate: str,
+    default_cert: str,
+    denoised: bool,
+    extra: dict[str, Any] | None = None,
+) -> str:
     scale = f"sigma{_fmt(noise_params['sigma'])}" if "sigma" in noise_params else "default"
     tag = f"{noise_params['name']}_{scale}"
+    for key, value in sorted((extra or {}).items()):  # a plugin noise's further parameters tell tables apart
+        shown = _fmt(value) if isinstance(value, float) else str(value)
+        tag += "_" + re.sub(r"[^A-Za-z0-9.+-]", "-", f"{key}{shown}")
     if certificate != default_cert:
         tag += f"_{certificate}"
     if denoised:
@@ -139,6 +153,8 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     dataset = cfg.dataset or train_cfg.get("dataset")
     if dataset is None:
         raise ConfigError("which dataset? give --dataset")
+    if cfg.data_dir is None and dataset == train_cfg.get("dataset"):
+        cfg.data_dir = train_cfg.get("data_dir")  # where the run's training read this dataset from
     source = get_dataset(dataset)
     model, info = load_classifier(
         classifier_path,
@@ -180,7 +196,14 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     if sigma is None and lambd is None and noise_name == train_cfg.get("noise"):
         sigma, lambd = train_cfg.get("sigma"), train_cfg.get("lambd")
     seed = cfg.noise_seed if cfg.noise_seed is not None else train_cfg.get("noise_seed", 0) or 0
-    noise = make_noise(noise_name, sigma=sigma, lambd=lambd, dim=source.dim, seed=seed, device=device)
+    noise_params = cfg.noise_params
+    if noise_params is None:
+        noise_params = (
+            dict(train_cfg.get("noise_params") or {}) if noise_name == train_cfg.get("noise") else {}
+        )
+    noise = make_noise(
+        noise_name, sigma=sigma, lambd=lambd, dim=source.dim, seed=seed, device=device, **noise_params
+    )
     cert = resolve_certificate(noise, cfg.certificate)
     full_model = stack(denoiser, model)
     if cfg.max_batch == "auto":
@@ -198,7 +221,7 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
         compile=cfg.compile,
     )
     tag = cfg.tag or result_tag(
-        noise.params(), cert.name, default_certificate(noise), cfg.denoiser is not None
+        noise.params(), cert.name, default_certificate(noise), cfg.denoiser is not None, noise_params
     )
     if "/" in tag or tag.startswith("."):
         raise ConfigError(f"--tag must be a plain name, got {tag!r}")
@@ -208,6 +231,7 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     indices = subset_indices(test_len, cfg.skip, cfg.limit, cfg.offset)
     meta = {
         "noise": noise.params(),
+        "noise_params": noise_params,
         "certificate": cert.name,
         "certificate_kind": cert.kind,
         "norm": noise.norm,

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smoothcore.checkpoints import load_file, sha256
+from smoothcore.checks import check_params
 from smoothcore.data import DatasetSource, batches, get_dataset, subset_indices
 from smoothcore.devices import resolve_device
 from smoothcore.distributed import DistInfo, barrier
@@ -70,6 +71,7 @@ class TrainConfig:
     save_every_steps: int | None = None
     trust_checkpoint: bool = False
     model_params: dict[str, Any] = field(default_factory=dict)
+    noise_params: dict[str, Any] = field(default_factory=dict)  # a noise's further parameters (plugins')
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,6 +84,7 @@ class TrainConfig:
                     ("--sigma", self.sigma is not None),
                     ("--lambda", self.lambd is not None),
                     ("--stability", self.stability),
+                    ("--noise-param", bool(self.noise_params)),
                 )
                 if on
             ]
@@ -90,6 +93,8 @@ class TrainConfig:
                     f"{', '.join(given)} given with --noise none: a clean classifier is trained without noise",
                     hint="drop them, or name the noise to train under",
                 )
+        check_params("noise_params", self.noise_params)
+        check_params("model_params", self.model_params)
         for name in ("epochs", "batch_size", "eval_limit", "save_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -164,7 +169,13 @@ def make_noise_for(cfg: TrainConfig, source: DatasetSource, device: torch.device
     if cfg.noise == "none":
         return None
     return make_noise(
-        cfg.noise, sigma=cfg.sigma, lambd=cfg.lambd, dim=source.dim, seed=cfg.noise_seed, device=device
+        cfg.noise,
+        sigma=cfg.sigma,
+        lambd=cfg.lambd,
+        dim=source.dim,
+        seed=cfg.noise_seed,
+        device=device,
+        **cfg.noise_params,
     )
 
 

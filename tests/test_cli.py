@@ -455,3 +455,27 @@ def test_resuming_a_finished_training_says_there_is_nothing_to_do(tiny_idx_dir, 
     out = invoke(*args, "--resume").output
     assert "nothing to train" in out and "is complete (1 epoch)" in out.replace("\n", "")
     assert (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+def test_noise_parameters_are_checked_against_the_noise(tiny_idx_dir, tmp_path):
+    common = ("--data-dir", tiny_idx_dir, "--epochs", 1, "--out", tmp_path / "run")
+    fails(
+        "train-classifier",
+        "--sigma",
+        0.25,
+        "--noise-param",
+        "tail=3",
+        *common,
+        match="noise 'dssn' takes no parameter 'tail'",
+    )
+    fails(
+        "train-classifier",
+        "--noise",
+        "none",
+        "--noise-param",
+        "tail=3",
+        *common,
+        match="--noise-param given with --noise none",
+    )
+    fails("certify", tmp_path / "run", "--noise-param", "tail", match="expected KEY=VALUE")
+    assert not (tmp_path / "run").exists()

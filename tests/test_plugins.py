@@ -291,3 +291,45 @@ def test_parameters_of_the_wrong_kind_are_named_before_the_factory_runs():
             cnn.build(**shape, **{key: value})
     # numpy scalars are numbers and flags too (values computed with numpy reach factories from Python)
     assert cnn.build(**shape, width=np.int64(8), batch_norm=np.bool_(False)) is not None
+
+
+def test_a_misspelt_hook_or_a_hook_with_other_arguments_is_an_error_naming_the_plugin():
+    def register_noise(register):  # the hook is register_noises
+        register("shift", ShiftNoise)
+
+    with pytest.raises(
+        PluginError, match="plugin 'typo_plugin' does not fit smoothcore's hooks.*register_noise"
+    ):
+        use_plugins(plugin_module("typo_plugin", register_noise=register_noise))
+
+    def register_noises(reg):  # the hook's argument is `register`
+        reg("shift", ShiftNoise)
+
+    with pytest.raises(PluginError, match="plugin 'wrong_args' does not fit smoothcore's hooks"):
+        use_plugins(plugin_module("wrong_args", register_noises=register_noises))
+
+
+def test_use_plugins_skips_a_module_that_is_already_registered():
+    """A notebook that installed its plugin (loaded by the entry point) and also passes the module."""
+
+    def register_noises(register):
+        register("shift", ShiftNoise)
+
+    mod = plugin_module("twice", register_noises=register_noises)
+    assert "shift" in use_plugins(mod, mod)["noise"]
+
+
+def test_a_noise_factory_without_the_framework_arguments_is_the_plugins_fault():
+    class Narrow(ShiftNoise):
+        def __init__(self, *, sigma, dim):
+            super().__init__(sigma=sigma, dim=dim)
+
+    def register_noises(register):
+        register("narrow", Narrow)
+
+    use_plugins(plugin_module("acme_narrow", register_noises=register_noises))
+    with pytest.raises(
+        PluginError,
+        match=r"plugin 'acme_narrow' registered noise 'narrow' with a factory that does not take 'lambd'",
+    ):
+        smoothcore.noise("narrow", sigma=0.5, dim=4)

@@ -147,3 +147,61 @@ def test_the_certificate_chosen_is_recorded_per_row_and_report_shows_them_side_b
         "ssn_sigma0.25_two-sided",
     ]
     assert len(certified_accuracy_table(runs, [0.0, 0.1])) == 4  # three runs and the envelope
+
+
+def test_certify_reads_the_data_where_training_read_it(run_copy, fashion_dir):
+    """The experiment was trained with data_dir=fashion_dir; certify and audit without --data-dir use it."""
+    run = plan(run_copy, CertifyConfig(limit=2))
+    assert run.cfg.data_dir == str(fashion_dir)
+    given = f"{fashion_dir}/."  # the same files through another path: what is given wins
+    assert plan(run_copy, CertifyConfig(limit=2, data_dir=given)).cfg.data_dir == given
+
+
+def test_a_plugin_noise_parameter_goes_from_training_to_certification_and_the_table(tmp_path, fashion_dir):
+    from smoothcore import hookimpl
+    from smoothcore.plugins import restore, snapshot, use_plugins
+    from smoothcore.train import TrainConfig, train_classifier
+    from smoothcore_plugins.uniform import UniformNoise
+
+    class TailedUniform(UniformNoise):
+        name = "tailed"
+
+        def __init__(self, *, sigma=None, lambd=None, dim, seed=0, device="cpu", tail: float = 1.0):
+            super().__init__(sigma=sigma, lambd=lambd, dim=dim, seed=seed, device=device)
+            self.tail = tail
+
+        def params(self):
+            return {**super().params(), "name": self.name, "tail": self.tail}
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def register_noises(register):
+            register("tailed", TailedUniform)
+
+    saved = snapshot()
+    use_plugins(Plugin)
+    try:
+        cfg = TrainConfig(
+            dataset="fashion-mnist",
+            data_dir=str(fashion_dir),
+            noise="tailed",
+            sigma=0.5,
+            noise_params={"tail": 3.0},
+            epochs=1,
+            train_limit=128,
+            eval_limit=32,
+        )
+        out = tmp_path / "tailed"
+        train_classifier(cfg, out)
+        run = plan(out, CertifyConfig(limit=2, n0=8, n=32))
+        assert run.smoothed.noise.tail == 3.0 and run.tag == "tailed_sigma0.5_tail3"
+        execute(run)
+        meta = json.loads((out / "certify_tailed_sigma0.5_tail3.json").read_text())
+        assert meta["noise_params"] == {"tail": 3.0} and meta["noise"]["tail"] == 3.0
+        other = plan(out, CertifyConfig(limit=2, n0=8, n=32, noise_params={"tail": 5}))
+        assert other.smoothed.noise.tail == 5 and other.tag == "tailed_sigma0.5_tail5"
+        with pytest.raises(smoothcore.ConfigError, match="noise 'tailed' takes no parameter 'width'"):
+            plan(out, CertifyConfig(limit=2, noise_params={"width": 1}))
+    finally:
+        restore(saved)

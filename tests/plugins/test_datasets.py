@@ -170,13 +170,13 @@ def test_a_corrupt_jpeg_is_named_without_a_worker_traceback(tmp_path, monkeypatc
 
     (tmp_path / "val" / "n01440764").mkdir(parents=True)
     Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(tmp_path / "val" / "n01440764" / "good.JPEG")
-    (tmp_path / "val" / "n01440764" / "bad.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "val" / "n01440764" / "zbad.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     monkeypatch.setenv("IMAGENET_TEST_DIR", str(tmp_path / "val"))
     ds = get_dataset("imagenet").load("test")
     with pytest.raises(DataError) as err:
         list(batches(ds, 2, shuffle=False, workers=workers))
     assert (
-        "bad.JPEG" in str(err.value) and "Traceback" not in str(err.value) and "worker" not in str(err.value)
+        "zbad.JPEG" in str(err.value) and "Traceback" not in str(err.value) and "worker" not in str(err.value)
     )
 
 
@@ -212,3 +212,21 @@ def test_batches_from_a_folder_dataset_leave_the_global_generator_alone(tmp_path
     before = torch.get_rng_state()
     list(batches(ds, 2, shuffle=True, generator=torch.Generator().manual_seed(0)))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_dataset_whose_images_are_not_the_declared_shape_is_refused_at_load():
+    from smoothcore.data import DatasetSource, ImageTensorDataset
+
+    images = torch.zeros(4, 1, 10, 10, dtype=torch.uint8)
+    source = DatasetSource(
+        "odd",
+        2,
+        (1, 12, 12),
+        (0.5,),
+        (0.5,),
+        lambda split, d: ImageTensorDataset(images, torch.zeros(4).long()),
+    )
+    with pytest.raises(
+        DataError, match=r"odd test: images have shape \(1, 10, 10\), but the dataset declares"
+    ):
+        source.load("test")
