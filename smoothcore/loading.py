@@ -259,14 +259,37 @@ def load_classifier(
         load_state_strict(net, obj, str(path))
         info.update({"model": model, "dataset": dataset})
     else:
-        keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(
-            f"{path}: not a classifier checkpoint smoothcore knows (top level: {keys})",
-            hint="known layouts: smoothcore checkpoint.pt, the reference model_ckpt.torch, "
-            "denoised-smoothing checkpoint.pth.tar",
-        )
+        net = _generic_state_dict(obj, path, model, dataset)
+        if net is None:
+            keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+            raise CheckpointError(
+                f"{path}: not a classifier checkpoint smoothcore knows (top level: {keys})",
+                hint="known layouts: smoothcore checkpoint.pt, the reference model_ckpt.torch, "
+                "denoised-smoothing checkpoint.pth.tar; a plain state dict loads with the model and dataset given",
+            )
+        info.update({"layout": "state-dict", "model": model, "dataset": dataset})
     net = net.to(device).eval()
     return (net, info) if return_info else net
+
+
+def _generic_state_dict(obj: Any, path: Path, model: str | None, dataset: str | None) -> nn.Module | None:
+    """A plain ``net.state_dict()`` (no ``net.`` prefix, possibly DataParallel's ``module.``) or a generic
+    ``{"state_dict": ..., "epoch": ...}`` of the architecture ``model``, given with its ``dataset``: the weights are
+    the network's and the dataset's normalisation goes in front (as ``--finetune`` reads them). None when ``obj``
+    is no such thing or the model or dataset is not given."""
+    if model is None or dataset is None:
+        return None
+    try:
+        state = classifier_weights(obj, path)
+    except CheckpointError:
+        return None
+    num_classes, c, size, mean, std = _dataset_facts(dataset)
+    _check_classes(state, num_classes, dataset, path)
+    net = build_classifier(model, num_classes=num_classes, in_channels=c, image_size=size, mean=mean, std=std)
+    state.setdefault("norm.mean", net.norm.mean.clone())
+    state.setdefault("norm.std", net.norm.std.clone())
+    load_state_strict(net, state, str(path))
+    return net
 
 
 def check_compatible(info: dict[str, Any], dataset: str) -> None:

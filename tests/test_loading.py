@@ -132,6 +132,21 @@ def test_checkpoint_of_another_architecture_names_the_mismatched_keys(tmp_path):
         smoothcore.load_classifier(tmp_path / "c.pth.tar", model="resnet110")
 
 
+def test_a_plain_state_dict_loads_with_the_model_and_dataset_named(tmp_path):
+    """A network's own state_dict (torchvision style, no prefix) and a generic {state_dict, epoch} file: the
+    dataset's normalisation goes in front, as the network was trained."""
+    net, _ = own_checkpoint(tmp_path)
+    torch.save(net.net.state_dict(), tmp_path / "plain.pt")
+    torch.save({"state_dict": net.net.state_dict(), "epoch": 3}, tmp_path / "generic.pth")
+    x = torch.rand(4, 1, 28, 28)
+    for name in ("plain.pt", "generic.pth"):
+        loaded = smoothcore.load_classifier(tmp_path / name, model="cnn", dataset="fashion-mnist")
+        with torch.no_grad():
+            assert torch.allclose(loaded(x), net(x), atol=1e-5)
+        with pytest.raises(CheckpointError, match="not a classifier checkpoint smoothcore knows"):
+            smoothcore.load_classifier(tmp_path / name)  # without the model and dataset there is no telling
+
+
 def test_another_architecture_named_for_an_own_checkpoint_is_refused(tmp_path):
     own_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="holds a 'cnn' classifier, not 'wrn40'"):
