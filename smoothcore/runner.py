@@ -26,7 +26,7 @@ from smoothcore.checks import check_params
 from smoothcore.data import fetch, get_dataset, subset_indices
 from smoothcore.devices import resolve_device
 from smoothcore.distributed import DistInfo, barrier
-from smoothcore.errors import ConfigError, ExperimentError
+from smoothcore.errors import ConfigError, ExperimentError, SmoothcoreError, UnknownNameError
 from smoothcore.experiment import Experiment, now, versions
 from smoothcore.fileio import atomic_write_json, read_json
 from smoothcore.loading import check_compatible, load_classifier
@@ -138,6 +138,36 @@ class CertifyRun:
 
 def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     """Load everything a certification needs and check it, without evaluating anything."""
+    try:
+        return _plan(exp_dir, cfg)
+    except UnknownNameError as exc:
+        hint = missing_plugins_hint(Experiment(exp_dir))
+        if hint is None:
+            raise
+        raise UnknownNameError(exc.message, hint=hint) from None
+
+
+def missing_plugins_hint(exp: Experiment) -> str | None:
+    """When a name is unknown: the third-party plugins the experiment was made with that are not loaded now."""
+    from smoothcore.plugins import components
+
+    try:
+        recorded = exp.manifest().get("plugins") or {}
+    except SmoothcoreError:
+        return None
+    loaded = {name for name, _ in components().manager.list_name_plugin()}
+    missing = (
+        {n: v for n, v in recorded.items() if v != "built-in" and n not in loaded}
+        if isinstance(recorded, dict)
+        else {}
+    )
+    if not missing:
+        return None
+    listed = ", ".join(f"{n} ({v})" for n, v in sorted(missing.items()))
+    return f"{exp.path} was made with the plugin(s) {listed}, not loaded now: install them (or check SMOOTHCORE_LOAD_PLUGINS)"
+
+
+def _plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     cfg.validate()
     exp = Experiment(exp_dir)
     train_cfg = exp.config()

@@ -205,3 +205,8 @@ def test_a_plugin_noise_parameter_goes_from_training_to_certification_and_the_ta
             plan(out, CertifyConfig(limit=2, noise_params={"width": 1}))
     finally:
         restore(saved)
+    # without the plugin, the unknown name comes with the plugin the run was made with
+    with pytest.raises(
+        smoothcore.UnknownNameError, match=r"(?s)unknown noise 'tailed'.*made with the plugin\(s\) Plugin"
+    ):
+        plan(out, CertifyConfig(limit=2))
