@@ -143,8 +143,13 @@ def plugins_cmd(as_json: bool) -> None:
     probe = _probe_noises()
     for e in comps["certificate"]:
         cert = e.factory()
-        applies = [n for n, nz in probe.items() if nz is not None and _applies(cert, nz)]
+        applies = [n for n, nz in probe.items() if not isinstance(nz, str) and _applies(cert, nz)]
         cert_table.add_row(e.name, getattr(cert, "kind", MONTE_CARLO), ", ".join(applies), e.plugin)
+    failed = {n: why for n, why in probe.items() if isinstance(why, str)}
+    if failed:  # a noise that cannot be built at sigma 0.5 cannot be probed: say so rather than leave it out
+        cert_table.caption = "not probed (failed to build at sigma 0.5): " + "; ".join(
+            f"{n}: {why}" for n, why in sorted(failed.items())
+        )
     _console().print(cert_table)
 
 
@@ -152,12 +157,12 @@ def _probe_noises() -> dict[str, Any]:
     from smoothcore.noise import make_noise
     from smoothcore.plugins import registry
 
-    out = {}
+    out: dict[str, Any] = {}  # the noise, or why it could not be built
     for e in registry("noise"):
         try:
             out[e.name] = make_noise(e.name, sigma=0.5, dim=4)
-        except Exception:
-            out[e.name] = None
+        except Exception as exc:
+            out[e.name] = str(exc).splitlines()[0][:200] or type(exc).__name__
     return out
 
 

@@ -44,6 +44,28 @@ def test_plugins_table_shows_who_registers_what():
     assert "smoothcore_plugins.splitting" in out and "dssn, ssn" in out
 
 
+def test_plugins_table_names_a_noise_it_could_not_probe(monkeypatch):
+    import types
+
+    import smoothcore
+    from smoothcore import hookimpl
+    from smoothcore.plugins import restore, snapshot, use_plugins
+
+    def needs_tail(*, sigma=None, lambd=None, dim, seed=0, device="cpu", tail):
+        return smoothcore.noise("uniform", sigma=sigma, dim=dim)
+
+    mod = types.ModuleType("acme_tail")
+    mod.register_noises = hookimpl(lambda register: register("needs-tail", needs_tail))
+    saved = snapshot()
+    use_plugins(mod)
+    try:
+        monkeypatch.setenv("COLUMNS", "400")
+        out = invoke("plugins").output
+    finally:
+        restore(saved)
+    assert "not probed (failed to build at sigma 0.5): needs-tail" in out
+
+
 def test_train_certify_report_on_real_data(fashion_dir, tmp_path):
     run = tmp_path / "run"
     invoke(
