@@ -26,7 +26,7 @@ from smoothcore.experiment import Experiment
 from smoothcore.fileio import atomic_torch_save
 from smoothcore.loading import check_compatible, load_classifier
 from smoothcore.models import build_denoiser
-from smoothcore.noise import make_noise
+from smoothcore.noise import NOISE_ARGUMENTS, make_noise
 from smoothcore.train import append_csv, damaged_train_state, truncate_log
 
 OBJECTIVES = ("mse", "stability", "classification")
@@ -74,8 +74,8 @@ class DenoiserConfig:
             raise ConfigError(
                 f"the {self.objective} objective needs a frozen classifier: give --classifier PATH"
             )
-        check_params("noise_params", self.noise_params)
-        check_params("arch_params", self.arch_params)
+        check_params("noise_params", self.noise_params, NOISE_ARGUMENTS)
+        check_params("arch_params", self.arch_params, ("in_channels",))
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
         for name in ("epochs", "batch_size", "eval_limit", "lr_step"):

@@ -54,11 +54,17 @@ def check_indices(indices: Any, count: int) -> list[int]:
     return [int(i) for i in values]
 
 
-def check_params(what: str, params: Any) -> None:
+def check_params(what: str, params: Any, reserved: tuple[str, ...] = ()) -> None:
     """Further parameters of a component (``--noise-param``, ``--model-param``, recipe mappings): a mapping from
-    names to JSON values, recorded with the run."""
+    names to JSON values, recorded with the run. ``reserved``: the names the framework passes itself."""
     if not isinstance(params, dict) or not all(isinstance(k, str) and k for k in params):
         raise ConfigError(f"{what} must be a mapping from parameter names to values, got {params!r}")
+    taken = [k for k in params if k in reserved or k.startswith("_")]
+    if taken:
+        raise ConfigError(
+            f"{what}: {taken[0]!r} is not a further parameter: smoothcore sets {', '.join(reserved)} itself",
+            hint="use the option of its own (--sigma, --lambda, --noise-seed, --device, ...)",
+        )
     for key, value in params.items():
         values = value if isinstance(value, list) else [value]
         if not all(v is None or isinstance(v, (bool, int, float, str)) for v in values):

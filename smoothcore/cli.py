@@ -635,7 +635,12 @@ def certify_cmd(
     used, full = int(table["forward_passes"].sum()), run.meta["forward_passes_full_per_image"] * len(table)
     console.print(
         f"forward passes: {used:,} of {full:,} ({100 * (1 - used / max(full, 1)):.1f}% saved by early decisions; "
-        "certified accuracy is exact at these radii, the ACR a lower bound)"
+        + (
+            "certified accuracy is exact at these radii"
+            if run.meta["certificate_kind"] == "exact"
+            else "certified accuracy holds at level alpha at these radii"
+        )
+        + ", the ACR a lower bound)"
         if cfg.radii
         else f"forward passes: {used:,}",
         highlight=False,

@@ -189,7 +189,8 @@ class Engine:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if compile else self.model
         self.num_classes = int(num_classes)
-        self.max_batch = int(max_batch)
+        self._default_batch = int(max_batch)
+        self._override_batch: int | None = None  # a per-call batch_size (see batch_size)
         self.precision = precision
         self.channels_last = channels_last
         self.forward_passes = 0
@@ -253,38 +254,52 @@ class Engine:
             hint="lower --max-batch (or use --max-batch auto on a GPU)",
         )
 
+    @property
+    def max_batch(self) -> int:
+        """Most noisy images per forward pass now: a per-call ``batch_size`` if one is active, else the engine's."""
+        return self._override_batch if self._override_batch is not None else self._default_batch
+
+    @max_batch.setter
+    def max_batch(self, size: int) -> None:
+        self._default_batch = check_batch(size, "max_batch")
+        self._auto_batch = False
+
     @contextlib.contextmanager
     def batch_size(self, size: int | None):
         """Within the block, forward batches hold at most ``size`` noisy images (``None``: ``max_batch``)."""
         if size is None:
             yield
             return
-        old, self.max_batch = self.max_batch, check_batch(size)
+        old, self._override_batch = self._override_batch, check_batch(size)
         try:
             yield
         finally:
-            self.max_batch = old
+            self._override_batch = old
 
     def _fit_batch(self, x: torch.Tensor) -> None:
-        """``max_batch="auto"``: sized by :func:`auto_max_batch` for the first images' shape, once."""
+        """``max_batch="auto"``: sized by :func:`auto_max_batch` for the first images' shape, once (a per-call
+        ``batch_size`` still bounds the call it is given to)."""
         if self._auto_batch:
             self._auto_batch = False
             with self.evaluating():
-                self.max_batch = auto_max_batch(self.model, tuple(x.shape[1:]), self.device)
+                self._default_batch = auto_max_batch(self.model, tuple(x.shape[1:]), self.device)
 
     @contextlib.contextmanager
     def evaluating(self):
         """The model in eval mode within the block (dropout off, batch-norm running statistics used and left
         untouched), its modules' own modes restored afterwards: a model certified between training epochs goes
         on training as it was."""
-        training = [m for m in self.model.modules() if m.training]
-        for m in training:
-            m.training = False
+        modes = [(m, m.training) for m in self.model.modules()]
+        if not any(training for _, training in modes):  # the usual case: nothing to switch
+            yield
+            return
+        self.model.train(False)  # through train(), so that modules overriding it see the switch
         try:
             yield
         finally:
-            for m in training:
-                m.training = True
+            # each module's own mode, set parents first (train(mode) recurses into children, which come later)
+            for m, training in modes:
+                m.train(training)
 
     def _autocast(self):
         dtype = PRECISIONS[self.precision]

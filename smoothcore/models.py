@@ -62,6 +62,9 @@ def split_name(name: str) -> tuple[str, str | None]:
     return base, (variant or None)
 
 
+MODEL_ARGUMENTS = ("num_classes", "in_channels", "image_size", "mean", "std")  # what the framework passes
+
+
 def build_classifier(
     name: str,
     *,
@@ -84,7 +87,7 @@ def build_classifier(
     if len(mean) != in_channels:
         raise ConfigError(f"normalisation has {len(mean)} channels but the data has {in_channels}")
     net = entry.build(
-        framework=("num_classes", "in_channels", "image_size"),
+        _framework=("num_classes", "in_channels", "image_size"),
         num_classes=num_classes,
         in_channels=in_channels,
         image_size=image_size,
@@ -101,7 +104,7 @@ def build_denoiser(name: str, *, in_channels: int, **params: Any) -> nn.Module:
     from smoothcore.plugins import registry
 
     entry = registry("denoiser").get(name)
-    net = entry.build(framework=("in_channels",), in_channels=in_channels, **params)
+    net = entry.build(_framework=("in_channels",), in_channels=in_channels, **params)
     if not isinstance(net, nn.Module):
         raise PluginError(
             f"plugin {entry.plugin!r} built denoiser {name!r} as {type(net).__name__}, not an nn.Module"

@@ -173,7 +173,7 @@ def make_noise(
 
     entry = registry("noise").get(name)
     built = entry.build(
-        framework=NOISE_ARGUMENTS, sigma=sigma, lambd=lambd, dim=dim, seed=seed, device=device, **params
+        _framework=NOISE_ARGUMENTS, sigma=sigma, lambd=lambd, dim=dim, seed=seed, device=device, **params
     )
     if not isinstance(built, Noise):
         from smoothcore.errors import PluginError

@@ -30,9 +30,9 @@ class Entry:
     description: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 
-    def build(self, *, framework: tuple[str, ...] = (), **params: Any) -> Any:
+    def build(self, *, _framework: tuple[str, ...] = (), **params: Any) -> Any:
         """``factory(**params)``; parameters the factory does not take are a ConfigError naming them and the ones
-        it accepts (user input such as ``--model-param foo=1`` reaches this point), except the ``framework``
+        it accepts (user input such as ``--model-param foo=1`` reaches this point), except the ``_framework``
         parameters every factory of this kind must take: missing those is the plugin's fault (a PluginError)."""
         try:
             signature = inspect.signature(self.factory)
@@ -48,12 +48,12 @@ class Entry:
             ]
             unknown = [k for k in params if k not in accepted]
             var_keyword = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
-            missing = [k for k in unknown if k in framework]
+            missing = [k for k in unknown if k in _framework]
             if missing and not var_keyword:
                 raise PluginError(
                     f"plugin {self.plugin!r} registered {self.kind} {self.name!r} with a factory that does not "
                     f"take {', '.join(map(repr, missing))}",
-                    hint=f"every {self.kind} factory takes {', '.join(framework)} (see smoothcore/hookspecs.py)",
+                    hint=f"every {self.kind} factory takes {', '.join(_framework)} (see smoothcore/hookspecs.py)",
                 ) from None
             if unknown and not var_keyword:
                 raise ConfigError(

@@ -280,10 +280,15 @@ def comparability_warnings(runs: list[Run]) -> list[str]:
     for r in runs:
         early = r.meta.get("radii")
         if early:
+            at_radii = (
+                "is exact (full enumeration's) at those radii"
+                if r.meta.get("certificate_kind") == "exact"
+                else "holds at level alpha (spent over the sequential looks) at those radii"
+            )
             out.append(
                 f"{r.name} stopped each image early once its verdicts at radii {', '.join(map(str, early))} "
-                "were decided (certify --radii): its certified accuracy is exact at those radii; at other radii, in "
-                "plots and in its ACR it is a lower bound (certify without --radii for the full values)"
+                f"were decided (certify --radii): its certified accuracy {at_radii}; at other radii, in plots and in "
+                "its ACR it is a lower bound (certify without --radii for the full values)"
             )
     settings: dict[str, set[str]] = {}
     for r in runs:

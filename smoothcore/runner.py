@@ -31,7 +31,7 @@ from smoothcore.experiment import Experiment, now, versions
 from smoothcore.fileio import atomic_write_json, read_json
 from smoothcore.loading import check_compatible, load_classifier
 from smoothcore.models import stack
-from smoothcore.noise import make_noise
+from smoothcore.noise import NOISE_ARGUMENTS, make_noise
 from smoothcore.results import ResultWriter, load_results
 
 
@@ -73,7 +73,7 @@ class CertifyConfig:
 
         SmoothedClassifier._check_mc(self.n0, self.n, self.alpha)
         if self.noise_params is not None:
-            check_params("noise_params", self.noise_params)
+            check_params("noise_params", self.noise_params, NOISE_ARGUMENTS)
         subset_indices(0, self.skip, self.limit, self.offset)
         if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
             raise ConfigError(f"offset must be a non-negative integer, got {self.offset!r}")
@@ -144,7 +144,7 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
         hint = missing_plugins_hint(Experiment(exp_dir))
         if hint is None:
             raise
-        raise UnknownNameError(exc.message, hint=hint) from None
+        raise UnknownNameError(exc.message, hint=f"{exc.hint}; or: {hint}" if exc.hint else hint) from None
 
 
 def missing_plugins_hint(exp: Experiment) -> str | None:
@@ -168,6 +168,9 @@ def missing_plugins_hint(exp: Experiment) -> str | None:
 
 
 def _plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
+    cfg = dataclasses.replace(
+        cfg
+    )  # what is resolved here (data_dir, auto max_batch) is the run's, not the caller's
     cfg.validate()
     exp = Experiment(exp_dir)
     train_cfg = exp.config()
@@ -183,8 +186,14 @@ def _plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     dataset = cfg.dataset or train_cfg.get("dataset")
     if dataset is None:
         raise ConfigError("which dataset? give --dataset")
-    if cfg.data_dir is None and dataset == train_cfg.get("dataset"):
-        cfg.data_dir = train_cfg.get("data_dir")  # where the run's training read this dataset from
+    trained_on = train_cfg.get("data_dir")
+    if (
+        cfg.data_dir is None
+        and dataset == train_cfg.get("dataset")
+        and trained_on
+        and Path(trained_on).is_dir()
+    ):
+        cfg.data_dir = trained_on  # where the run's training read this dataset from, while it is still there
     source = get_dataset(dataset)
     model, info = load_classifier(
         classifier_path,

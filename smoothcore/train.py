@@ -30,8 +30,8 @@ from smoothcore.errors import CheckpointError, ConfigError, ExperimentError, Smo
 from smoothcore.experiment import Experiment
 from smoothcore.fileio import atomic_torch_save, atomic_write
 from smoothcore.loading import classifier_checkpoint
-from smoothcore.models import build_classifier
-from smoothcore.noise import Noise, make_noise
+from smoothcore.models import MODEL_ARGUMENTS, build_classifier
+from smoothcore.noise import NOISE_ARGUMENTS, Noise, make_noise
 
 # The reference recipes (SPEC.md); anything else starts from the generic defaults of TrainConfig.
 RECIPES: dict[tuple[str, str], dict[str, Any]] = {
@@ -93,8 +93,8 @@ class TrainConfig:
                     f"{', '.join(given)} given with --noise none: a clean classifier is trained without noise",
                     hint="drop them, or name the noise to train under",
                 )
-        check_params("noise_params", self.noise_params)
-        check_params("model_params", self.model_params)
+        check_params("noise_params", self.noise_params, NOISE_ARGUMENTS)
+        check_params("model_params", self.model_params, MODEL_ARGUMENTS)
         for name in ("epochs", "batch_size", "eval_limit", "save_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -149,3 +149,42 @@ def test_monte_carlo_counts_are_those_of_the_streams_blocks_whatever_the_groupin
                 block = noise.sample(x[i : i + 1].expand(DRAW_BLOCK, 6), g)
                 expected[i, int(model(block[j % DRAW_BLOCK : j % DRAW_BLOCK + 1]).argmax())] += 1
         assert torch.equal(counts, expected)
+
+
+def test_auto_max_batch_is_measured_once_and_a_per_call_batch_size_still_bounds_its_call(monkeypatch):
+    import smoothcore.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "auto_max_batch", lambda model, shape, device: 4096)  # as a GPU might
+    spy = Spy()
+    engine = Engine(spy, 3, max_batch="auto")
+    noise = smoothcore.noise("uniform", sigma=0.3, dim=16)
+    x = quantised((2, 1, 4, 4))
+    with engine.batch_size(8):
+        engine.sampled_counts(noise, x, 300, [engine_module.DrawStream(0, i) for i in range(2)])
+    assert max(spy.sizes) <= 8
+    assert engine.max_batch == 4096  # the measurement outlives the call that made it
+
+
+class Switchable(nn.Module):
+    """A model whose own train() switches a behaviour that its forward reads (as some wrappers do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 3)
+        self.stochastic = True
+
+    def train(self, mode: bool = True):
+        self.stochastic = mode
+        return super().train(mode)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return self.head(x + torch.randn_like(x) if self.stochastic else x)
+
+
+def test_models_that_override_train_are_switched_through_it_and_restored():
+    model = Switchable().train()
+    smoothed = smoothcore.SmoothedClassifier(model, smoothcore.noise("dssn", sigma=0.2, dim=16), 3)
+    x = quantised((2, 1, 4, 4))
+    assert torch.equal(smoothed.certify(x).counts, smoothed.certify(x).counts)
+    assert model.training and model.stochastic

@@ -132,6 +132,12 @@ def test_runs_stopped_early_are_flagged_as_lower_bounds_away_from_their_radii():
         "early stopped each image early" in w and "0.5, 1.0" in w and "lower bound" in w for w in warnings
     )
     assert not any(w.startswith("full") for w in warnings)
+    exact = Run("e", [0], [0], [0.5], "l1", {"radii": [0.5], "certificate_kind": "exact"}, np.arange(1))
+    sequential = Run(
+        "s", [0], [0], [0.5], "l1", {"radii": [0.5], "certificate_kind": "monte-carlo"}, np.arange(1)
+    )
+    said = " ".join(comparability_warnings([exact, sequential]))
+    assert "is exact (full enumeration's) at those radii" in said and "holds at level alpha" in said
 
 
 def test_load_runs_takes_one_path_as_well_as_a_list(tmp_path):

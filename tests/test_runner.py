@@ -210,3 +210,30 @@ def test_a_plugin_noise_parameter_goes_from_training_to_certification_and_the_ta
         smoothcore.UnknownNameError, match=r"(?s)unknown noise 'tailed'.*made with the plugin\(s\) Plugin"
     ):
         plan(out, CertifyConfig(limit=2))
+    with pytest.raises(
+        smoothcore.UnknownNameError, match=r"(?s)did you mean 'gaussian'.*made with the plugin"
+    ):
+        plan(out, CertifyConfig(limit=2, noise="gausian"))  # a typo keeps its suggestion
+
+
+def test_a_training_data_dir_that_is_gone_is_not_inherited_and_the_callers_config_is_untouched(
+    run_copy, fashion_dir, monkeypatch
+):
+    cfg = CertifyConfig(limit=2)
+    plan(run_copy, cfg)
+    assert cfg.data_dir is None  # resolved for the run, not written into the caller's configuration
+    config = json.loads((run_copy / "config.json").read_text())
+    (run_copy / "config.json").write_text(json.dumps({**config, "data_dir": "data/moved-away"}))
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(fashion_dir))
+    assert plan(run_copy, CertifyConfig(limit=2)).cfg.data_dir is None  # the usual places, $FASHION_MNIST_DIR
+
+
+def test_further_parameters_cannot_take_the_frameworks_own_names():
+    from smoothcore.train import TrainConfig
+
+    with pytest.raises(smoothcore.ConfigError, match="'sigma' is not a further parameter"):
+        TrainConfig(noise_params={"sigma": 1.0}).validate()
+    with pytest.raises(smoothcore.ConfigError, match="'num_classes' is not a further parameter"):
+        TrainConfig(model_params={"num_classes": 3}).validate()
+    with pytest.raises(smoothcore.ConfigError, match="'dim' is not a further parameter"):
+        CertifyConfig(noise_params={"dim": 4}).validate()
