@@ -451,15 +451,17 @@ class Engine:
 
         for i, stream in enumerate(streams):
             start, stop = stream.position, stream.position + int(num)
+            image = x[i].unsqueeze(0).expand(shape)
+            image_rows = torch.full(
+                (DRAW_BLOCK,), i, dtype=torch.long, device=self.device
+            )  # sliced, not refilled
             for block in range(start // DRAW_BLOCK, (stop - 1) // DRAW_BLOCK + 1):
                 lo = max(start - block * DRAW_BLOCK, 0)
                 hi = min(stop - block * DRAW_BLOCK, DRAW_BLOCK)
                 generator.manual_seed(stream.block_seed(block))
-                draws = self._drawn(
-                    noise, noise.sample, (x[i].unsqueeze(0).expand(shape), generator), shape, DRAW_BLOCK
-                )
+                draws = self._drawn(noise, noise.sample, (image, generator), shape, DRAW_BLOCK)
                 noisy.append(draws[lo:hi])
-                rows.append(torch.full((hi - lo,), i, dtype=torch.long, device=self.device))
+                rows.append(image_rows[: hi - lo])
                 held += hi - lo
                 if held >= self.max_batch:
                     evaluate(held - held % self.max_batch)
