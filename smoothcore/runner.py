@@ -22,7 +22,7 @@ import pandas as pd
 from smoothcore.certificates import default_certificate, resolve_certificate
 from smoothcore.certify import SmoothedClassifier
 from smoothcore.checkpoints import sha256
-from smoothcore.checks import check_params
+from smoothcore.checks import check_params, check_radii
 from smoothcore.data import fetch, get_dataset, subset_indices
 from smoothcore.devices import resolve_device
 from smoothcore.distributed import DistInfo, barrier
@@ -67,8 +67,6 @@ class CertifyConfig:
     def validate(self) -> None:
         """The options that need no model or data, checked before anything is loaded (a sweep checks them before
         its first run trains)."""
-        import math
-
         from smoothcore.engine import PRECISIONS, check_batch
 
         SmoothedClassifier._check_mc(self.n0, self.n, self.alpha)
@@ -81,15 +79,8 @@ class CertifyConfig:
             check_batch(self.max_batch, "max_batch")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.radii is not None and (
-            not isinstance(self.radii, list)
-            or not self.radii
-            or not all(
-                isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r >= 0
-                for r in self.radii
-            )
-        ):
-            raise ConfigError(f"radii must be a non-empty list of non-negative numbers, got {self.radii!r}")
+        if self.radii is not None:
+            self.radii = check_radii(self.radii)  # the Python API's check; recorded as a JSON list of floats
 
 
 def _fmt(x: float) -> str:
