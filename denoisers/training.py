@@ -18,7 +18,7 @@ from torch import nn
 
 from smoothcore.checkpoints import load_file, sha256
 from smoothcore.checks import check_params
-from smoothcore.data import batches, get_dataset, subset_indices
+from smoothcore.data import batches, get_dataset, spread_indices
 from smoothcore.denoise import denoiser_checkpoint
 from smoothcore.devices import resolve_device
 from smoothcore.errors import ConfigError
@@ -165,8 +165,8 @@ class DenoiserTrainer:
     ) -> pd.DataFrame:
         cfg = self.cfg
         train_set, test_set = self.source.load("train", cfg.data_dir), self.source.load("test", cfg.data_dir)
-        train_idx = subset_indices(len(train_set), 1, cfg.train_limit)
-        eval_idx = subset_indices(len(test_set), 1, cfg.eval_limit)
+        train_idx = spread_indices(len(train_set), cfg.train_limit)
+        eval_idx = spread_indices(len(test_set), cfg.eval_limit)
         torch.manual_seed(cfg.seed)  # the initial weights come from the seed, like everything else
         self.denoiser = build_denoiser(cfg.arch, in_channels=self.source.image_shape[0], **cfg.arch_params)
         # bad input (data, architecture) fails above, before the experiment folder is created or replaced

@@ -253,6 +253,20 @@ def wrn40(
     return WideResNet(40, num_classes, widen_factor, in_channels, drop_rate)
 
 
+def wrn_compat(
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    depth: int = 40,
+    widen_factor: int = 2,
+    drop_rate: float = 0.0,
+) -> nn.Module:
+    """WideResNetCompat: the WideResNets of denoised-smoothing's classifiers (``cifar_wrn40``: WRN-40-10,
+    ``cifar_wrn``: WRN-28-10), whose parameter names are this project's."""
+    return WideResNet(depth, num_classes, widen_factor, in_channels, drop_rate)
+
+
 def resnet110(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     return CifarResNet(110, num_classes, in_channels)
 
@@ -263,9 +277,9 @@ def register_classifiers(register) -> None:
     register("wrn40", wrn40, description="WideResNet-40-2, the paper's CIFAR-10 model")
     register(
         "wrn40-compat",
-        wrn40,
-        description="WideResNet-40-2 that loads denoised-smoothing checkpoint.pth.tar "
-        "classifiers (WideResNetCompat)",
+        wrn_compat,
+        description="WideResNetCompat: the WideResNet (depth, widen_factor) of denoised-smoothing "
+        "checkpoint.pth.tar classifiers",
         compat="denoised-smoothing",
     )
     register("resnet110", resnet110, description="CIFAR ResNet-110 (Cohen et al.)")

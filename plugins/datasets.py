@@ -186,6 +186,8 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),  # arrays pickled with protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"),
     }
 
@@ -251,48 +253,11 @@ def cifar10() -> DatasetSource:
     )
 
 
-# -- ImageNet (class folders of JPEGs) ---------------------------------------------------------------------------
+# -- ImageNet (class folders of JPEGs; plugins/imagenet.py) --------------------------------------------------------
 def _imagenet_loader(split: str, data_dir: Path | None):
-    import torchvision.transforms as T
-    from torchvision.datasets import ImageFolder
+    from smoothcore_plugins.imagenet import load_imagenet
 
-    env = "IMAGENET_TRAIN_DIR" if split == "train" else "IMAGENET_TEST_DIR"
-    if data_dir is not None:
-        folder = Path(data_dir) / ("train" if split == "train" else "val")
-        origin = "--data-dir"
-    elif os.environ.get(env):
-        folder, origin = Path(os.environ[env]), f"${env}"
-    else:
-        raise DataError(
-            f"imagenet: ${env} is not set",
-            hint=f"set ${env} to the folder of class sub-folders of JPEGs, or give --data-dir with train/ and val/",
-        )
-    if not folder.is_dir():
-        raise DataError(f"imagenet: {folder} ({origin}) is not a folder")
-    if split == "train":
-        transform = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.PILToTensor()])
-    else:
-        transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])
-    try:
-        ds = ImageFolder(
-            str(folder),
-            transform=T.Compose([transform, T.ConvertImageDtype(torch.float32)]),
-            loader=_safe_rgb_loader,
-        )
-    except (FileNotFoundError, OSError) as exc:
-        raise DataError(f"imagenet: {folder} holds no class folders of images: {exc}") from None
-    return ds
-
-
-def _safe_rgb_loader(path: str):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"imagenet: cannot read image {path}: {exc}") from None
+    return load_imagenet(split, data_dir)
 
 
 def imagenet() -> DatasetSource:

@@ -232,13 +232,18 @@ def noise_options(f):
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed for initialisation, data order and noise."
 )
-@click.option("--train-limit", type=int, default=None, help="Train on the first N training images only.")
+@click.option(
+    "--train-limit",
+    type=int,
+    default=None,
+    help="Train on N training images only, evenly spread over the set.",
+)
 @click.option(
     "--eval-limit",
     type=int,
     default=1000,
     show_default=True,
-    help="Test images for the per-epoch noisy accuracy.",
+    help="Test images (evenly spread over the set) for the per-epoch noisy accuracy.",
 )
 @click.option(
     "--denoiser",
@@ -428,8 +433,19 @@ def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     "--trust-checkpoint", is_flag=True, help="Allow loading a legacy pickled --classifier (can run code)."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--train-limit", type=int, default=None)
-@click.option("--eval-limit", type=int, default=1000, show_default=True)
+@click.option(
+    "--train-limit",
+    type=int,
+    default=None,
+    help="Train on N training images only, evenly spread over the set.",
+)
+@click.option(
+    "--eval-limit",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Test images (evenly spread over the set) for the per-epoch validation.",
+)
 @device_option
 @click.option("--workers", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), required=True)

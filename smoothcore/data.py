@@ -154,6 +154,18 @@ def subset_indices(n: int, skip: int = 1, limit: int | None = None, offset: int 
     return idx[:limit] if limit is not None else idx
 
 
+def spread_indices(n: int, limit: int | None = None) -> list[int]:
+    """At most ``limit`` of the indices ``0 .. n - 1``, evenly spread over them (all of them without a limit).
+
+    Training and evaluation subsets are taken this way, not as the first ``limit`` images: a dataset stored
+    class by class (ImageNet's folders) would otherwise give a subset of the first classes only."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer, got {limit!r}")
+    if limit is None or limit >= n:
+        return list(range(n))
+    return [i * n // limit for i in range(limit)]
+
+
 def fetch(dataset: Dataset, indices: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``(len(indices), C, H, W)`` float in [0, 1] and labels for ``indices``."""
     if isinstance(dataset, ImageTensorDataset):

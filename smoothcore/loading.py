@@ -124,20 +124,30 @@ def classifier_weights(obj: Any, path: str | Path) -> dict[str, Any]:
     )
 
 
-def _check_classes(state: dict[str, Any], num_classes: int, dataset: str, path: Path) -> None:
-    """A checkpoint whose last layer has another number of outputs than the dataset has classes is refused with
-    that fact, before any key-by-key comparison."""
+def _head_outputs(state: dict[str, Any]) -> int | None:
+    """The number of outputs of a network's last ``fc`` layer (None when it has none)."""
     heads = [
         k
         for k in state
         if k.endswith("fc.weight") and isinstance(state[k], torch.Tensor) and state[k].dim() == 2
     ]
-    if heads and int(state[heads[-1]].shape[0]) != num_classes:
-        have = int(state[heads[-1]].shape[0])
+    return int(state[heads[-1]].shape[0]) if heads else None
+
+
+def _check_classes(state: dict[str, Any], num_classes: int, dataset: str, path: Path) -> None:
+    """A checkpoint whose last layer has another number of outputs than the dataset has classes is refused with
+    that fact, before any key-by-key comparison."""
+    have = _head_outputs(state)
+    if have is not None and have != num_classes:
         kind = " (an ImageNet model)" if have == 1000 else ""
+        use = (
+            "give --dataset imagenet"
+            if have == 1000
+            else "use the checkpoint with the data it was trained on"
+        )
         raise CheckpointError(
             f"{path} predicts {have} classes{kind}, but {dataset} has {num_classes}",
-            hint="use the checkpoint with the data it was trained on, or fine-tune it (--finetune)",
+            hint=f"{use}, or fine-tune it (--finetune)",
         )
 
 
@@ -198,8 +208,10 @@ def load_classifier(
         load_state_strict(net, obj["state_dict"], str(path))
         info.update({k: v for k, v in obj.items() if k != "state_dict"})
     elif layout == "reference":
-        model = model or "wrn40"
-        dataset = dataset or "cifar10"
+        state = _reference_state(obj)
+        if dataset is None:  # the reference trained WRN-40-2 on CIFAR-10 and ResNet-50 on ImageNet
+            dataset = "imagenet" if _head_outputs(state) == 1000 else "cifar10"
+        model = model or ("resnet50" if any(k.startswith("net.layer1.") for k in state) else "wrn40")
         num_classes, c, size, _, _ = _dataset_facts(dataset)
         mu, log_sig = obj["norm.module.mu"], obj["norm.module.log_sig"]
         net = build_classifier(
@@ -210,7 +222,6 @@ def load_classifier(
             mean=mu.flatten().tolist(),
             std=torch.exp(log_sig.double()).flatten().tolist(),
         )
-        state = _reference_state(obj)
         _check_classes(state, num_classes, dataset, path)
         state["norm.mean"] = mu.float().reshape(net.norm.mean.shape)
         state["norm.std"] = torch.exp(log_sig.float()).reshape(net.norm.std.shape)
@@ -240,6 +251,9 @@ def load_classifier(
         params = {}
         if model.startswith("wrn40") and "net.fc.weight" in state:
             params["widen_factor"] = int(state["net.fc.weight"].shape[1]) // 64
+        if model == "wrn40-compat":  # cifar_wrn is a WRN-28-10, cifar_wrn40 a WRN-40-10
+            blocks = {k.split(".")[3] for k in state if k.startswith("net.block1.layer.")}
+            params["depth"] = 6 * len(blocks) + 4 if blocks else 40
         net = build_classifier(
             model, num_classes=num_classes, in_channels=c, image_size=size, mean=mean, std=std, **params
         )

@@ -336,17 +336,8 @@ def execute(
             f"{run.table} already holds results",
             hint="pass --resume to continue it, --overwrite to replace it, or --tag to write another table",
         )
-    if resume and run.meta_path.exists():
-        old = read_json(run.meta_path)
-        diff = [
-            f"{k}: was {old.get(k)!r}, now {run.meta.get(k)!r}"
-            for k in MEANINGFUL
-            if old.get(k) != run.meta.get(k)
-        ]
-        if diff:
-            raise ExperimentError(
-                f"--resume with changed parameters for {run.table.name}: " + "; ".join(diff)
-            )
+    if resume:
+        check_resume(run)
     meta = dict(run.meta, started=now(), versions=versions())
     atomic_write_json(run.meta_path, meta)
     cfg = run.cfg
@@ -431,6 +422,31 @@ def _certify_rows(run: CertifyRun, resume: bool, chunk: int, on_progress) -> tup
     return writer, elapsed
 
 
+def check_resume(run: CertifyRun) -> None:
+    """``--resume`` continues a table only with the parameters it was started with; a larger ``--limit`` (or none)
+    extends it, since the images planned before are the first of those planned now."""
+    if not run.meta_path.exists():
+        return
+    old = read_json(run.meta_path)
+    diff = [
+        f"{k}: was {old.get(k)!r}, now {run.meta.get(k)!r}"
+        for k in MEANINGFUL
+        if old.get(k) != run.meta.get(k) and not (k == "limit" and _extends(old.get(k), run.meta.get(k)))
+    ]
+    if diff:
+        raise ExperimentError(
+            f"--resume with changed parameters for {run.table.name}: " + "; ".join(diff),
+            hint=f"resume with the parameters in {run.meta_path.name} (a larger --limit extends the table), "
+            "or write another table with --tag",
+        )
+
+
+def _extends(old_limit: Any, new_limit: Any) -> bool:
+    return isinstance(old_limit, int) and (
+        new_limit is None or (isinstance(new_limit, int) and new_limit > old_limit)
+    )
+
+
 def shard_path(run: CertifyRun, info: DistInfo) -> Path:
     return run.exp.path / f".certify_{run.tag}.rank{info.rank}of{info.world}.csv"
 
@@ -438,10 +454,17 @@ def shard_path(run: CertifyRun, info: DistInfo) -> Path:
 def _execute_sharded(
     run: CertifyRun, info: DistInfo, *, resume: bool, overwrite: bool, on_progress
 ) -> pd.DataFrame:
-    if info.main and run.table.exists() and not (resume or overwrite):
+    if run.table.exists() and not (resume or overwrite):  # every rank sees it, so none waits for the others
         raise ExperimentError(
             f"{run.table} already holds results",
             hint="pass --resume to continue it, --overwrite to replace it, or --tag to write another table",
+        )
+    if resume:
+        check_resume(run)  # every rank: one refusing alone would leave the others waiting at the barrier
+    barrier(info)
+    if info.main:
+        atomic_write_json(
+            run.meta_path, dict(run.meta, started=now(), versions=versions(), world_size=info.world)
         )
     done_before = (
         set(load_results(run.table)["index"].astype(int)) if resume and run.table.exists() else set()

@@ -22,7 +22,7 @@ from torch import nn
 
 from smoothcore.checkpoints import load_file, sha256
 from smoothcore.checks import check_params
-from smoothcore.data import DatasetSource, batches, get_dataset, subset_indices
+from smoothcore.data import DatasetSource, batches, get_dataset, spread_indices
 from smoothcore.devices import resolve_device
 from smoothcore.distributed import DistInfo, barrier
 from smoothcore.engine import PRECISIONS
@@ -326,8 +326,8 @@ class Trainer:
         # Everything that can fail on bad input (data, fine-tuning weights) comes before the folder is touched.
         train_set = self.source.load("train", cfg.data_dir)
         test_set = self.source.load("test", cfg.data_dir)
-        train_idx = subset_indices(len(train_set), 1, cfg.train_limit)
-        eval_idx = subset_indices(len(test_set), 1, cfg.eval_limit)
+        train_idx = spread_indices(len(train_set), cfg.train_limit)
+        eval_idx = spread_indices(len(test_set), cfg.eval_limit)
         torch.manual_seed(cfg.seed)
         self.classifier = self.build_fresh()
         self._init_weights()

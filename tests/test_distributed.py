@@ -65,6 +65,14 @@ def test_sharded_certification_merges_into_the_single_process_table(run_copy, fa
         assert len(sharded) == 9
         pd.testing.assert_frame_equal(sharded[COMPARED], single[COMPARED])
         assert not list(run_copy.glob(f".certify_{tag}-sharded.rank*"))  # shards are merged away
+    # resuming the sharded table with other parameters is refused by every rank (none is left waiting)
+    args = ["certify", str(run_copy), "--data-dir", str(fashion_dir), "--skip", "97", "--limit", "9"]
+    proc = torchrun(*args, *noise_args[:-1], "70", "--tag", "ssn-sharded", "--resume", timeout=120)
+    assert (
+        proc.returncode != 0
+        and "changed parameters for certify_ssn-sharded.csv: n: was 60, now 70" in proc.stderr
+    )
+    assert load_results(run_copy / "certify_ssn-sharded.csv").equals(sharded)
 
 
 def test_ddp_training_matches_a_single_process_on_the_same_data_order(tiny_idx_dir, tmp_path):

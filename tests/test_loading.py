@@ -223,6 +223,29 @@ def test_nan_weights_are_refused(tmp_path):
         smoothcore.load_classifier(tmp_path / "nan.pt")
 
 
+def test_the_reference_imagenet_model_ckpt_is_recognised_as_resnet50_on_imagenet(tmp_path):
+    """The reference trained ResNet-50 on ImageNet and saved it in the same model_ckpt.torch layout as its
+    CIFAR-10 WRN: the head's 1000 outputs and the ResNet's layer names say which it is, without --model/--dataset."""
+    import torchvision
+
+    torch.manual_seed(3)
+    net = torchvision.models.resnet50(weights=None).eval()
+    mu = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    sig = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    state = {f"model.module.{k}": v for k, v in net.state_dict().items()}
+    torch.save(
+        state | {"norm.module.mu": mu, "norm.module.log_sig": sig.log()}, tmp_path / "model_ckpt.torch"
+    )
+    loaded, info = smoothcore.load_classifier(tmp_path / "model_ckpt.torch", return_info=True)
+    assert (info["model"], info["dataset"]) == ("resnet50", "imagenet")
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net((x - mu) / sig), atol=1e-4, rtol=1e-4)  # logits of about 60
+    with pytest.raises(CheckpointError, match="1000 classes") as err:
+        smoothcore.load_classifier(tmp_path / "model_ckpt.torch", dataset="cifar10")
+    assert "--dataset imagenet" in err.value.hint
+
+
 def test_an_imagenet_checkpoint_used_with_cifar10_is_refused_with_that_fact(tmp_path):
     import torchvision
 
@@ -243,14 +266,19 @@ def test_an_imagenet_checkpoint_used_with_cifar10_is_refused_with_that_fact(tmp_
     assert info["dataset"] == "imagenet" and info["model"] == "torchvision:resnet18"
 
 
-@pytest.mark.parametrize("arch", ["cifar_wrn40", "cifar_resnet110"])
+@pytest.mark.parametrize("arch", ["cifar_wrn40", "cifar_wrn", "cifar_resnet110"])
 def test_published_classifiers_give_the_logits_of_the_original_architecture(tmp_path, arch):
     """The original code (independent transcriptions in tests/reference_archs.py) and load_classifier on its
-    denoised-smoothing checkpoint agree: same weights, same normalisation, same logits."""
+    denoised-smoothing checkpoint agree: same weights, same normalisation, same logits. Their architectures.py
+    builds cifar_wrn40 as WRN-40-10 and cifar_wrn as WRN-28-10 (cifar_wrn40 is also tried at widen 2)."""
     from tests.reference_archs import OriginalCifarResNet, OriginalWideResNet, randomise_batch_norm
 
     torch.manual_seed(5)
-    original = OriginalWideResNet(40, 10, 2) if arch == "cifar_wrn40" else OriginalCifarResNet(110, 10)
+    original = {
+        "cifar_wrn40": lambda: OriginalWideResNet(40, 10, 2),
+        "cifar_wrn": lambda: OriginalWideResNet(28, 10, 10),
+        "cifar_resnet110": lambda: OriginalCifarResNet(110, 10),
+    }[arch]()
     original = randomise_batch_norm(original, seed=6)
     # denoised smoothing saves torch.nn.DataParallel(Sequential(NormalizeLayer, model)): keys module.1.<original keys>
     torch.save(

@@ -86,12 +86,30 @@ def test_existing_results_are_refused_unless_resumed_or_overwritten(run_copy, fa
     certify_experiment(run_copy, CertifyConfig(limit=2, data_dir=str(fashion_dir)))
     with pytest.raises(ExperimentError, match="already holds results"):
         certify_experiment(run_copy, CertifyConfig(limit=2, data_dir=str(fashion_dir)))
-    with pytest.raises(ExperimentError, match="changed parameters.*limit"):
-        certify_experiment(run_copy, CertifyConfig(limit=3, data_dir=str(fashion_dir)), resume=True)
+    with pytest.raises(ExperimentError, match="changed parameters.*skip: was 1, now 3") as err:
+        certify_experiment(run_copy, CertifyConfig(limit=2, skip=3, data_dir=str(fashion_dir)), resume=True)
+    assert "--tag" in err.value.hint
+    with pytest.raises(ExperimentError, match="changed parameters.*limit: was 2, now 1"):
+        certify_experiment(run_copy, CertifyConfig(limit=1, data_dir=str(fashion_dir)), resume=True)
     assert (
         len(certify_experiment(run_copy, CertifyConfig(limit=3, data_dir=str(fashion_dir)), overwrite=True))
         == 3
     )
+
+
+def test_resuming_with_a_larger_limit_extends_the_table_to_what_one_run_would_give(run_copy, fashion_dir):
+    """Certify 2 images, then 5, then all of them: the table is the one a single run gives (Monte-Carlo, whose
+    draws are keyed by image index), and the table's parameters say what it now holds."""
+    cfg = dict(noise="ssn", sigma=0.25, n0=8, n=40, skip=1000, data_dir=str(fashion_dir))
+    certify_experiment(run_copy, CertifyConfig(**cfg, limit=2, tag="grown"))
+    assert len(certify_experiment(run_copy, CertifyConfig(**cfg, limit=5, tag="grown"), resume=True)) == 5
+    grown = certify_experiment(run_copy, CertifyConfig(**cfg, tag="grown"), resume=True)
+    single = certify_experiment(run_copy, CertifyConfig(**cfg, tag="single"))
+    cols = ["index", "label", "prediction", "correct", "radius", "p_lower", "counts"]
+    assert len(grown) == 10
+    pd.testing.assert_frame_equal(grown[cols], single[cols])
+    meta = json.loads((run_copy / "certify_grown.json").read_text())
+    assert meta["limit"] is None and meta["num_images"] == 10
 
 
 def test_certify_can_use_another_noise_than_training(run_copy, fashion_dir):
