@@ -163,6 +163,20 @@ class DenoiserTrainer:
         on_step: Callable[[int, int, int], None] | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ) -> pd.DataFrame:
+        """Train (see :meth:`_run`) holding the experiment's lock: one training of a folder at a time."""
+        try:
+            return self._run(overwrite=overwrite, resume=resume, on_step=on_step, on_epoch=on_epoch)
+        finally:
+            self.exp.unlock()
+
+    def _run(
+        self,
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        on_step: Callable[[int, int, int], None] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ) -> pd.DataFrame:
         cfg = self.cfg
         train_set, test_set = self.source.load("train", cfg.data_dir), self.source.load("test", cfg.data_dir)
         train_idx = spread_indices(len(train_set), cfg.train_limit)

@@ -59,3 +59,12 @@ def device_for(device: str, info: DistInfo) -> str:
 def barrier(info: DistInfo) -> None:
     if info.active:
         dist.barrier()
+
+
+def all_agree(info: DistInfo, ok: bool) -> bool:
+    """Whether every rank says ``ok`` (a collective: every rank must call it)."""
+    if not info.active:
+        return ok
+    flag = torch.tensor([1 if ok else 0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())

@@ -14,11 +14,13 @@ from typing import Any
 
 import torch
 
-from smoothcore.errors import ExperimentError
+from smoothcore.errors import ConfigError, ExperimentError
 from smoothcore.fileio import atomic_write_json, check_fields, read_json
+from smoothcore.locking import Lock
 
 CONFIG = "config.json"
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 CHECKPOINT = "checkpoint.pt"
 TRAIN_STATE = "train_state.pt"
 TRAIN_LOG = "train_log.csv"
@@ -67,6 +69,7 @@ class Experiment:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock: Lock | None = None
 
     # -- files --------------------------------------------------------------------------------------------------
     @property
@@ -112,6 +115,10 @@ class Experiment:
         (the configuration must match: the error lists every difference)."""
         if self.path.exists() and not self.path.is_dir():
             raise ExperimentError(f"{self.path} exists and is not a folder")
+        if resume and overwrite:
+            raise ConfigError("give --resume or --overwrite, not both")
+        if self.path.is_dir():
+            self.lock()
         if self.exists():
             if resume:
                 old = self.config()
@@ -137,14 +144,27 @@ class Experiment:
                 *self.path.glob("certify_*.json"),
                 *self.path.glob("audit_*.csv"),
                 *self.path.glob("audit_*.json"),
+                *self.path.glob(".certify_*.rank*of*.csv"),
+                *self.path.glob("denoiser*.pt"),
             ]:
                 f.unlink(missing_ok=True)
         elif resume:
             raise ExperimentError(f"nothing to resume: {self.path} holds no experiment")
         self.path.mkdir(parents=True, exist_ok=True)
+        self.lock()
         atomic_write_json(self.path / CONFIG, config)
         self.update_manifest(created=now(), versions=versions(), plugins=plugin_versions())
         return False
+
+    def lock(self) -> None:
+        """Hold the experiment's lock (one training at a time) until :meth:`unlock` or the process ends."""
+        if self._lock is None:
+            self._lock = Lock(self.path / LOCK, f"the experiment {self.path}")
+
+    def unlock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
     def update_manifest(self, **fields: Any) -> None:
         manifest = self.manifest()

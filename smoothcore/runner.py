@@ -25,11 +25,12 @@ from smoothcore.checkpoints import sha256
 from smoothcore.checks import check_params, check_radii
 from smoothcore.data import fetch, get_dataset, subset_indices
 from smoothcore.devices import resolve_device
-from smoothcore.distributed import DistInfo, barrier
+from smoothcore.distributed import DistInfo, all_agree, barrier
 from smoothcore.errors import ConfigError, ExperimentError, SmoothcoreError, UnknownNameError
 from smoothcore.experiment import Experiment, now, versions
 from smoothcore.fileio import atomic_write_json, read_json
 from smoothcore.loading import check_compatible, load_classifier
+from smoothcore.locking import Lock
 from smoothcore.models import stack
 from smoothcore.noise import NOISE_ARGUMENTS, make_noise
 from smoothcore.results import ResultWriter, load_results
@@ -125,6 +126,14 @@ class CertifyRun:
     @property
     def meta_path(self) -> Path:
         return self.exp.path / f"certify_{self.tag}.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.exp.path / f".certify_{self.tag}.lock"
+
+    def shards(self) -> list[Path]:
+        """Shard tables of sharded runs of this table, of any world size."""
+        return sorted(self.exp.path.glob(f".certify_{self.tag}.rank*of*.csv"))
 
 
 def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
@@ -331,6 +340,34 @@ def execute(
     info = dist_info or DistInfo()
     if info.active:
         return _execute_sharded(run, info, resume=resume, overwrite=overwrite, on_progress=on_progress)
+    with Lock(run.lock_path, f"{run.table}"):
+        _check_start(run, resume, overwrite)
+        if resume:
+            absorb_shards(run)
+        else:
+            _remove_shards(run)
+        meta = dict(run.meta, started=now(), versions=versions())
+        before = _seconds_before(run) if resume else 0.0
+        atomic_write_json(run.meta_path, meta)
+        cfg = run.cfg
+        noise = run.smoothed.noise
+        chunk = images_per_call or _images_per_call(cfg, noise)
+        try:
+            writer, elapsed = _certify_rows(run, resume, chunk, on_progress)
+        except BaseException:
+            if not resume and run.table.exists() and not len(load_results(run.table)):
+                run.table.unlink()  # nothing certified: leave no empty table behind
+                run.meta_path.unlink(missing_ok=True)
+            raise
+        table = load_results(run.table)
+        meta.update(finished=now(), seconds=round(before + elapsed, 3), discarded_rows=writer.discarded)
+        atomic_write_json(run.meta_path, meta)
+    return table
+
+
+def _check_start(run: CertifyRun, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise ConfigError("give --resume or --overwrite, not both")
     if run.table.exists() and not (resume or overwrite):
         raise ExperimentError(
             f"{run.table} already holds results",
@@ -338,22 +375,55 @@ def execute(
         )
     if resume:
         check_resume(run)
-    meta = dict(run.meta, started=now(), versions=versions())
-    atomic_write_json(run.meta_path, meta)
-    cfg = run.cfg
-    noise = run.smoothed.noise
-    chunk = images_per_call or _images_per_call(cfg, noise)
+
+
+def _seconds_before(run: CertifyRun) -> float:
+    """Certification time recorded by the parts of a resumed run before this one."""
     try:
-        writer, elapsed = _certify_rows(run, resume, chunk, on_progress)
-    except BaseException:
-        if not resume and run.table.exists() and not len(load_results(run.table)):
-            run.table.unlink()  # nothing certified: leave no empty table behind
-            run.meta_path.unlink(missing_ok=True)
-        raise
-    table = load_results(run.table)
-    meta.update(finished=now(), seconds=round(elapsed, 3), discarded_rows=writer.discarded)
-    atomic_write_json(run.meta_path, meta)
-    return table
+        seconds = read_json(run.meta_path).get("seconds") if run.meta_path.exists() else None
+    except SmoothcoreError:
+        return 0.0
+    return float(seconds) if isinstance(seconds, (int, float)) else 0.0
+
+
+def absorb_shards(run: CertifyRun) -> None:
+    """Rows left in shard tables by an interrupted sharded run (of any world size) join the table before a
+    resume, so that no image is certified twice and none is listed twice."""
+    shards = run.shards()
+    if not shards:
+        return
+    frames = [load_results(p) for p in ([run.table] if run.table.exists() else []) + shards]
+    _write_table(run.table, frames)
+    for p in shards:
+        p.unlink(missing_ok=True)
+
+
+def _remove_shards(run: CertifyRun) -> None:
+    for p in run.shards():
+        p.unlink(missing_ok=True)
+
+
+def _write_table(path: Path, frames: list[pd.DataFrame]) -> None:
+    """``frames`` as one table at ``path``, by image index, each image once (the first row of it wins)."""
+    frames = [f for f in frames if len(f)]
+    merged = (
+        pd.concat(frames, ignore_index=True)
+        .drop_duplicates("index")
+        .sort_values("index")
+        .reset_index(drop=True)
+        if frames
+        else None
+    )
+    tmp = path.with_name(path.name + ".merging")
+    with ResultWriter(tmp, resume=False) as writer:
+        for row in merged.to_dict("records") if merged is not None else []:
+            writer.write(
+                {
+                    k: (None if isinstance(v, float) and v != v and k != "radius" else v)
+                    for k, v in row.items()
+                }
+            )
+    tmp.replace(path)
 
 
 def _images_per_call(cfg: CertifyConfig, noise) -> int:
@@ -426,6 +496,13 @@ def check_resume(run: CertifyRun) -> None:
     """``--resume`` continues a table only with the parameters it was started with; a larger ``--limit`` (or none)
     extends it, since the images planned before are the first of those planned now."""
     if not run.meta_path.exists():
+        rows = any(len(load_results(p)) for p in [run.table, *run.shards()] if p.exists())
+        if rows:
+            raise ExperimentError(
+                f"cannot resume {run.table.name}: its parameters ({run.meta_path.name}) are missing, so nothing "
+                "says its rows were certified as asked now",
+                hint="certify it again with --overwrite, or write another table with --tag",
+            )
         return
     old = read_json(run.meta_path)
     diff = [
@@ -454,18 +531,40 @@ def shard_path(run: CertifyRun, info: DistInfo) -> Path:
 def _execute_sharded(
     run: CertifyRun, info: DistInfo, *, resume: bool, overwrite: bool, on_progress
 ) -> pd.DataFrame:
-    if run.table.exists() and not (resume or overwrite):  # every rank sees it, so none waits for the others
-        raise ExperimentError(
-            f"{run.table} already holds results",
-            hint="pass --resume to continue it, --overwrite to replace it, or --tag to write another table",
+    # every rank checks what it can see; rank 0 alone holds the table's lock; all agree before any work starts,
+    # so that a refusal on one rank leaves none of the others waiting at a barrier
+    problem: SmoothcoreError | None = None
+    lock: Lock | None = None
+    try:
+        _check_start(run, resume, overwrite)
+        if info.main:
+            lock = Lock(run.lock_path, f"{run.table}")
+    except SmoothcoreError as exc:
+        problem = exc
+    if not all_agree(info, problem is None):
+        if lock is not None:
+            lock.release()
+        raise problem or ExperimentError(
+            f"another rank refused to certify {run.table.name} (its error says why)"
         )
-    if resume:
-        check_resume(run)  # every rank: one refusing alone would leave the others waiting at the barrier
-    barrier(info)
+    try:
+        return _certify_sharded(run, info, resume=resume, on_progress=on_progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _certify_sharded(run: CertifyRun, info: DistInfo, *, resume: bool, on_progress) -> pd.DataFrame:
     if info.main:
+        if resume:
+            absorb_shards(run)  # shards of an interrupted run (this world size or another) join the table
+        else:
+            _remove_shards(run)
+            run.table.unlink(missing_ok=True)
         atomic_write_json(
             run.meta_path, dict(run.meta, started=now(), versions=versions(), world_size=info.world)
         )
+    barrier(info)
     done_before = (
         set(load_results(run.table)["index"].astype(int)) if resume and run.table.exists() else set()
     )
@@ -474,31 +573,14 @@ def _execute_sharded(
     shard_table = shard_path(run, info)
     chunk = _images_per_call(run.cfg, run.smoothed.noise)
     shard_run = _ShardRun(shard, shard_table)
-    _certify_rows(shard_run, resume and shard_table.exists(), chunk, on_progress if info.main else None)
+    _certify_rows(shard_run, False, chunk, on_progress if info.main else None)
     barrier(info)
     if info.main:
+        shards = [run.exp.path / f".certify_{run.tag}.rank{r}of{info.world}.csv" for r in range(info.world)]
         frames = [load_results(run.table)] if done_before else []
-        frames += [
-            load_results(run.exp.path / f".certify_{run.tag}.rank{r}of{info.world}.csv")
-            for r in range(info.world)
-        ]
-        merged = (
-            pd.concat([f for f in frames if len(f)], ignore_index=True)
-            .sort_values("index")
-            .reset_index(drop=True)
-        )
-        tmp = run.table.with_name(run.table.name + ".merging")
-        with ResultWriter(tmp, resume=False) as writer:
-            for row in merged.to_dict("records"):
-                writer.write(
-                    {
-                        k: (None if isinstance(v, float) and v != v and k != "radius" else v)
-                        for k, v in row.items()
-                    }
-                )
-        tmp.replace(run.table)
-        for r in range(info.world):
-            (run.exp.path / f".certify_{run.tag}.rank{r}of{info.world}.csv").unlink(missing_ok=True)
+        _write_table(run.table, frames + [load_results(p) for p in shards])
+        for p in shards:
+            p.unlink(missing_ok=True)
         atomic_write_json(
             run.meta_path, dict(run.meta, finished=now(), versions=versions(), world_size=info.world)
         )

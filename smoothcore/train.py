@@ -315,6 +315,23 @@ class Trainer:
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
         dist_info: DistInfo | None = None,
     ) -> pd.DataFrame:
+        """Train (see :meth:`_run`) holding the experiment's lock: one training of a folder at a time."""
+        try:
+            return self._run(
+                overwrite=overwrite, resume=resume, on_step=on_step, on_epoch=on_epoch, dist_info=dist_info
+            )
+        finally:
+            self.exp.unlock()
+
+    def _run(
+        self,
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        on_step: Callable[[int, int, int, float], None] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        dist_info: DistInfo | None = None,
+    ) -> pd.DataFrame:
         """Train, or continue a run from its last saved state (``resume``). Under torchrun (``dist_info`` with several
         ranks) the model is wrapped in DistributedDataParallel: each rank loads and trains on its rows of every
         global batch, all ranks draw the augmentation and noise of the whole batch from the same generator (so the
