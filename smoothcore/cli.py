@@ -7,8 +7,11 @@ traceback; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,45 @@ class SmoothcoreGroup(click.Group):
             return super().invoke(ctx)
         except SmoothcoreError as exc:
             fail(exc)
+        except KeyboardInterrupt:
+            interrupted(ctx.invoked_subcommand)
+        except OSError as exc:  # the file system refused: read-only, full, a file where a folder should be
+            fail(
+                SmoothcoreError(
+                    os_error_text(exc), hint="check that the path exists, is writable and has room"
+                )
+            )
+
+
+RESUME_HINTS = {
+    "certify": "rerun the same command with --resume: finished images are kept",
+    "train-classifier": "rerun the same command with --resume: it continues from the last save",
+    "train-denoiser": "rerun the same command with --resume: it continues from the last save",
+    "sweep": "rerun the same sweep: it continues what was interrupted",
+}
+
+
+def interrupted(command: str | None) -> None:
+    """Ctrl-C or a termination signal: one line saying how to go on, status 128 + the signal."""
+    signum = _SIGNALLED[0] or signal.SIGINT
+    err_console.print(f"[bold red]Interrupted[/] ({signal.Signals(signum).name}).", highlight=False)
+    if command in RESUME_HINTS:
+        err_console.print(f"[yellow]Hint:[/] {RESUME_HINTS[command]}", highlight=False, soft_wrap=True)
+    sys.exit(128 + signum)
+
+
+def os_error_text(exc: OSError) -> str:
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "") if exc.filename else ""
+    return f"{where + ': ' if where else ''}{exc.strerror or exc}"
+
+
+_SIGNALLED: list[int | None] = [None]
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM (a scheduler preempting the job) ends the run as Ctrl-C does: finished work is kept."""
+    _SIGNALLED[0] = signum
+    raise KeyboardInterrupt
 
 
 def fail(exc: SmoothcoreError) -> None:
@@ -903,7 +945,15 @@ _add_command_modules()
 
 
 def main() -> None:
-    cli(prog_name="smoothcore")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        cli(prog_name="smoothcore")
+    finally:
+        try:
+            sys.stdout.flush()
+        except OSError:  # stdout is full or closed (a pipe to /dev/full): nothing more can be said there
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

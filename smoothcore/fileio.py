@@ -29,29 +29,51 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     """Write ``path`` through ``write(file)`` into a temporary file beside it, fsync, then rename over ``path``:
     readers see the old file or the new one, never a mix. A failed write (full disk) leaves the old file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would create it (mkstemp makes it private)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except (OSError, RuntimeError) as exc:
+        _remove(tmp)
+        if isinstance(exc, RuntimeError) and not _is_write_failure(exc):
+            raise
+        reason = (
+            exc.strerror if isinstance(exc, OSError) and exc.strerror else "the write failed (disk full?)"
+        )
         raise ExperimentError(
-            f"could not write {path}: {exc.strerror or exc}", hint="free disk space and rerun with --resume"
+            f"could not write {path}: {reason}",
+            hint="check that the folder is writable and the disk has room, then rerun (with --resume)",
         ) from None
     except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: str | None) -> None:
+    if path is not None:
         try:
-            os.unlink(tmp)
+            os.unlink(path)
         except OSError:
             pass
-        raise
+
+
+def _is_write_failure(exc: RuntimeError) -> bool:
+    """torch.save reports a failed write (full disk) as a RuntimeError from its zip writer."""
+    text = str(exc)
+    return "inline_container" in text or "PytorchStreamWriter" in text or "file write failed" in text
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:

@@ -501,3 +501,25 @@ def test_noise_parameters_are_checked_against_the_noise(tiny_idx_dir, tmp_path):
     )
     fails("certify", tmp_path / "run", "--noise-param", "tail", match="expected KEY=VALUE")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_file_where_a_folder_should_be_is_a_clean_error(tmp_path, run_copy, tiny_idx_dir):
+    (tmp_path / "afile").write_text("not a folder")
+    fails(
+        "train-classifier",
+        "--sigma",
+        "0.5",
+        "--data-dir",
+        tiny_idx_dir,
+        "--out",
+        tmp_path / "afile" / "sub",
+        match=r"afile/sub.*Not a directory",
+    )
+    fails(
+        "certify",
+        tmp_path / "afile",
+        "--checkpoint",
+        run_copy / "checkpoint.pt",
+        match=r"afile",
+    )
+    assert (tmp_path / "afile").read_text() == "not a folder"

@@ -223,3 +223,59 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint(tmp_path, monk
     monkeypatch.undo()
     assert torch.equal(load_file(path)["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_a_checkpoint_that_does_not_fit_under_the_quota_is_a_clean_error(tmp_path):
+    """torch.save reports a full disk as a RuntimeError of its zip writer, not an OSError."""
+    code = (
+        "import resource, signal, torch\n"
+        "from smoothcore.fileio import atomic_torch_save\n"
+        "from smoothcore.errors import ExperimentError\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+        f"try:\n    atomic_torch_save({str(tmp_path / 'big.pt')!r}, {{'w': torch.zeros(1_000_000)}})\n"
+        "except ExperimentError as exc:\n    print('clean:', exc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "clean: could not write" in proc.stdout, proc.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+
+def test_files_written_atomically_follow_the_umask_like_any_other(tmp_path):
+    """Checkpoints and JSON files in a shared folder must be as readable as the CSVs beside them."""
+    from smoothcore.fileio import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_sigterm_and_ctrl_c_end_a_certification_with_how_to_resume(run_copy, fashion_dir):
+    """A scheduler's SIGTERM (preemption) and Ctrl-C keep the finished images and say how to go on; the exit
+    status is 128 + the signal, as shells report it."""
+    table = run_copy / "certify_sig.csv"
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        args = ["certify", str(run_copy), "--data-dir", str(fashion_dir), "--limit", "400", "--tag", "sig"]
+        proc = subprocess.Popen(
+            smoothcore_cmd(*args, *(["--resume"] if table.exists() else [])),
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # Ctrl-C reaches the process alone, not the test runner
+        )
+        deadline = time.time() + 120
+        start = len(load_results(table)) if table.exists() else 0
+        while (not table.exists() or len(load_results(table)) < start + 2) and time.time() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signum, err[-2000:]
+        assert f"Interrupted ({signal.Signals(signum).name})" in err and "--resume" in err
+        assert "Traceback" not in err and "Aborted" not in err
+        assert 0 < len(load_results(table)) < 400
