@@ -37,6 +37,9 @@ class Noise(ABC):
 
     def __init__(self, *, dim: int, seed: int = 0, device: str | torch.device = "cpu") -> None:
         self.dim = check_dim(dim)
+        if not is_int(seed) or not 0 <= seed < 2**32:
+            # the draw streams key generators by 32-bit words: a larger or negative seed would alias another
+            raise ConfigError(f"seed must be an integer in [0, 2^32), got {seed!r}")
         self.seed = int(seed)
         self.device = resolve_device(device)
 

@@ -322,3 +322,83 @@ def test_dtype_mistakes_are_named_as_such():
         dssn.certify(x.double())
     with pytest.raises(ConfigError, match="must be a torch.nn.Module"):
         SmoothedClassifier(lambda z: model(z), dssn.noise, 3)
+
+
+@pytest.mark.parametrize(
+    "counts, keeps",
+    [
+        ([60, 40], False),  # two-sided p = 0.057 (one-sided would be 0.028)
+        ([61, 39], True),  # p = 0.035
+        ([15, 5], True),  # p = 0.041 (testing against 21 draws instead of 20 would give 0.078)
+        ([14, 5], False),  # p = 0.064
+        ([61, 3, 39], True),  # the runner-up is the second largest count, wherever it is
+        ([0, 0, 0], False),
+    ],
+)
+def test_predict_keeps_the_top_class_exactly_when_the_two_sided_binomial_test_rejects_a_tie(
+    counts, keeps, monkeypatch
+):
+    """Cohen et al.'s PREDICT at alpha = 0.05 on given counts: the test is two-sided, of the top count against the
+    top two's total, at level alpha itself."""
+    noise = smoothcore.noise("uniform", lambd=0.5, dim=1)
+    smoothed = SmoothedClassifier(Threshold(0.5), noise, len(counts))
+    monkeypatch.setattr(
+        smoothed.engine, "sampled_counts", lambda noise, x, num, streams: torch.tensor([counts])
+    )
+    result = smoothed.predict(torch.full((1, 1), 0.5), n=sum(counts) or 1, alpha=0.05)
+    assert result.prediction.tolist() == [int(np.argmax(counts)) if keeps else -1]
+
+
+def test_sequential_estimation_stops_an_image_only_once_its_verdict_at_each_radius_is_settled():
+    """With radii requested, an image stops at a look only when its confidence interval for p_A at that look
+    (level alpha / 6: six looks) puts the radius on one side of every requested radius; here the true radius,
+    p_A - 1/2 = 0.2, is one of them, so images stop only if the bound settles it, and many do not stop."""
+    from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
+
+    noise = smoothcore.noise("uniform", lambd=0.5, dim=1)
+    smoothed = SmoothedClassifier(Threshold(0.7), noise, 2, max_batch=8192)  # P(class 0) = 0.7
+    n0, n, alpha, radii = 16, 4000, 0.01, [0.1, 0.2]
+    result = smoothed.certify(
+        torch.full((60, 1), 0.5), n0=n0, n=n, alpha=alpha, radii=radii, indices=range(60)
+    )
+    stopped = (result.draws < n0 + n).nonzero().flatten().tolist()
+    assert stopped and len(stopped) < 60
+    for i in stopped:
+        a, m = int(result.prediction[i]), int(result.draws[i]) - n0
+        k = int(result.counts[i, a])
+        low, high = clopper_pearson_lower(k, m, alpha / 6), clopper_pearson_upper(k, m, alpha / 6)
+        for r in radii:
+            assert (float(noise.radius(low)) >= r) == (float(noise.radius(high)) >= r), (i, m, k, r)
+
+
+def test_exact_counts_must_be_non_negative_integers_that_sum_to_the_draws():
+    noise = smoothcore.noise("dssn", sigma=0.25, dim=4)
+    m = noise.num_draws
+    with pytest.raises(ConfigError, match="non-negative integer"):
+        smoothcore.certify_counts(noise, torch.tensor([[-3, m + 3]]))
+    with pytest.raises(ConfigError, match="sum to the noise's"):
+        smoothcore.certify_counts(noise, torch.tensor([[1, m]]))
+
+
+@pytest.mark.parametrize("value", [1.001, -0.001])
+def test_pixels_just_outside_the_unit_interval_are_refused(value):
+    smoothed = SmoothedClassifier(Threshold(0.5), smoothcore.noise("uniform", lambd=0.5, dim=1), 2)
+    with pytest.raises(DataError, match=r"pixel values must be in \[0, 1\]"):
+        smoothed.certify(torch.full((1, 1), value), n0=4, n=20)
+
+
+def test_an_exact_noise_without_an_early_decision_rule_decides_only_when_no_draws_remain():
+    """The default of ExactNoise.decided: a third-party exact noise must never stop early by accident."""
+    from smoothcore.noise import ExactNoise
+
+    counts = torch.tensor([[90, 0], [45, 45]])
+    assert ExactNoise.decided(None, counts, 10, [0.1]).tolist() == [False, False]
+    assert ExactNoise.decided(None, counts, torch.tensor([0, 3]), [0.1]).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("name", ["uniform", "ssn", "gaussian", "laplace", "dssn"])
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5])
+def test_a_seed_that_would_alias_another_is_refused(name, seed):
+    """Draw streams key their generators by 32-bit words: seed 2^32 would draw exactly what seed 0 draws."""
+    with pytest.raises(ConfigError, match="seed.*(must be an integer in|takes an integer)"):
+        smoothcore.noise(name, sigma=0.5, dim=4, seed=seed)

@@ -39,6 +39,7 @@ def test_two_sided_interval_uses_half_of_alpha():
         (1, 4, 0.0),
         (1, 4, 1.0),
         (0.99, 1000, 0.001),
+        (0, 0, 0.01),  # no trials
         (5.5, 10, 0.01),
     ],
 )

@@ -182,3 +182,29 @@ def test_ssn_output_is_the_midpoint_of_the_clipped_cell_holding_x():
     out = noise.sample(x, torch.Generator().manual_seed(3))
     assert ((out - x).abs() <= w / 2 + 1e-6).all()
     assert ((out >= 0) & (out <= 1)).all()
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.1, 0.2, 0.3, 1.0])
+def test_ssn_draws_are_specs_cell_formula_on_the_same_offsets(sigma):
+    """SPEC: s ~ U[0, w), u = s + w ceil((x - s) / w), x~ = (min(u, 1) + max(u - w, 0)) / 2, with w = 2 lambda;
+    evaluated here in float64 on the offsets the noise drew (the same generator state)."""
+    noise = smoothcore.noise("ssn", sigma=sigma, dim=16)
+    x = torch.randint(0, 256, (500, 16), generator=torch.Generator().manual_seed(1)).float() / 255
+    x[:, 0], x[:, 1] = 0.0, 1.0
+    out = noise.sample(x, torch.Generator().manual_seed(2))
+    w = 2.0 * noise.lambd
+    s = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)).double() * w
+    u = s + w * torch.ceil((x.double() - s) / w)
+    expected = (u.clamp(max=1.0) + (u - w).clamp(min=0.0)) / 2
+    assert torch.allclose(out.double(), expected, atol=1e-6)
+
+
+def test_dssn_estimated_by_sampling_uses_the_width_of_its_own_cells():
+    """DSSN's Monte-Carlo radius (certificate 'standard') is w (p - 1/2) with w = levels / 255, never more than
+    SSN's 2 lambda (p - 1/2): its cells are levels / 255 wide."""
+    dssn = smoothcore.noise("dssn", sigma=0.3, dim=4)
+    ssn = smoothcore.noise("ssn", sigma=0.3, dim=4)
+    for p in (0.5, 0.75, 0.99):
+        assert dssn.radius(p) == pytest.approx(dssn.levels / 255 * (p - 0.5), abs=1e-12)
+        assert dssn.radius(p) <= ssn.radius(p)
+    assert dssn.levels / 255 < 2 * dssn.lambd  # floor(2 lambda 255) / 255 falls short of 2 lambda here
