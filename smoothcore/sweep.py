@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smoothcore.errors import ConfigError
-from smoothcore.experiment import Experiment
+from smoothcore.errors import ConfigError, ExperimentError
+from smoothcore.experiment import Experiment, config_diff
 from smoothcore.fileio import read_json
 
 PAPER_SIGMAS = (0.15, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5)
@@ -206,19 +206,35 @@ def expand(sweep: Sweep) -> list[RunSpec]:
 
 
 def status(spec: RunSpec) -> tuple[str, str]:
-    """('complete' | 'partial' | 'new') for training and for certification."""
+    """('complete' | 'partial' | 'new') for training and for certification. A run made with other options than
+    the sweep now gives it is refused, not reported as done: its results would be shown as the sweep's. A larger
+    certification ``limit`` makes a finished certification partial (resuming extends it)."""
+    from smoothcore.runner import check_resume, plan
+
     exp = Experiment(spec.path)
     if not exp.exists():
         return "new", "new"
+    diff = config_diff(exp.config(), spec.train.to_dict())
+    if diff:
+        raise ExperimentError(
+            f"{spec.path} was trained with other options than the sweep gives it: " + "; ".join(diff),
+            hint="rerun the sweep with its original options, or give it another --out",
+        )
     trained = (
         "complete"
         if exp.manifest().get("epoch") == spec.train.epochs and exp.checkpoint.exists()
         else "partial"
     )
-    meta = spec.path / "certify_sweep.json"
+    meta_path = spec.path / "certify_sweep.json"
     certified = "new"
-    if meta.exists():
-        certified = "complete" if read_json(meta).get("finished") else "partial"
+    if meta_path.exists():
+        meta = read_json(meta_path)
+        extended = False
+        if trained == "complete":
+            run = plan(spec.path, spec.certify)
+            check_resume(run)  # certified with other parameters: refused, with the differences
+            extended = meta.get("limit") != run.meta.get("limit")
+        certified = "complete" if meta.get("finished") and not extended else "partial"
     return trained, certified
 
 

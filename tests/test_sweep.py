@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 from click.testing import CliRunner
 
 from smoothcore.cli import cli
@@ -71,6 +72,17 @@ def test_sweep_trains_certifies_reports_and_skips_what_is_done(tmp_path):
     assert again.exit_code == 0, again.output
     assert again.output.count("training complete, certification complete") == 4
     assert (tmp_path / "sweep" / "dssn_sigma0.25_plain" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    # certifying more images extends the finished tables; other options are refused, not shown as done
+    args = [a if a != "limit=3" else "limit=5" for a in args]
+    more = CliRunner().invoke(cli, args)
+    assert more.exit_code == 0, more.output
+    assert more.output.count("training complete, certification partial") == 4
+    assert len(pd.read_csv(tmp_path / "sweep" / "uniform_sigma0.25_stab" / "certify_sweep.csv")) == 5
+    for changed, says in (("batch_size=8", "batch_size: was 16, now 8"), ("n=80", "n: was 40, now 80")):
+        option = "--train-option" if "batch" in changed else "--certify-option"
+        refused = CliRunner().invoke(cli, [*args, option, changed])
+        assert refused.exit_code == 2 and says in refused.output, refused.output
+        assert "Traceback" not in refused.output
 
 
 def test_recipe_files_are_checked(tmp_path):
