@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from smoothcore.checks import is_int
 from smoothcore.errors import ConfigError, DataError, SmoothcoreError
 
 SPLITS = ("train", "test")
@@ -146,12 +147,14 @@ def get_dataset(name: str) -> DatasetSource:
 
 def subset_indices(n: int, skip: int = 1, limit: int | None = None, offset: int = 0) -> list[int]:
     """Every ``skip``-th index from ``offset`` (the reference's ``--dataset-skip``), at most ``limit`` of them."""
-    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 1:
+    if not is_int(skip) or skip < 1:
         raise ConfigError(f"skip must be a positive integer, got {skip!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    if limit is not None and (not is_int(limit) or limit < 1):
         raise ConfigError(f"limit must be a positive integer, got {limit!r}")
-    idx = list(range(offset, n, skip))
-    return idx[:limit] if limit is not None else idx
+    if not is_int(offset) or offset < 0:
+        raise ConfigError(f"offset must be a non-negative integer, got {offset!r}")
+    idx = list(range(int(offset), n, int(skip)))
+    return idx[: int(limit)] if limit is not None else idx
 
 
 def spread_indices(n: int, limit: int | None = None) -> list[int]:
@@ -159,7 +162,7 @@ def spread_indices(n: int, limit: int | None = None) -> list[int]:
 
     Training and evaluation subsets are taken this way, not as the first ``limit`` images: a dataset stored
     class by class (ImageNet's folders) would otherwise give a subset of the first classes only."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    if limit is not None and (not is_int(limit) or limit < 1):
         raise ConfigError(f"limit must be a positive integer, got {limit!r}")
     if limit is None or limit >= n:
         return list(range(n))

@@ -19,7 +19,7 @@ import pandas as pd
 from smoothcore.checks import check_radii
 from smoothcore.errors import ConfigError, DataError
 from smoothcore.fileio import check_fields, read_json
-from smoothcore.results import load_results
+from smoothcore.results import load_results, read_valid
 
 PAPER_RADII = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 ENVELOPE = "envelope (best run)"
@@ -37,6 +37,7 @@ class Run:
     meta: dict[str, Any] = field(default_factory=dict)
     index: np.ndarray | None = None
     manifest: dict[str, Any] = field(default_factory=dict)  # of the experiment folder holding the table
+    problems: list[str] = field(default_factory=list)  # what was wrong with the table it was read from
 
     def __post_init__(self) -> None:  # tensors (as certify returns them), lists or arrays alike
         self.label = _array(self.label, np.int64, "label")
@@ -118,8 +119,18 @@ def _reference_run(folder: Path) -> Run:
 def _table_run(path: Path, name: str | None = None) -> Run:
     try:
         table = load_results(path)
+        _, _, discarded = read_valid(path)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise DataError(f"{path} is not a readable result table: {exc}") from None
+    problems = []
+    if discarded:
+        problems.append(
+            f"row {len(table) + 1} of {path.name} failed its checksum (damaged, or cut short by a crash): it and the "
+            f"{discarded - 1} row(s) after it were left out (certify --resume recomputes them)"
+        )
+    duplicated = int(table["index"].duplicated().sum()) if "index" in table.columns else 0
+    if duplicated:
+        problems.append(f"{path.name} lists {duplicated} image(s) more than once")
     for col in ("label", "prediction", "radius"):
         if col not in table.columns:
             raise DataError(f"{path} is not a smoothcore result table (no {col} column)")
@@ -138,6 +149,7 @@ def _table_run(path: Path, name: str | None = None) -> Run:
         meta,
         table["index"].to_numpy(np.int64),
         manifest if isinstance(manifest, dict) else {},
+        problems,
     )
 
 
@@ -254,12 +266,18 @@ def comparability_warnings(runs: list[Run]) -> list[str]:
             f"the runs certify different norms ({', '.join(sorted(norms))}); the envelope is taken per norm"
         )
     for r in runs:
+        out += [f"{r.name}: {p}" for p in r.problems]
+        planned = r.meta.get("num_images")
         if (
             r.meta.get("noise", {}).get("name")
             and r.meta.get("finished") is None
             and r.meta.get("layout") != "reference"
         ):
-            out.append(f"{r.name} is unfinished ({len(r.label)} of {r.meta.get('num_images', '?')} images)")
+            out.append(
+                f"{r.name} is unfinished ({len(r.label)} of {planned if planned is not None else '?'} images)"
+            )
+        elif isinstance(planned, int) and r.meta.get("finished") and len(r.label) != planned:
+            out.append(f"{r.name} holds {len(r.label)} images, but its certification planned {planned}")
     by_model = {}
     for r in runs:
         if r.meta.get("classifier_sha256") and r.meta.get("noise"):
@@ -309,6 +327,15 @@ def comparability_warnings(runs: list[Run]) -> list[str]:
     return out
 
 
+def envelopes(runs: list[Run], radii) -> dict[str, np.ndarray]:
+    """The best certified accuracy over runs at each radius, per norm (radii of different norms do not compare),
+    for norms with more than one run."""
+    by_norm: dict[str, list[np.ndarray]] = {}
+    for run in runs:
+        by_norm.setdefault(run.norm, []).append(run.certified_accuracy(radii))
+    return {norm: np.max(curves, axis=0) for norm, curves in sorted(by_norm.items()) if len(curves) > 1}
+
+
 def plot(runs: list[Run], path: str | Path, *, max_radius: float | None = None) -> Path:
     """Certified accuracy against radius, one curve per run plus the envelope; written to ``path`` (PNG/PDF/SVG)."""
     import matplotlib
@@ -324,14 +351,12 @@ def plot(runs: list[Run], path: str | Path, *, max_radius: float | None = None) 
     )
     grid = np.linspace(0.0, top, 400)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    curves = []
     for run in runs:
-        acc = run.certified_accuracy(grid) * 100
-        curves.append(acc)
-        ax.plot(grid, acc, label=run.name, linewidth=1.3)
-    if len(runs) > 1:
-        ax.plot(grid, np.max(curves, axis=0), "k--", label="envelope", linewidth=1.8)
+        ax.plot(grid, run.certified_accuracy(grid) * 100, label=run.name, linewidth=1.3)
     norms = sorted({r.norm for r in runs})
+    for (norm, curve), style in zip(envelopes(runs, grid).items(), ("k--", "k:", "k-.", "k-")):
+        label = "envelope" if len(norms) == 1 else f"envelope ({norm})"
+        ax.plot(grid, curve * 100, style, label=label, linewidth=1.8)
     ax.set_xlabel(f"{'/'.join(n.upper() for n in norms)} radius")
     ax.set_ylabel("certified accuracy (%)")
     ax.set_ylim(0, 100)

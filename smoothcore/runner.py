@@ -74,8 +74,6 @@ class CertifyConfig:
         if self.noise_params is not None:
             check_params("noise_params", self.noise_params, NOISE_ARGUMENTS)
         subset_indices(0, self.skip, self.limit, self.offset)
-        if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
-            raise ConfigError(f"offset must be a non-negative integer, got {self.offset!r}")
         if self.max_batch != "auto":
             check_batch(self.max_batch, "max_batch")
         if self.precision not in PRECISIONS:

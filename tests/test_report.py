@@ -149,3 +149,45 @@ def test_load_runs_takes_one_path_as_well_as_a_list(tmp_path):
     np.save(folder / "radius_l1.npy", np.array([0.1, 0.2]))
     np.save(folder / "predicted_labels.npy", np.array([0, 0]))
     assert [r.name for r in load_runs(str(folder))] == [r.name for r in load_runs([folder])] == ["ref"]
+
+
+def test_damaged_duplicated_or_missing_rows_of_a_finished_table_are_reported(run_copy, fashion_dir):
+    """report reads only rows whose checksum holds (and none after a bad one): it must say what it left out, and
+    a table that lists an image twice or holds another number of images than it planned is flagged."""
+    import shutil
+
+    from smoothcore.report import load_runs
+    from smoothcore.runner import CertifyConfig, certify_experiment
+
+    certify_experiment(run_copy, CertifyConfig(limit=8, data_dir=str(fashion_dir), tag="t"))
+    assert comparability_warnings(load_runs(run_copy / "certify_t.csv")) == []
+    lines = (run_copy / "certify_t.csv").read_text().splitlines(keepends=True)
+    for name, body in (
+        ("damaged", lines[:4] + [lines[4].replace(",l1,", ",l2,")] + lines[5:]),
+        ("twice", lines + lines[1:3]),
+        ("short", lines[:6]),
+    ):
+        (run_copy / f"certify_{name}.csv").write_text("".join(body))
+        shutil.copy(run_copy / "certify_t.json", run_copy / f"certify_{name}.json")
+    warnings = "\n".join(
+        comparability_warnings(
+            load_runs([run_copy / f"certify_{n}.csv" for n in ("damaged", "twice", "short")])
+        )
+    )
+    assert (
+        "row 4 of certify_damaged.csv failed its checksum" in warnings and "the 4 row(s) after it" in warnings
+    )
+    assert "certify_twice.csv lists 2 image(s) more than once" in warnings
+    assert "short holds 5 images, but its certification planned 8" in warnings
+    assert "damaged holds 3 images, but its certification planned 8" in warnings
+
+
+def test_the_plotted_envelope_is_taken_per_norm_like_the_tables():
+    from smoothcore.report import envelopes
+
+    l1a = Run("a", [0, 0], [0, 0], [0.5, 1.0], "l1")
+    l1b = Run("b", [0, 0], [0, 1], [2.0, 2.0], "l1")
+    l2 = Run("g", [0, 0], [0, 0], [9.0, 9.0], "l2")
+    curves = envelopes([l1a, l1b, l2], [0.0, 1.0, 3.0])
+    assert list(curves) == ["l1"]  # a norm with one run has no envelope
+    assert curves["l1"].tolist() == [1.0, 0.5, 0.0]  # an L2 radius of 9 never lifts the L1 envelope

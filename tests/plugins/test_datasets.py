@@ -146,6 +146,10 @@ def test_training_subsets_are_spread_over_the_whole_set(n, limit):
 def test_subset_takes_every_kth_image_up_to_a_limit():
     assert subset_indices(10, 3) == [0, 3, 6, 9]
     assert subset_indices(10, 3, 2) == [0, 3]
+    assert subset_indices(10, np.int64(3), np.int32(2), np.int64(1)) == [1, 4]  # numpy integers are integers
+    for bad in ({"offset": 1.5}, {"offset": -1}, {"limit": 2.0}):
+        with pytest.raises(Exception, match="must be a"):
+            subset_indices(10, 1, **bad)
     with pytest.raises(Exception, match="skip"):
         subset_indices(10, 0)
 
