@@ -28,6 +28,7 @@ class GaussianNoise(Noise):
 
     name = "gaussian"
     norm = "l2"
+    finite_draws = True
 
     def __init__(self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu") -> None:
         super().__init__(dim=dim, seed=seed, device=device)
@@ -50,6 +51,7 @@ class LaplaceNoise(Noise):
 
     name = "laplace"
     norm = "l1"
+    finite_draws = True
 
     def __init__(self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu") -> None:
         super().__init__(dim=dim, seed=seed, device=device)

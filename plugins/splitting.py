@@ -29,6 +29,7 @@ class SplittingNoise(Noise):
 
     name = "ssn"
     norm = "l1"
+    finite_draws = True
 
     def __init__(self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu") -> None:
         super().__init__(dim=dim, seed=seed, device=device)
@@ -73,6 +74,7 @@ class DerandomizedSplittingNoise(ExactNoise):
 
     name = "dssn"
     norm = "l1"
+    finite_draws = True
 
     def __init__(self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu") -> None:
         super().__init__(dim=dim, seed=seed, device=device)

@@ -17,6 +17,7 @@ class UniformNoise(Noise):
 
     name = "uniform"
     norm = "l1"
+    finite_draws = True
 
     def __init__(self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu") -> None:
         super().__init__(dim=dim, seed=seed, device=device)

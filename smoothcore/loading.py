@@ -317,8 +317,3 @@ def check_compatible(info: dict[str, Any], dataset: str) -> None:
         raise ConfigError(
             f"the classifier takes {have_channels}-channel images but {dataset} has {c} channels"
         )
-
-
-def num_outputs(model: nn.Module) -> int | None:
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return last[-1].out_features if last else None

@@ -34,6 +34,9 @@ class Noise(ABC):
     name: str = "noise"
     norm: str = "l1"
     exact: bool = False
+    #: True when the draws of finite images are finite by construction (bounded arithmetic on bounded inputs):
+    #: the engine then skips its NaN/Inf check of the draws. A plugin that sets it answers for it.
+    finite_draws: bool = False
 
     def __init__(self, *, dim: int, seed: int = 0, device: str | torch.device = "cpu") -> None:
         self.dim = check_dim(dim)

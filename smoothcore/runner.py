@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from smoothcore.certificates import default_certificate, resolve_certificate
@@ -599,13 +598,3 @@ class _ShardRun:
 def certify_experiment(exp_dir: str | Path, cfg: CertifyConfig, **kwargs: Any) -> pd.DataFrame:
     """Plan and run a certification of ``exp_dir``'s test images; returns the result table."""
     return execute(plan(exp_dir, cfg), **kwargs)
-
-
-def summarise(table: pd.DataFrame) -> dict[str, float]:
-    if not len(table):
-        return {"images": 0}
-    return {
-        "images": len(table),
-        "clean_accuracy": float(table["correct"].mean()),
-        "mean_seconds": float(np.mean(table["seconds"])),
-    }

@@ -11,7 +11,6 @@ A recipe is a JSON (or, on Python >= 3.11, TOML) file with the keys of :class:`S
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,7 +269,3 @@ def run_sweep(
 def group_of(name: str) -> str:
     noise, _, rest = name.partition("_sigma")
     return f"{noise}, {rest.rsplit('_', 1)[-1]}"
-
-
-def save_recipe(sweep: Sweep, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(dataclasses.asdict(sweep), indent=2) + "\n")

@@ -118,18 +118,6 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
-@dataclass
-class TrainState:
-    """What the training loop has to hand back to resume exactly."""
-
-    epoch: int
-    model: dict[str, Any]
-    optimizer: dict[str, Any]
-    scheduler: dict[str, Any]
-    order_rng: torch.Tensor
-    noise_rng: torch.Tensor
-
-
 def append_csv(path: Path, row: dict[str, Any]) -> None:
     """Append ``row`` to the CSV log at ``path`` (header on first write)."""
     new = not path.exists()

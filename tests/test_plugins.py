@@ -183,14 +183,17 @@ class Misbehaving(ShiftNoise):
         ("nan", "NaN or infinite draws"),
     ],
 )
-def test_a_noise_plugin_that_raises_or_returns_garbage_is_named_when_certifying(how, match):
+@pytest.mark.parametrize("plugin", ["acme_broken", "smoothcore_plugins.acme"])
+def test_a_noise_plugin_that_raises_or_returns_garbage_is_named_when_certifying(how, match, plugin):
+    """Also under a name that looks built-in: only a noise's own finite_draws claim skips the draw check."""
+
     def register_noises(register):
         register("misbehaving", type(f"Misbehaving_{how}", (Misbehaving,), {"how": how}))
 
-    use_plugins(plugin_module("acme_broken", register_noises=register_noises))
+    use_plugins(plugin_module(plugin, register_noises=register_noises))
     noise = smoothcore.noise("misbehaving", sigma=0.1, dim=4)
     smoothed = smoothcore.SmoothedClassifier(torch.nn.Linear(4, 2), noise, 2)
-    with pytest.raises(PluginError, match=f"noise 'misbehaving' \\(plugin 'acme_broken'\\).*{match}"):
+    with pytest.raises(PluginError, match=f"noise 'misbehaving' \\(plugin '{plugin}'\\).*{match}"):
         smoothed.certify(torch.full((2, 4), 0.5), n0=4, n=20)
 
 
