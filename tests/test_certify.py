@@ -131,11 +131,17 @@ def test_dssn_radius_is_tight_up_to_the_union_bound_for_a_single_pixel_classifie
 
     noise = smoothcore.noise("dssn", sigma=0.1, dim=1, seed=0)  # 88 draws, cells 88/255 wide
     smoothed = SmoothedClassifier(FirstPixel(), noise, 2)
-    x = torch.tensor([[40 / 255]])
-    base = smoothed.certify(x)
+
+    def prediction_at(level: int) -> int:
+        return int(smoothed.certify(torch.tensor([[level / 255]])).prediction[0])
+
+    x = 100  # grey level: below 1/2, so class 0, and moving it up pushes draws over 1/2
+    base = smoothed.certify(torch.tensor([[x / 255]]))
     r = int(round(float(base.radius[0]) * 255))
-    for step in range(0, r + 1):
-        assert int(smoothed.certify((x * 255 + step).round() / 255).prediction[0]) == int(base.prediction[0])
+    assert int(base.prediction[0]) == 0 and r > 0
+    for step in range(-r, r + 1):
+        assert prediction_at(x + step) == 0
+    assert prediction_at(x + r + 1) == 1  # one grey level more flips it: the radius is exact here
 
 
 def test_exact_prediction_never_abstains_and_breaks_ties_to_the_lowest_class():
