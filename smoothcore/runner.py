@@ -365,7 +365,7 @@ def execute(
 def _check_start(run: CertifyRun, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise ConfigError("give --resume or --overwrite, not both")
-    if run.table.exists() and not (resume or overwrite):
+    if run.table.exists() and not (resume or overwrite) and len(load_results(run.table)):
         raise ExperimentError(
             f"{run.table} already holds results",
             hint="pass --resume to continue it, --overwrite to replace it, or --tag to write another table",

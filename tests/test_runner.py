@@ -255,3 +255,11 @@ def test_further_parameters_cannot_take_the_frameworks_own_names():
         TrainConfig(model_params={"num_classes": 3}).validate()
     with pytest.raises(smoothcore.ConfigError, match="'dim' is not a further parameter"):
         CertifyConfig(noise_params={"dim": 4}).validate()
+
+
+def test_a_table_that_holds_no_rows_yet_is_not_in_the_way(run_copy, fashion_dir):
+    """A run killed before its first image leaves at most a header: starting again needs no --overwrite."""
+    from smoothcore.results import COLUMNS, header_line
+
+    (run_copy / "certify_dssn_sigma0.25.csv").write_text(header_line(COLUMNS))
+    assert len(certify_experiment(run_copy, CertifyConfig(limit=2, data_dir=str(fashion_dir)))) == 2
