@@ -22,7 +22,7 @@ from smoothcore.data import batches, get_dataset, spread_indices
 from smoothcore.denoise import denoiser_checkpoint
 from smoothcore.devices import resolve_device
 from smoothcore.errors import ConfigError
-from smoothcore.experiment import Experiment
+from smoothcore.experiment import Experiment, releases_experiment_lock
 from smoothcore.fileio import atomic_torch_save
 from smoothcore.loading import check_compatible, load_classifier
 from smoothcore.models import build_denoiser
@@ -155,21 +155,8 @@ class DenoiserTrainer:
             return torch.optim.Adam(params, lr=lr, weight_decay=self.cfg.weight_decay)
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=self.cfg.weight_decay)
 
+    @releases_experiment_lock
     def run(
-        self,
-        *,
-        overwrite: bool = False,
-        resume: bool = False,
-        on_step: Callable[[int, int, int], None] | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    ) -> pd.DataFrame:
-        """Train (see :meth:`_run`) holding the experiment's lock: one training of a folder at a time."""
-        try:
-            return self._run(overwrite=overwrite, resume=resume, on_step=on_step, on_epoch=on_epoch)
-        finally:
-            self.exp.unlock()
-
-    def _run(
         self,
         *,
         overwrite: bool = False,

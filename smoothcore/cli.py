@@ -221,6 +221,23 @@ device_option = click.option(
 )
 
 
+def subset_options(f):
+    """--train-limit and --eval-limit of the training commands."""
+    f = click.option(
+        "--eval-limit",
+        type=int,
+        default=1000,
+        show_default=True,
+        help="Test images (evenly spread over the set) for the per-epoch validation.",
+    )(f)
+    return click.option(
+        "--train-limit",
+        type=int,
+        default=None,
+        help="Train on N training images only, evenly spread over the set.",
+    )(f)
+
+
 def noise_options(f):
     f = click.option(
         "--noise-param",
@@ -274,19 +291,7 @@ def noise_options(f):
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed for initialisation, data order and noise."
 )
-@click.option(
-    "--train-limit",
-    type=int,
-    default=None,
-    help="Train on N training images only, evenly spread over the set.",
-)
-@click.option(
-    "--eval-limit",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="Test images (evenly spread over the set) for the per-epoch noisy accuracy.",
-)
+@subset_options
 @click.option(
     "--denoiser",
     type=click.Path(),
@@ -475,19 +480,7 @@ def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     "--trust-checkpoint", is_flag=True, help="Allow loading a legacy pickled --classifier (can run code)."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--train-limit",
-    type=int,
-    default=None,
-    help="Train on N training images only, evenly spread over the set.",
-)
-@click.option(
-    "--eval-limit",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="Test images (evenly spread over the set) for the per-epoch validation.",
-)
+@subset_options
 @device_option
 @click.option("--workers", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), required=True)

@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import platform
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -21,6 +23,7 @@ from smoothcore.locking import Lock
 CONFIG = "config.json"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+T = TypeVar("T")
 CHECKPOINT = "checkpoint.pt"
 TRAIN_STATE = "train_state.pt"
 TRAIN_LOG = "train_log.csv"
@@ -62,6 +65,20 @@ def plugin_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "unknown"
     return out
+
+
+def releases_experiment_lock(method: Callable[..., T]) -> Callable[..., T]:
+    """For a trainer's ``run``: the lock its experiment took in :meth:`Experiment.prepare` is released when the
+    run ends, however it ends (the next run of the folder, in this process or another, may start)."""
+
+    @functools.wraps(method)
+    def run(self: Any, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.exp.unlock()
+
+    return run
 
 
 class Experiment:

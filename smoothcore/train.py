@@ -27,7 +27,7 @@ from smoothcore.devices import resolve_device
 from smoothcore.distributed import DistInfo, barrier
 from smoothcore.engine import PRECISIONS
 from smoothcore.errors import CheckpointError, ConfigError, ExperimentError, SmoothcoreError
-from smoothcore.experiment import Experiment
+from smoothcore.experiment import Experiment, releases_experiment_lock
 from smoothcore.fileio import atomic_torch_save, atomic_write
 from smoothcore.loading import classifier_checkpoint
 from smoothcore.models import MODEL_ARGUMENTS, build_classifier
@@ -294,24 +294,8 @@ class Trainer:
             raise CheckpointError(f"{self.cfg.finetune} shares no parameters with {self.cfg.model}")
         self.classifier.load_state_dict(usable, strict=False)
 
+    @releases_experiment_lock
     def run(
-        self,
-        *,
-        overwrite: bool = False,
-        resume: bool = False,
-        on_step: Callable[[int, int, int, float], None] | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None,
-        dist_info: DistInfo | None = None,
-    ) -> pd.DataFrame:
-        """Train (see :meth:`_run`) holding the experiment's lock: one training of a folder at a time."""
-        try:
-            return self._run(
-                overwrite=overwrite, resume=resume, on_step=on_step, on_epoch=on_epoch, dist_info=dist_info
-            )
-        finally:
-            self.exp.unlock()
-
-    def _run(
         self,
         *,
         overwrite: bool = False,
