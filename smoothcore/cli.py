@@ -6,6 +6,7 @@ traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -339,6 +340,7 @@ def train_classifier_cmd(**opts: Any) -> None:
 
     info = from_env()
     recipe = RECIPES.get((opts["dataset"], opts["model"]), {})
+    train_defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(
         dataset=opts["dataset"],
         model=opts["model"],
@@ -346,9 +348,10 @@ def train_classifier_cmd(**opts: Any) -> None:
         sigma=opts["sigma"],
         lambd=opts["lambd"],
         noise_seed=_given(opts["noise_seed"], 0),
-        epochs=_given(opts["epochs"], recipe.get("epochs", 5)),
-        batch_size=_given(opts["batch_size"], recipe.get("batch_size", 64)),
-        lr=_given(opts["lr"], recipe.get("lr", 0.1)),
+        **{  # given options, else the reference recipe for this dataset/model, else TrainConfig's defaults
+            key: _given(opts[key], recipe.get(key, train_defaults[key]))
+            for key in ("epochs", "batch_size", "lr")
+        },
         momentum=opts["momentum"],
         weight_decay=opts["weight_decay"],
         stability=opts["stability"],
