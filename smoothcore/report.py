@@ -19,7 +19,7 @@ import pandas as pd
 from smoothcore.checks import check_radii
 from smoothcore.errors import ConfigError, DataError
 from smoothcore.fileio import check_fields, read_json
-from smoothcore.results import load_results, read_valid
+from smoothcore.results import read_valid
 
 PAPER_RADII = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 ENVELOPE = "envelope (best run)"
@@ -118,8 +118,8 @@ def _reference_run(folder: Path) -> Run:
 
 def _table_run(path: Path, name: str | None = None) -> Run:
     try:
-        table = load_results(path)
-        _, _, discarded = read_valid(path)
+        table, _, discarded = read_valid(path)  # one read: the rows and how many failed their checksum
+        table = table.sort_values("index").reset_index(drop=True) if len(table) else table
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise DataError(f"{path} is not a readable result table: {exc}") from None
     problems = []
