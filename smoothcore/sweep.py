@@ -29,7 +29,8 @@ class Sweep:
     model: str = "wrn40"
     noises: list[str] = field(default_factory=lambda: ["uniform", "ssn", "dssn"])
     sigmas: list[float] = field(default_factory=lambda: list(PAPER_SIGMAS))
-    stability: list[bool] = field(default_factory=lambda: [False, True])
+    # plain/stabilized training: one list for every noise, or a mapping noise -> list (e.g. stabilized for DSSN only)
+    stability: list[bool] | dict[str, list[bool]] = field(default_factory=lambda: [False, True])
     out: str = "checkpoints/sweep"
     data_dir: str | None = None
     train: dict[str, Any] = field(
@@ -106,7 +107,25 @@ class Sweep:
                 hint="e.g. [0.5, 1.0]",
             )
         self.sigmas = [float(v) for v in self.sigmas]
-        self.stability = _stability_list(self.stability)
+        if isinstance(self.stability, dict):
+            missing = [n for n in self.noises if n not in self.stability]
+            extra = sorted(set(self.stability) - set(self.noises))
+            if missing or extra:
+                raise ConfigError(
+                    "sweep stability given per noise must name exactly the sweep's noises: "
+                    + "; ".join(
+                        part
+                        for part in (
+                            f"missing {', '.join(missing)}" if missing else "",
+                            f"not in noises: {', '.join(extra)}" if extra else "",
+                        )
+                        if part
+                    ),
+                    hint='e.g. stability = {uniform = "plain", ssn = "plain", dssn = "both"}',
+                )
+            self.stability = {n: _stability_list(self.stability[n]) for n in self.noises}
+        else:
+            self.stability = _stability_list(self.stability)
         for key in ("train", "certify"):
             if not isinstance(getattr(self, key), dict):
                 raise ConfigError(f"sweep {key} must be a mapping of options, got {getattr(self, key)!r}")
@@ -175,8 +194,9 @@ def expand(sweep: Sweep) -> list[RunSpec]:
     recipe = RECIPES.get((sweep.dataset, sweep.model), {})
     specs = []
     for noise in sweep.noises:
+        trainings = sweep.stability[noise] if isinstance(sweep.stability, dict) else sweep.stability
         for sigma in sweep.sigmas:
-            for stab in sweep.stability:
+            for stab in trainings:
                 name = run_name(noise, sigma, stab)
                 train = TrainConfig(
                     **{
@@ -224,7 +244,7 @@ def status(spec: RunSpec) -> tuple[str, str]:
         if exp.manifest().get("epoch") == spec.train.epochs and exp.checkpoint.exists()
         else "partial"
     )
-    meta_path = spec.path / "certify_sweep.json"
+    meta_path = spec.path / f"certify_{spec.certify.tag}.json"
     certified = "new"
     if meta_path.exists():
         meta = read_json(meta_path)
@@ -262,7 +282,7 @@ def run_sweep(
             certify_experiment(
                 spec.path, spec.certify, resume=certified == "partial", on_progress=on_progress
             )
-        tables.append(spec.path / "certify_sweep.csv")
+        tables.append(spec.path / f"certify_{spec.certify.tag}.csv")
     return tables
 
 
