@@ -17,7 +17,7 @@ uv:
 	  { echo "could not install uv: see https://docs.astral.sh/uv/getting-started/installation/" >&2; exit 1; }; }
 
 env: uv
-	@$(UV) sync --frozen --quiet
+	@$(UV) sync --frozen --inexact --quiet  # --inexact: packages the user added (plugins) stay
 
 # Fashion-MNIST: the system copy if the Debian package is installed, else the package unpacked into ./data (no root).
 data:
