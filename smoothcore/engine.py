@@ -74,6 +74,14 @@ class DrawStream:
     calls and forward batches (``max_batch``, ``--max-batch auto``, the other images of a batch), nor on sharding or
     resuming; on CUDA too, where a generator's position after a call depends on the call's size. ``position``:
     the next draw; ``sampled_counts`` advances it, so selection and estimation draws follow one another.
+
+    The seeding, exactly (tests/test_streams.py rebuilds it from this description):
+    ``s0, s1 = numpy.random.SeedSequence([key & 0xFFFFFFFF for key in keys]).generate_state(2, numpy.uint32)``,
+    ``base = (s0 << 32) | s1``; block ``b`` is drawn by ``noise.sample(x.expand(DRAW_BLOCK, *image), g)`` with
+    ``g = torch.Generator(device).manual_seed(splitmix64((base + b) mod 2^64))`` (one step of SplitMix64, Steele,
+    Lea & Flood 2014: add 0x9E3779B97F4A7C15, then xor-shift-multiply), and draw ``j`` is row ``j mod DRAW_BLOCK`` of block
+    ``j // DRAW_BLOCK``. Certification takes the ``n0`` selection draws ``0 .. n0-1`` and then the ``n``
+    estimation draws ``n0 .. n0+n-1`` of each image's stream ``(noise seed, dataset index)``.
     """
 
     def __init__(self, *keys: int) -> None:
