@@ -14,9 +14,10 @@ from torch import nn
 
 from smoothcore.certificates import ABSTAIN, EXACT, Certificate, Certified, Statistics, resolve_certificate
 from smoothcore.checks import check_indices, check_radii, is_int
-from smoothcore.engine import DrawStream, Engine, image_stream, plugin_of
+from smoothcore.engine import Engine, plugin_of
 from smoothcore.errors import ConfigError, PluginError, SmoothcoreError
 from smoothcore.noise import Noise
+from smoothcore.streams import DrawStream, image_stream
 
 MAX_DRAWS = 10**9
 

@@ -9,6 +9,7 @@ from torch import nn
 import smoothcore
 from smoothcore import ConfigError
 from smoothcore.engine import Engine
+from smoothcore.streams import DrawStream
 from tests.conftest import quantised
 
 
@@ -125,7 +126,6 @@ def test_monte_carlo_counts_are_those_of_the_streams_blocks_whatever_the_groupin
     documented stream, rebuilt independently of the engine (tests/test_streams.py) and classified draw by draw."""
     import random
 
-    from smoothcore.engine import DrawStream
     from tests.test_streams import stream_draws
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
@@ -158,7 +158,7 @@ def test_auto_max_batch_is_measured_once_and_a_per_call_batch_size_still_bounds_
     noise = smoothcore.noise("uniform", sigma=0.3, dim=16)
     x = quantised((2, 1, 4, 4))
     with engine.batch_size(8):
-        engine.sampled_counts(noise, x, 300, [engine_module.DrawStream(0, i) for i in range(2)])
+        engine.sampled_counts(noise, x, 300, [DrawStream(0, i) for i in range(2)])
     assert max(spy.sizes) <= 8
     assert engine.max_batch == 4096  # the measurement outlives the call that made it
 

@@ -1,7 +1,7 @@
 """The Monte-Carlo draw streams, checked against an independent rebuild of their documented seeding.
 
 The expectations here never call the engine's stream helpers (``DrawStream``, ``block_seed``, ``image_stream``):
-they rebuild each image's draws from the seeding that ``smoothcore.engine.DrawStream`` documents (SeedSequence of
+they rebuild each image's draws from the seeding that ``smoothcore.streams.DrawStream`` documents (SeedSequence of
 the noise seed and the dataset index, SplitMix64 of ``base + block``, blocks of 64 draws) and observe what the
 engine evaluated through a model that records its inputs. So a stream bug that the engine's own helpers share (a
 block seed that ignores the block number, estimation reusing the selection draws, a top class taken from the
