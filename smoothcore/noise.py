@@ -74,7 +74,8 @@ class Noise(ABC):
         by ``monte_carlo_certificate = True``.
         """
         raise NotImplementedError(
-            f"noise {self.name!r} declares monte_carlo_certificate but does not implement radius(p_lower)"
+            f"noise {self.name!r} implements no radius(p_lower); a noise that does declares "
+            "monte_carlo_certificate = True"
         )
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -118,7 +119,8 @@ class ExactNoise(Noise):
         """Per image: can the ``remaining`` draws no longer change the prediction, nor whether the radius reaches
         each of ``radii``? Declared by ``early_decisions = True``; without it an enumeration runs to the end."""
         raise NotImplementedError(
-            f"noise {self.name!r} declares early_decisions but does not implement decided(counts, remaining, radii)"
+            f"noise {self.name!r} implements no decided(counts, remaining, radii); a noise that does declares "
+            "early_decisions = True"
         )
 
 
@@ -132,8 +134,9 @@ def check_declarations(noise: Noise, plugin: str) -> None:
             hint="a noise that implements radius(p_lower) declares it with the class attribute "
             "monte_carlo_certificate = True; an enumerable noise subclasses ExactNoise (see docs/plugins.md)",
         )
-    if noise.early_decisions and not noise.exact:
-        raise PluginError(f"{where}, which declares early_decisions but is not an ExactNoise")
+    for declared in ("exact", "early_decisions"):
+        if getattr(noise, declared) and not isinstance(noise, ExactNoise):
+            raise PluginError(f"{where}, which declares {declared} but is not an ExactNoise")
     grid = noise.input_grid
     if grid is not None and (not is_int(grid) or grid < 1):
         raise PluginError(f"{where} with input_grid={grid!r}; it must be a positive integer or None")

@@ -21,8 +21,8 @@ Every ``test_*`` method then runs against your noise:
   others;
 - bad scales (``sigma`` 0, negative, NaN, infinite) and a bad ``dim`` raise :class:`smoothcore.ConfigError`,
   inputs outside ``[0, 1]`` raise :class:`smoothcore.DataError`;
-- noises that declare ``monte_carlo_certificate``: ``radius`` is 0 at ``p_lower = 1/2``, never positive below it, non-decreasing above it,
-  and returns a float, a numpy array or a tensor for the same input kind;
+- noises that declare ``monte_carlo_certificate``: ``radius`` is 0 at ``p_lower = 1/2``, never positive below
+  it, non-decreasing above it, and returns a float, a numpy array or a tensor for the same input kind;
 - exact noises: ``draws(x, start, stop)`` has shape ``(batch, stop - start, *image)`` and agrees with full
   enumeration, training draws (``sample``) follow the enumerated distribution (a chi-square test), and the
   exact certificate from counts predicts the top class with a radius that shrinks as the margin does;
@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -164,7 +164,7 @@ class NoisePluginSuite:
         return g
 
     @staticmethod
-    def skip(reason: str) -> None:
+    def skip(reason: str) -> NoReturn:
         """Report the calling test as skipped (pytest is imported only here, when a test runs)."""
         import pytest
 
