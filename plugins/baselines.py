@@ -9,30 +9,20 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from smoothcore.errors import ConfigError
 from smoothcore.hookspecs import hookimpl
-from smoothcore.noise import Noise, positive_scale
-from smoothcore_plugins._radius import apply
-
-
-def _sigma_only(name: str, sigma, lambd) -> float:
-    if lambd is not None:
-        raise ConfigError(f"{name} noise takes sigma, not lambda (got lambda={lambd!r})")
-    if sigma is None:
-        raise ConfigError(f"{name} noise needs sigma (its standard deviation)")
-    return positive_scale("sigma", sigma)
+from smoothcore.noise import Noise, apply_radius, sigma_only
 
 
 class GaussianNoise(Noise):
     """``x + sigma * N(0, I)``; L2 radius ``sigma * Phi^-1(p)``."""
 
-    name = "gaussian"
     norm = "l2"
+    monte_carlo_certificate = True
     finite_draws = True
 
     def __init__(self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu") -> None:
         super().__init__(dim=dim, seed=seed, device=device)
-        self.sigma = _sigma_only("gaussian", sigma, lambd)
+        self.sigma = sigma_only(sigma, lambd)
 
     def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return (
@@ -40,7 +30,7 @@ class GaussianNoise(Noise):
         )
 
     def radius(self, p_lower):
-        return apply(p_lower, lambda p: self.sigma * norm.ppf(p))
+        return apply_radius(p_lower, lambda p: self.sigma * norm.ppf(p))
 
     def params(self) -> dict[str, Any]:
         return {"name": self.name, "sigma": self.sigma, "seed": self.seed}
@@ -49,13 +39,13 @@ class GaussianNoise(Noise):
 class LaplaceNoise(Noise):
     """``x + Laplace(0, b)`` per pixel with ``b = sigma / sqrt(2)``; L1 radius ``-b log(2 (1 - p))``."""
 
-    name = "laplace"
     norm = "l1"
+    monte_carlo_certificate = True
     finite_draws = True
 
     def __init__(self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu") -> None:
         super().__init__(dim=dim, seed=seed, device=device)
-        self.sigma = _sigma_only("laplace", sigma, lambd)
+        self.sigma = sigma_only(sigma, lambd)
         self.b = self.sigma / math.sqrt(2.0)
 
     def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -65,7 +55,7 @@ class LaplaceNoise(Noise):
         return x - self.b * torch.sign(u) * torch.log((1.0 - 2.0 * u.abs()).clamp_min(tiny))
 
     def radius(self, p_lower):
-        return apply(p_lower, lambda p: -self.b * np.log(2.0 * (1.0 - p)))
+        return apply_radius(p_lower, lambda p: -self.b * np.log(2.0 * (1.0 - p)))
 
     def params(self) -> dict[str, Any]:
         return {"name": self.name, "sigma": self.sigma, "b": self.b, "seed": self.seed}

@@ -83,7 +83,9 @@ def box_radius(rooms: torch.Tensor, margin: torch.Tensor, lambd: float) -> torch
     ``delta`` with ``|delta_i| <= rooms_i`` and ``||delta||_1 < R`` keeps ``agreement > 1 - margin / 2``, and one
     of norm ``R`` does not. The minimiser fills the largest rooms (capped at ``2 lambda``) in decreasing order and
     part of one more pixel, solved in closed form. If no such ``delta`` exists, every box-feasible perturbation is
-    certified and ``R`` is the largest feasible norm ``sum_i rooms_i``. Float64.
+    certified and ``R`` is the larger of the largest feasible norm ``sum_i rooms_i`` and the two-sided radius
+    ``lambda margin`` (which certifies every ``delta`` below it, in the box or not; only tiny images have
+    ``sum_i rooms_i < lambda margin``), so that ``R`` is never below the two-sided radius. Float64.
     """
     rooms = rooms.double()
     margin = margin.double().reshape(-1)
@@ -117,7 +119,10 @@ def _box_radius(rooms: torch.Tensor, margin: torch.Tensor, lambd: float) -> torc
     )  # the next pixel moves by a: kept_j (1 - a / width) = threshold
     radius = spent_j + partial
     radius = torch.where(alive == 0, torch.zeros_like(radius), radius)
-    return torch.where(alive == caps.shape[1] + 1, rooms.sum(dim=1), radius)
+    everything = torch.maximum(
+        rooms.sum(dim=1), union_radius(margin, lambd)
+    )  # every feasible delta certified
+    return torch.where(alive == caps.shape[1] + 1, everything, radius)
 
 
 def _applies(noise: Noise) -> bool:
@@ -151,7 +156,6 @@ class TwoSidedCertificate(_MarginCertificate):
     the box or not, with probability at least ``1 - alpha``. Never below the standard radius
     ``2 lambda (p_A_lower - 1/2)``, since ``p_B_upper <= 1 - p_A_lower``."""
 
-    name = "two-sided"
     description = (
         "lambda (p_A_lower - p_B_upper), Clopper-Pearson bounds on top class and runner-up (uniform, ssn)"
     )
@@ -164,9 +168,9 @@ class BoxCertificate(_MarginCertificate):
     """Voráček & Hein: the exact worst case over perturbations that keep the image in ``[0, 1]^d``. With
     probability at least ``1 - alpha``, ``A`` is the smoothed prediction at every ``x + delta`` in ``[0, 1]^d``
     with ``||delta||_1 < radius``. Never below the two-sided radius; above it exactly when
-    ``lambda (p_A_lower - p_B_upper) > max_i max(x_i, 1 - x_i)``."""
+    ``lambda (p_A_lower - p_B_upper) > max_i max(x_i, 1 - x_i)``, except on tiny images where every perturbation
+    in the box is certified and ``sum_i max(x_i, 1 - x_i)`` does not exceed the two-sided radius (then equal)."""
 
-    name = "box"
     description = "exact L1 radius for perturbed images kept in [0, 1]^d (Voráček & Hein 2023; uniform, ssn)"
 
     def radius(self, noise: Noise, margin: torch.Tensor, stats: Statistics) -> torch.Tensor:

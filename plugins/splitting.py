@@ -15,11 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from smoothcore.errors import ConfigError, DataError
+from smoothcore.errors import ConfigError
 from smoothcore.hookspecs import hookimpl
-from smoothcore.noise import ExactNoise, Noise, check_images, is_quantised, uniform_scale
-from smoothcore_plugins._radius import apply
-from smoothcore_plugins.certificates import dssn_certificate, dssn_decided
+from smoothcore.noise import ExactNoise, Noise, apply_radius, uniform_scale
 
 MAX_DSSN_DRAWS = 1_000_000
 
@@ -27,8 +25,8 @@ MAX_DSSN_DRAWS = 1_000_000
 class SplittingNoise(Noise):
     """SSN: independent uniform offsets per pixel and draw. L1 radius ``2 lambda (p - 1/2)``."""
 
-    name = "ssn"
     norm = "l1"
+    monte_carlo_certificate = True
     finite_draws = True
 
     def __init__(self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu") -> None:
@@ -49,7 +47,7 @@ class SplittingNoise(Noise):
         return out.add_(u.clamp_(max=1.0)).mul_(0.5)
 
     def radius(self, p_lower):
-        return apply(p_lower, lambda p: 2.0 * self.lambd * (p - 0.5))
+        return apply_radius(p_lower, lambda p: 2.0 * self.lambd * (p - 0.5))
 
     def params(self) -> dict[str, Any]:
         return {"name": self.name, "sigma": self.sigma, "lambda": self.lambd, "seed": self.seed}
@@ -70,10 +68,19 @@ def dssn_template(seed: int, levels: int, dim: int) -> np.ndarray:
 
 
 class DerandomizedSplittingNoise(ExactNoise):
-    """DSSN: ``levels`` deterministic draws; exact certificate ``floor((c_a - c_b - [b < a]) / 2) / 255``."""
+    """DSSN: ``levels`` deterministic draws; exact certificate ``floor((c_a - c_b - [b < a]) / 2) / 255``.
 
-    name = "dssn"
+    Inputs must lie on the 1/255 grid (``input_grid``); values within ``GRID_TOLERANCE / 255`` of it are
+    accepted, and their draws, counts and certificate are exactly those of the rounded image (offsets sit half-way
+    between grid values, so a deviation below ``0.5 / 255`` changes no cell).
+    """
+
     norm = "l1"
+    monte_carlo_certificate = (
+        True  # the union bound of SSN, for users who estimate p_A by sampling DSSN draws
+    )
+    early_decisions = True
+    input_grid = 255
     finite_draws = True
 
     def __init__(self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu") -> None:
@@ -82,15 +89,13 @@ class DerandomizedSplittingNoise(ExactNoise):
         levels = dssn_levels(self.lambd)
         if levels < 1:
             raise ConfigError(
-                f"dssn needs lambda >= 1/510 so that at least one 1/255 level fits in a cell; got lambda={self.lambd:.4g}"
+                f"DSSN needs lambda >= 1/510 so that at least one 1/255 level fits in a cell; got lambda={self.lambd:.4g}"
                 f" (sigma={self.sigma:.4g})"
             )
         if levels > MAX_DSSN_DRAWS:
             raise ConfigError(
-                f"dssn with lambda={self.lambd:.4g} needs {levels} draws per image; at most {MAX_DSSN_DRAWS} are allowed"
+                f"DSSN with lambda={self.lambd:.4g} needs {levels} draws per image; at most {MAX_DSSN_DRAWS} are allowed"
             )
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"dssn seed must be in [0, 2^32), got {seed!r}")
         self.levels = levels
         self.num_draws = levels
         self.width = levels / 255.0
@@ -154,32 +159,30 @@ class DerandomizedSplittingNoise(ExactNoise):
         s = self.offsets(k, x.device)  # (batch, dim)
         return self._split(x.reshape(batch, -1), s).reshape(x.shape).to(x.dtype)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        check_images(x, self.dim)
-        if x.dtype in (torch.float16, torch.bfloat16):
-            raise DataError(
-                f"dssn needs float32 or float64 images: {x.dtype} cannot hold every multiple of 1/255 exactly",
-                hint="pass x.float(); to run the model in half precision, use the precision option (bf16, fp16)",
-            )
-        if not is_quantised(x):
-            raise DataError(
-                "dssn certifies only images whose pixel values are multiples of 1/255; these inputs are not "
-                "quantised (resized or otherwise interpolated?)",
-                hint="the DSSN guarantee is for perturbations on the 1/255 grid; quantise inputs with "
-                "x = (x * 255).round() / 255 first, or use the ssn noise",
-            )
-
     def certify_counts(
         self, counts: torch.Tensor, remaining: torch.Tensor | int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return dssn_certificate(counts, remaining)
+        """Prediction ``a = argmax c`` and radius ``floor((c_a - c_b - [b < a]) / 2) / 255`` (float64), ``b`` the
+        runner-up, ties to the lowest index. With ``remaining`` draws not evaluated (an early decision), the radius
+        is the smallest the remaining draws could leave: sound, and the prediction is final (the engine stops only
+        once the smallest margin is non-negative). NaN where the remaining draws could still change the
+        prediction."""
+        a, low, _ = dssn_margins(counts, remaining)
+        return a, torch.where(low >= 0, margin_radius(low), torch.nan)
 
     def decided(self, counts: torch.Tensor, remaining: torch.Tensor | int, radii) -> torch.Tensor:
-        return dssn_decided(counts, remaining, radii)
+        """Whether the remaining draws can no longer change an image's prediction, nor whether its radius reaches
+        each of ``radii``: the verdicts of full enumeration are then already known."""
+        _, low, high = dssn_margins(counts, remaining)
+        decided = low >= 0
+        r_low, r_high = margin_radius(low), margin_radius(high)
+        for r in radii:
+            decided &= (r_low >= float(r)) == (r_high >= float(r))
+        return decided
 
     def radius(self, p_lower):
         # The same union bound as SSN, for users who estimate p_A by sampling DSSN draws.
-        return apply(p_lower, lambda p: 2.0 * (self.levels / 255.0 / 2.0) * (p - 0.5))
+        return apply_radius(p_lower, lambda p: 2.0 * (self.levels / 255.0 / 2.0) * (p - 0.5))
 
     def params(self) -> dict[str, Any]:
         return {
@@ -189,6 +192,30 @@ class DerandomizedSplittingNoise(ExactNoise):
             "levels": self.levels,
             "seed": self.seed,
         }
+
+
+def dssn_margins(
+    counts: torch.Tensor, remaining: torch.Tensor | int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For counts over the draws evaluated so far and ``remaining`` draws still to come (per image), the current
+    leader ``a`` and the smallest and largest final margin ``min_j (c_a - c_j - [j < a])`` over every way the
+    remaining draws can fall (all to one rival, or all to ``a``). With nothing remaining the margin is exactly
+    ``c_a - c_b - [b < a]`` for the runner-up ``b``; ``a`` is the final prediction whenever the smallest margin is
+    non-negative."""
+    counts = counts.long()
+    a = counts.argmax(dim=1)
+    c_a = counts.gather(1, a.unsqueeze(1))
+    below = (torch.arange(counts.shape[1], device=counts.device).unsqueeze(0) < a.unsqueeze(1)).long()
+    diff = c_a - counts - below
+    diff.scatter_(1, a.unsqueeze(1), torch.iinfo(torch.long).max)
+    margin = diff.min(dim=1).values
+    remaining = torch.as_tensor(remaining, dtype=torch.long, device=counts.device)
+    return a, margin - remaining, margin + remaining
+
+
+def margin_radius(margin: torch.Tensor) -> torch.Tensor:
+    """DSSN radius of a margin: ``floor(margin / 2) / 255`` (float64)."""
+    return torch.div(margin, 2, rounding_mode="floor").double() / 255.0
 
 
 @hookimpl

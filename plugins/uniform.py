@@ -7,16 +7,15 @@ from typing import Any
 import torch
 
 from smoothcore.hookspecs import hookimpl
-from smoothcore.noise import Noise, uniform_scale
-from smoothcore_plugins._radius import apply
+from smoothcore.noise import Noise, apply_radius, uniform_scale
 
 
 class UniformNoise(Noise):
     """Additive uniform noise; L1 radius ``2 lambda (p - 1/2)``, L-infinity radius
-    ``2 lambda (1 - (3/2 - p)^(1/d))``."""
+    ``2 lambda (1 - (3/2 - p)^(1/d))`` (``radius_linf``)."""
 
-    name = "uniform"
     norm = "l1"
+    monte_carlo_certificate = True
     finite_draws = True
 
     def __init__(self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu") -> None:
@@ -28,13 +27,10 @@ class UniformNoise(Noise):
         return x + (e * 2.0 - 1.0) * self.lambd
 
     def radius(self, p_lower):
-        return apply(p_lower, lambda p: 2.0 * self.lambd * (p - 0.5))
+        return apply_radius(p_lower, lambda p: 2.0 * self.lambd * (p - 0.5))
 
     def radius_linf(self, p_lower):
-        return apply(p_lower, lambda p: 2.0 * self.lambd * (1.0 - (1.5 - p) ** (1.0 / self.dim)))
-
-    def radii(self, p_lower) -> dict[str, Any]:
-        return {"l1": self.radius(p_lower), "linf": self.radius_linf(p_lower)}
+        return apply_radius(p_lower, lambda p: 2.0 * self.lambd * (1.0 - (1.5 - p) ** (1.0 / self.dim)))
 
     def params(self) -> dict[str, Any]:
         return {"name": self.name, "sigma": self.sigma, "lambda": self.lambd, "seed": self.seed}

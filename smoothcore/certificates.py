@@ -1,5 +1,6 @@
 """What a certificate is: a pure function from statistics of the base classifier under a noise to
-predictions and certified radii. Certificates are plugins (hook ``register_certificates``)."""
+predictions and certified radii. Certificates are plugins (hook ``register_certificates``); like a noise, a
+certificate's name is the one it was registered under (:func:`get_certificate` gives it)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ class Certified:
 
 
 class Certificate(ABC):
+    """``kind``: ``MONTE_CARLO`` (statistics of sampled draws) or ``EXACT`` (counts over every draw of an exact
+    noise). ``name`` is given by the registry."""
+
     name: str = "certificate"
     kind: str = MONTE_CARLO
     description: str = ""
@@ -59,17 +63,6 @@ class Certificate(ABC):
     def certify(self, noise: Noise, stats: Statistics) -> Certified: ...
 
 
-def top_two(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top class ``a`` and runner-up ``b`` of ``counts`` ``(batch, classes)``, ties to the lowest index."""
-    a = counts.argmax(dim=1)
-    masked = counts.clone()
-    masked.scatter_(
-        1, a.unsqueeze(1), torch.iinfo(counts.dtype).min if not counts.is_floating_point() else -float("inf")
-    )
-    b = masked.argmax(dim=1)
-    return a, b
-
-
 def get_certificate(name: str) -> Certificate:
     from smoothcore.plugins import registry
 
@@ -80,6 +73,7 @@ def get_certificate(name: str) -> Certificate:
             f"plugin {entry.plugin!r} built certificate {name!r} as {type(cert).__name__}, not a Certificate"
         )
     with contextlib.suppress(AttributeError, TypeError):
+        cert.name = entry.name  # the registered name is the certificate's name
         cert._smoothcore_plugin = entry.plugin
     return cert
 
@@ -99,6 +93,7 @@ def certificates_for(noise: Noise) -> list[str]:
 
 
 def default_certificate(noise: Noise) -> str:
+    """``exact`` for exact noises, else ``standard``."""
     return "exact" if noise.exact else "standard"
 
 
@@ -115,8 +110,13 @@ def applies(cert: Certificate, noise: Noise) -> bool:
         ) from None
 
 
-def resolve_certificate(noise: Noise, name: str | None) -> Certificate:
-    cert = get_certificate(name or default_certificate(noise))
+def resolve_certificate(noise: Noise, certificate: str | Certificate | None) -> Certificate:
+    """The certificate for ``noise``: by name (None: :func:`default_certificate`), or one already resolved (a run
+    resolves its certificate once and hands it on); a ConfigError listing the ones that apply if it does not."""
+    if isinstance(certificate, Certificate):
+        cert = certificate
+    else:
+        cert = get_certificate(certificate or default_certificate(noise))
     if not applies(cert, noise):
         ok = ", ".join(certificates_for(noise)) or "(none)"
         raise ConfigError(

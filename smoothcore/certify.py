@@ -12,11 +12,12 @@ import torch
 from scipy.stats import binomtest
 from torch import nn
 
-from smoothcore.certificates import ABSTAIN, Certified, Statistics, resolve_certificate, top_two
+from smoothcore.certificates import ABSTAIN, EXACT, Certificate, Certified, Statistics, resolve_certificate
 from smoothcore.checks import check_indices, check_radii, is_int
-from smoothcore.engine import DrawStream, Engine, image_stream, plugin_of
+from smoothcore.engine import Engine, plugin_of
 from smoothcore.errors import ConfigError, PluginError, SmoothcoreError
 from smoothcore.noise import Noise
+from smoothcore.streams import DrawStream, image_stream
 
 MAX_DRAWS = 10**9
 
@@ -152,7 +153,7 @@ class SmoothedClassifier:
             return PredictResult(counts.argmax(dim=1).cpu(), counts.cpu())
         self._check_mc(1, n, alpha)
         counts = self.engine.sampled_counts(self.noise, x, n, self._streams(len(x), indices)).cpu()
-        a, b = top_two(counts)
+        a, b = _top_two(counts)
         n_a = counts.gather(1, a.unsqueeze(1)).squeeze(1).tolist()
         n_b = counts.gather(1, b.unsqueeze(1)).squeeze(1).tolist()
         keep = [na > 0 and binomtest(na, na + nb, 0.5).pvalue <= alpha for na, nb in zip(n_a, n_b)]
@@ -167,7 +168,7 @@ class SmoothedClassifier:
         n: int = 100_000,
         alpha: float = 0.001,
         indices=None,
-        certificate: str | None = None,
+        certificate: str | Certificate | None = None,
         radii=None,
         looks: int = 6,
         batch_size: int | None = None,
@@ -179,15 +180,17 @@ class SmoothedClassifier:
         independent estimation draws count it; the certificate turns the counts into ``p_lower`` (a two-sided
         Clopper-Pearson bound at ``alpha``) and a radius, abstaining when ``p_lower < 1/2``. With probability at
         least ``1 - alpha`` per image, a non-abstaining prediction is constant within the radius.
+        ``certificate``: a registered name (default: ``exact`` for exact noises, else ``standard``) or a certificate
+        already resolved (:func:`smoothcore.certificates.resolve_certificate`); refused unless it applies.
         ``indices`` key each image's random stream (with the noise's seed); an image's result then does not depend
         on the batch size, the other images of the call, sharding or resuming. Pass dataset indices: the default
         ``0 .. batch-1`` gives the i-th image of every call the same stream.
 
         ``radii`` (early decisions): stop evaluating an image once its verdict at each of these radii is decided.
-        Exact noises: once the remaining draws cannot change the prediction or whether the radius reaches each r;
-        the verdicts equal full enumeration's and the radius recorded is the smallest the remaining draws could
-        leave (sound). Monte-Carlo: sequential estimation at ``looks`` pre-planned sample sizes ``n / 2^(looks-1),
-        ..., n / 2, n`` with Bonferroni alpha-spending (``alpha / looks`` per look, valid at overall level
+        Exact noises that declare ``early_decisions``: once the remaining draws cannot change the prediction or
+        whether the radius reaches each r; the verdicts equal full enumeration's and the radius recorded is the
+        smallest the remaining draws could leave (sound). Other exact noises enumerate every draw. Monte-Carlo:
+        sequential estimation at ``looks`` pre-planned sample sizes ``n / 2^(looks-1), ..., n / 2, n`` with Bonferroni alpha-spending (``alpha / looks`` per look, valid at overall level
         ``alpha`` by the union bound over the looks whatever the stopping rule; the simplest alpha-spending
         function of group-sequential testing; Jennison & Turnbull 2000, "Group Sequential Methods with
         Applications to Clinical Trials"), stopping once each verdict is decided.
@@ -208,7 +211,7 @@ class SmoothedClassifier:
         n: int,
         alpha: float,
         indices,
-        certificate: str | None,
+        certificate: str | Certificate | None,
         radii,
         looks: int,
     ) -> CertifyResult:
@@ -216,10 +219,12 @@ class SmoothedClassifier:
         cert = resolve_certificate(self.noise, certificate)
         before = self.engine.forward_passes
         radii = None if radii is None else check_radii(radii)
-        if cert.kind == "exact":
+        if cert.kind == EXACT:
             total = self.noise.num_draws
             stop_when = (
-                None if not radii else (lambda counts, done: self.noise.decided(counts, total - done, radii))
+                (lambda counts, done: self.noise.decided(counts, total - done, radii))
+                if radii and self.noise.early_decisions
+                else None
             )
             counts, done = self.engine.exact_counts(self.noise, x, stop_when=stop_when)
             stats = Statistics(counts=counts.cpu(), num_draws=total, x=x.cpu(), remaining=total - done)
@@ -296,6 +301,13 @@ class SmoothedClassifier:
             certified, torch.as_tensor(self.noise.radius(p_lower), dtype=torch.float64), torch.nan
         )
         return Certified(prediction, radius, self.noise.norm, p_lower=p_lower), counts, done + n0
+
+
+def _top_two(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top class ``a`` and runner-up ``b`` of integer ``counts`` ``(batch, classes)``, ties to the lowest index."""
+    a = counts.argmax(dim=1)
+    b = counts.scatter(1, a.unsqueeze(1), torch.iinfo(counts.dtype).min).argmax(dim=1)
+    return a, b
 
 
 def certify_counts(noise: Noise, counts) -> tuple[torch.Tensor, torch.Tensor]:

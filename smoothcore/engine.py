@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -18,6 +17,7 @@ from smoothcore.checks import is_int
 from smoothcore.devices import resolve_device
 from smoothcore.errors import ConfigError, DataError, PluginError, SmoothcoreError
 from smoothcore.noise import ExactNoise, Noise
+from smoothcore.streams import DRAW_BLOCK, DrawStream
 
 MAX_BATCH = 1 << 20  # a million noisy images per forward pass is beyond any device's memory
 DECISION_POINTS = 16  # early decisions: how often per image an exact enumeration asks whether it is decided
@@ -53,41 +53,6 @@ def keep_freed_memory() -> bool:
         return False
     _ALLOCATOR_TUNED = ok
     return ok
-
-
-DRAW_BLOCK = 64  # random draws per block of an image's stream (see DrawStream); n0 = 64 fills block 0 exactly
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(z: int) -> int:
-    z = (z + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-class DrawStream:
-    """The Monte-Carlo draws of one image, keyed by integers (the noise's seed and the image's dataset index).
-
-    Draw ``j`` belongs to block ``j // DRAW_BLOCK``, and each block is drawn in one call from a generator seeded
-    from the keys and the block number alone. So an image's draws do not depend on how they are grouped into
-    calls and forward batches (``max_batch``, ``--max-batch auto``, the other images of a batch), nor on sharding or
-    resuming; on CUDA too, where a generator's position after a call depends on the call's size. ``position``:
-    the next draw; ``sampled_counts`` advances it, so selection and estimation draws follow one another.
-    """
-
-    def __init__(self, *keys: int) -> None:
-        state = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2, np.uint32)
-        self.base = (int(state[0]) << 32) | int(state[1])
-        self.position = 0
-
-    def block_seed(self, block: int) -> int:
-        return _splitmix64((self.base + block) & _MASK64)
-
-
-def image_stream(seed: int, index: int) -> DrawStream:
-    """The draw stream of image ``index`` under the noise's ``seed``."""
-    return DrawStream(seed, index)
 
 
 def auto_max_batch(

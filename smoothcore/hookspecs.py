@@ -21,9 +21,12 @@ def register_noises(register: Any) -> None:
     """Register noise distributions.
 
     ``factory(*, sigma, lambd, dim, seed, device, **params)`` returns a :class:`smoothcore.Noise` (sampled:
-    ``sample(x, generator)``) or :class:`smoothcore.noise.ExactNoise` (adds ``num_draws`` and ``draws(x, start,
-    stop)``). Noises only transform tensors, on the input's device; they never call models or loop over draws.
-    ``sigma`` and ``lambd`` are None when not given; the factory validates them and raises ConfigError.
+    ``sample(x, generator)``) or :class:`smoothcore.noise.ExactNoise` (adds ``num_draws``, ``draws(x, start,
+    stop)`` and ``certify_counts``). Its capabilities are declared in class attributes (``monte_carlo_certificate``,
+    ``exact``, ``early_decisions``, ``input_grid``, ``finite_draws``: see :mod:`smoothcore.noise`) and checked when
+    it is built; its name is the registered ``name`` (``noise.name``). Noises only transform tensors, on the
+    input's device; they never call models or loop over draws. ``sigma`` and ``lambd`` are None when not given;
+    the factory validates them and raises ConfigError.
     """
 
 
@@ -33,7 +36,7 @@ def register_certificates(register: Any) -> None:
 
     ``factory()`` returns a :class:`smoothcore.certificates.Certificate`: a pure function from statistics of the
     base classifier under a noise (draw counts, and the input where needed) to predictions and radii, plus
-    ``applies_to(noise)``.
+    ``applies_to(noise)`` (which reads the noise's declared capabilities). Its name is the registered ``name``.
     """
 
 

@@ -393,13 +393,28 @@ def test_pixels_just_outside_the_unit_interval_are_refused(value):
         smoothed.certify(torch.full((1, 1), value), n0=4, n=20)
 
 
-def test_an_exact_noise_without_an_early_decision_rule_decides_only_when_no_draws_remain():
-    """The default of ExactNoise.decided: a third-party exact noise must never stop early by accident."""
-    from smoothcore.noise import ExactNoise
+def test_an_exact_noise_that_declares_no_early_decisions_enumerates_every_draw_under_radii():
+    """A third-party exact noise must never stop early by accident: without ``early_decisions = True`` the
+    requested radii change nothing, and the result is that of full enumeration."""
+    from smoothcore import hookimpl
+    from smoothcore.plugins import use_plugins
+    from smoothcore_plugins.splitting import DerandomizedSplittingNoise
 
-    counts = torch.tensor([[90, 0], [45, 45]])
-    assert ExactNoise.decided(None, counts, 10, [0.1]).tolist() == [False, False]
-    assert ExactNoise.decided(None, counts, torch.tensor([0, 3]), [0.1]).tolist() == [True, False]
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def register_noises(register):
+            register(
+                "dssn-no-early", type("NoEarly", (DerandomizedSplittingNoise,), {"early_decisions": False})
+            )
+
+    use_plugins(Plugin)
+    noise = smoothcore.noise("dssn-no-early", sigma=0.3, dim=16)
+    smoothed = SmoothedClassifier(Threshold(0.5), noise, 2)
+    x = quantised((6, 1, 4, 4), seed=1)
+    early, full = smoothed.certify(x, radii=[0.01]), smoothed.certify(x)
+    assert early.draws.tolist() == [noise.num_draws] * 6
+    assert torch.equal(early.counts, full.counts) and torch.equal(early.radius, full.radius)
 
 
 @pytest.mark.parametrize("name", ["uniform", "ssn", "gaussian", "laplace", "dssn"])

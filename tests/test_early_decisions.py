@@ -11,7 +11,6 @@ from torch import nn
 
 import smoothcore
 from smoothcore import SmoothedClassifier
-from smoothcore_plugins.certificates import dssn_certificate, dssn_decided
 from tests.conftest import quantised
 from tests.test_certify import Threshold
 
@@ -23,7 +22,10 @@ def completions(remaining: int, classes: int):
 
 
 def test_a_decided_image_has_the_same_verdicts_under_every_completion():
-    """Brute force over every way the remaining draws can fall (3 classes, up to 6 remaining)."""
+    """Brute force over every way the remaining draws can fall (3 classes, up to 6 remaining): DSSN's
+    ``decided`` and ``certify_counts`` (the exact certificate's rule)."""
+    dssn = smoothcore.noise("dssn", sigma=0.5, dim=4)
+    dssn_certificate, dssn_decided = dssn.certify_counts, dssn.decided
     rng = np.random.default_rng(0)
     radii = [1 / 255, 2 / 255, 4 / 255]
     checked = 0

@@ -9,6 +9,7 @@ from torch import nn
 import smoothcore
 from smoothcore import ConfigError
 from smoothcore.engine import Engine
+from smoothcore.streams import DrawStream
 from tests.conftest import quantised
 
 
@@ -121,21 +122,21 @@ def test_devices_this_machine_lacks_or_that_do_not_exist_are_clean_errors():
 
 
 def test_monte_carlo_counts_are_those_of_the_streams_blocks_whatever_the_grouping():
-    """Property: for random batch sizes, draw counts and stream positions, the engine's counts equal a reference
-    that draws each block of each image's stream on its own and classifies draw by draw."""
+    """Property: for random batch sizes, draw counts and stream positions, the engine's counts equal those of the
+    documented stream, rebuilt independently of the engine (tests/test_streams.py) and classified draw by draw."""
     import random
 
-    from smoothcore.engine import DRAW_BLOCK, DrawStream
+    from tests.test_streams import stream_draws
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
     torch.manual_seed(1)
-    noise = smoothcore.noise("gaussian", sigma=0.4, dim=6)
+    noise = smoothcore.noise("gaussian", sigma=0.4, dim=6, seed=7)
     rng = random.Random(0)
     for _ in range(12):
         images = rng.randint(1, 4)
         x = torch.rand(images, 6)
-        start, num = rng.randint(0, 3 * DRAW_BLOCK), rng.randint(1, 4 * DRAW_BLOCK)
-        streams = [DrawStream(7, i) for i in range(images)]
+        start, num = rng.randint(0, 192), rng.randint(1, 256)
+        streams = [DrawStream(noise.seed, i) for i in range(images)]
         for s in streams:
             s.position = start
         engine = Engine(model, 3, max_batch=rng.randint(1, 300))
@@ -143,11 +144,8 @@ def test_monte_carlo_counts_are_those_of_the_streams_blocks_whatever_the_groupin
         assert all(s.position == start + num for s in streams)
         expected = torch.zeros(images, 3, dtype=torch.long)
         for i in range(images):
-            stream, g = DrawStream(7, i), torch.Generator()
-            for j in range(start, start + num):
-                g.manual_seed(stream.block_seed(j // DRAW_BLOCK))
-                block = noise.sample(x[i : i + 1].expand(DRAW_BLOCK, 6), g)
-                expected[i, int(model(block[j % DRAW_BLOCK : j % DRAW_BLOCK + 1]).argmax())] += 1
+            for draw in stream_draws(noise, x[i], i, start + num)[start:]:
+                expected[i, int(model(draw[None]).argmax())] += 1
         assert torch.equal(counts, expected)
 
 
@@ -160,7 +158,7 @@ def test_auto_max_batch_is_measured_once_and_a_per_call_batch_size_still_bounds_
     noise = smoothcore.noise("uniform", sigma=0.3, dim=16)
     x = quantised((2, 1, 4, 4))
     with engine.batch_size(8):
-        engine.sampled_counts(noise, x, 300, [engine_module.DrawStream(0, i) for i in range(2)])
+        engine.sampled_counts(noise, x, 300, [DrawStream(0, i) for i in range(2)])
     assert max(spy.sizes) <= 8
     assert engine.max_batch == 4096  # the measurement outlives the call that made it
 

@@ -17,7 +17,7 @@ from smoothcore.plugins import DEFAULT_PLUGINS, components, plugin_summary, regi
 class ShiftNoise(Noise):
     """A toy third-party noise: a constant shift (deterministic)."""
 
-    name = "shift"
+    monte_carlo_certificate = True
 
     def __init__(self, *, sigma=None, lambd=None, dim, seed=0, device="cpu"):
         super().__init__(dim=dim, seed=seed, device=device)
@@ -58,6 +58,75 @@ def test_a_third_party_plugin_registers_through_the_same_hook():
     assert registry("noise").get("shift").plugin == "acme_noise"
     row = next(r for r in plugin_summary() if r["plugin"] == "acme_noise")
     assert row["noise"] == ["shift"] and not row["builtin"]
+
+
+def test_a_noise_is_named_by_the_name_it_was_registered_under():
+    """The registered name is written once: the noise, its params() and its results all read it from there."""
+
+    def register_noises(register):
+        register("shift", ShiftNoise)
+        register("shift-again", ShiftNoise)
+
+    use_plugins(plugin_module("acme_noise", register_noises=register_noises))
+    for name in ("shift", "shift-again"):
+        noise = smoothcore.noise(name, sigma=0.25, dim=4)
+        assert noise.name == name and noise.params()["name"] == name
+
+
+def test_a_certificate_is_named_by_the_name_it_was_registered_under():
+    from smoothcore.certificates import get_certificate
+    from smoothcore_plugins.certificates import StandardCertificate
+
+    def register_certificates(register):
+        register("standard-again", StandardCertificate)
+
+    use_plugins(plugin_module("acme_certs", register_certificates=register_certificates))
+    assert get_certificate("standard-again").name == "standard-again"
+    assert get_certificate("standard").name == "standard"
+
+
+def test_a_noise_that_declares_no_certificate_is_an_error_saying_what_to_declare():
+    """A plugin written before capabilities were declared: it implements radius but does not say so."""
+
+    class Undeclared(ShiftNoise):
+        monte_carlo_certificate = False
+
+    def register_noises(register):
+        register("undeclared", Undeclared)
+
+    use_plugins(plugin_module("acme_old", register_noises=register_noises))
+    with pytest.raises(
+        PluginError, match="plugin 'acme_old' built noise 'undeclared', which declares no"
+    ) as err:
+        smoothcore.noise("undeclared", sigma=0.25, dim=4)
+    assert "monte_carlo_certificate = True" in str(err.value)
+
+
+def test_early_decisions_are_declared_by_exact_noises_only():
+    class Early(ShiftNoise):
+        early_decisions = True
+
+    def register_noises(register):
+        register("early", Early)
+
+    use_plugins(plugin_module("acme_early", register_noises=register_noises))
+    with pytest.raises(PluginError, match="declares early_decisions but is not an ExactNoise"):
+        smoothcore.noise("early", sigma=0.25, dim=4)
+
+
+def test_the_capabilities_of_the_built_in_noises_are_declared():
+    declared = {
+        name: (n.monte_carlo_certificate, n.exact, n.early_decisions, n.input_grid)
+        for name in ("uniform", "ssn", "dssn", "gaussian", "laplace")
+        for n in [smoothcore.noise(name, sigma=0.5, dim=4)]
+    }
+    assert declared == {
+        "uniform": (True, False, False, None),
+        "ssn": (True, False, False, None),
+        "dssn": (True, True, True, 255),
+        "gaussian": (True, False, False, None),
+        "laplace": (True, False, False, None),
+    }
 
 
 def test_two_plugins_registering_one_name_is_an_error_naming_both():
@@ -164,7 +233,6 @@ def test_builtins_load_without_entry_point_metadata(monkeypatch):
 class Misbehaving(ShiftNoise):
     """A third-party noise that goes wrong the way ``how`` says."""
 
-    name = "misbehaving"
     how = "raise"
 
     def sample(self, x, generator=None):

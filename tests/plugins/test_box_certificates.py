@@ -75,7 +75,7 @@ def test_both_are_registered_as_monte_carlo_certificates_by_the_box_plugin():
     for name in ("box", "two-sided"):
         entry = registry("certificate").get(name)
         assert entry.plugin == "smoothcore_plugins.box" and entry.description
-        assert entry.factory().name == name and entry.factory().kind == "monte-carlo"
+        assert get_certificate(name).name == name and get_certificate(name).kind == "monte-carlo"
 
 
 def test_certifying_dssn_with_box_is_refused():
@@ -231,13 +231,23 @@ def test_zero_margin_certifies_nothing_and_the_radius_grows_with_the_margin():
     assert bool((r.diff() > 0).all())
 
 
-def test_when_no_feasible_perturbation_can_break_the_condition_the_radius_is_the_largest_feasible_norm():
+def test_when_every_feasible_perturbation_is_certified_the_radius_is_the_largest_feasible_norm():
+    x = np.zeros(6)  # six saturated pixels: rooms 1, largest feasible norm 6
+    lambd, margin = 5.0, 1.0  # w = 10: the far corner keeps agreement 0.9^6 = 0.53 > 1 - 1/2
+    corner = np.ones(6)
+    assert box_overlap(x, corner, lambd) > 1 - margin / 2
+    assert lambd * margin < 6.0
+    assert radius_of(x, margin, lambd) == pytest.approx(6.0, abs=1e-14)
+
+
+def test_on_a_tiny_image_fully_certified_below_the_two_sided_radius_the_box_radius_is_the_two_sided_one():
+    """Never below the two-sided radius: with three pixels the largest feasible norm (2.2) is far below
+    lambda * margin = 18, which certifies every perturbation of smaller norm, in the box or not."""
     x = np.array([0.2, 0.5, 0.9])
     lambd, margin = 20.0, 0.9  # w = 40: even the farthest corner keeps agreement far above 1 - 0.45
-    r = radius_of(x, margin, lambd)
     corner = np.where(x < 0.5, 1.0, 0.0)
-    assert r == pytest.approx(np.abs(corner - x).sum(), abs=1e-14)
-    assert box_overlap(x, corner, lambd) > 1 - margin / 2
+    assert box_overlap(x, corner, lambd) > 1 - margin / 2 and np.abs(corner - x).sum() < lambd * margin
+    assert radius_of(x, margin, lambd) == pytest.approx(lambd * margin, abs=1e-12)
 
 
 CASES = [  # (x, lambda, margin)

@@ -118,6 +118,28 @@ def test_dssn_refuses_inputs_off_the_grid():
     noise.check_input(torch.tensor([[0, 1, 128, 255]]) / 255.0)
 
 
+@pytest.mark.parametrize("sigma", [0.12, 0.5])  # narrow cells (lambda < 1/2) and wide ones
+def test_dssn_certifies_inputs_within_the_grid_tolerance_exactly_as_their_rounded_image(sigma):
+    """Values within 1e-3/255 of the 1/255 grid (float rounding) are accepted, and their draws, counts and
+    certificate are those of the rounded image; farther off, the refusal states the tolerance."""
+    noise = smoothcore.noise("dssn", sigma=sigma, dim=16, seed=3)
+    rounded = quantised((4, 1, 4, 4), seed=8).double()
+    jitter = (torch.rand(rounded.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1) * 0.9e-3 / 255
+    near = (rounded + jitter).clamp(0, 1)
+    noise.check_input(near)
+    assert torch.equal(noise.draws(near, 0, noise.num_draws), noise.draws(rounded, 0, noise.num_draws))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3).double())
+    smoothed = smoothcore.SmoothedClassifier(model, noise, 3)
+    a, b = smoothed.certify(near), smoothed.certify(rounded)
+    assert torch.equal(a.counts, b.counts) and torch.allclose(
+        a.radius, b.radius, rtol=0, atol=0, equal_nan=True
+    )
+    with pytest.raises(
+        DataError, match=r"within 0.001/255 of the grid are accepted and certified as the rounded"
+    ):
+        noise.check_input((rounded + 2e-3 / 255).clamp(max=1))
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -31,40 +31,23 @@ from typing import Any
 import numpy as np
 import torch
 from smoothcore import ConfigError, hookimpl
-from smoothcore.noise import Noise, positive_scale
+from smoothcore.noise import Noise, apply_radius, sigma_only
 
 __version__ = "0.1.0"
-
-
-def _apply(p_lower: Any, formula):
-    """``formula`` on a float, a numpy array or a tensor, returning the same kind (float64)."""
-    tensor = isinstance(p_lower, torch.Tensor)
-    p = p_lower.detach().cpu().double().numpy() if tensor else np.asarray(p_lower, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = formula(p)
-    if tensor:
-        return torch.as_tensor(out, dtype=torch.float64)
-    return float(out) if np.ndim(out) == 0 else out
 
 
 class ParetoNoise(Noise):
     """Additive symmetric Pareto (double Lomax) noise with standard deviation ``sigma`` and tail index
     ``tail``; L1 radius ``s / (tail + 1) * log(1 / (2 (1 - p)))`` (module docstring)."""
 
-    name = "pareto"
     norm = "l1"
+    monte_carlo_certificate = True  # radius(p_lower) below is sound: the standard certificate applies
 
     def __init__(
         self, *, sigma=None, lambd=None, dim: int, seed: int = 0, device="cpu", tail: float = 3.0
     ) -> None:
         super().__init__(dim=dim, seed=seed, device=device)
-        if lambd is not None:
-            raise ConfigError(
-                f"pareto noise takes sigma (its standard deviation), not lambda (got lambda={lambd!r})"
-            )
-        if sigma is None:
-            raise ConfigError("pareto noise needs sigma (its standard deviation)")
-        self.sigma = positive_scale("sigma", sigma)
+        self.sigma = sigma_only(sigma, lambd)
         try:
             self.tail = float(tail)
         except (TypeError, ValueError):
@@ -84,7 +67,7 @@ class ParetoNoise(Noise):
         return (self.tail + 1.0) / self.scale
 
     def radius(self, p_lower):
-        return _apply(p_lower, lambda p: np.log(1.0 / (2.0 * (1.0 - p))) / self.lipschitz())
+        return apply_radius(p_lower, lambda p: np.log(1.0 / (2.0 * (1.0 - p))) / self.lipschitz())
 
     def params(self) -> dict[str, Any]:
         return {
