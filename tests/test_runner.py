@@ -116,7 +116,7 @@ def test_certify_can_use_another_noise_than_training(run_copy, fashion_dir):
     run = plan(
         run_copy, CertifyConfig(noise="uniform", sigma=0.1, limit=2, n0=8, n=50, data_dir=str(fashion_dir))
     )
-    assert run.tag == "uniform_sigma0.1" and run.meta["certificate"] == "standard"
+    assert run.tag == "uniform_sigma0.1" and run.record.certificate == "standard"
 
 
 def test_early_decisions_keep_the_forward_batches_full_and_the_verdicts_of_full_enumeration(
