@@ -541,7 +541,6 @@ def test_comma_lists_are_read_alike_by_every_command():
 
 def test_option_defaults_are_those_of_the_configurations_they_fill():
     from smoothcore.audit import AuditConfig
-    from smoothcore.cli_params import default
     from smoothcore.report import PAPER_RADII
     from smoothcore.runner import CertifyConfig
     from smoothcore.train import TrainConfig

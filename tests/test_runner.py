@@ -293,7 +293,10 @@ def test_a_record_written_by_an_earlier_version_loads_and_rewrites_unchanged(tmp
     assert record.noise["name"] == "ssn" and record.radii is None and record.test_fingerprint is None
     record.write(tmp_path / "again.json")
     again = json.loads((tmp_path / "again.json").read_text())
-    assert again == {**{k: None for k in PLANNED_KEYS}, **{k: v for k, v in earlier.items() if k != "max_batch"}}
+    assert again == {
+        **{k: None for k in PLANNED_KEYS},
+        **{k: v for k, v in earlier.items() if k != "max_batch"},
+    }
 
 
 def test_a_damaged_record_is_a_clean_error_naming_the_field(tmp_path):
@@ -338,7 +341,9 @@ def test_a_certification_loads_its_test_set_once_and_a_resume_reads_its_table_on
 
     loads, reads = [], []
     load, valid_rows = DatasetSource.load, smoothcore.results._valid_rows
-    monkeypatch.setattr(DatasetSource, "load", lambda self, *a, **k: (loads.append(a), load(self, *a, **k))[1])
+    monkeypatch.setattr(
+        DatasetSource, "load", lambda self, *a, **k: (loads.append(a), load(self, *a, **k))[1]
+    )
     monkeypatch.setattr(smoothcore.results, "_valid_rows", lambda p: (reads.append(p), valid_rows(p))[1])
     certify_experiment(run_copy, CertifyConfig(limit=2, data_dir=str(fashion_dir)))
     assert len(loads) == 1 and reads == []
