@@ -74,19 +74,6 @@ from smoothcore.engine import DrawStream
 from smoothcore.errors import ConfigError, DataError, ExperimentError
 from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
 
-__all__ = [
-    "AuditConfig",
-    "AuditReport",
-    "ExperimentAudit",
-    "ImageAudit",
-    "audit",
-    "audit_claims",
-    "audit_experiment",
-    "margin_of",
-    "statement",
-    "steps_within",
-]
-
 EXACT_STATEMENT = (
     "exact noise: a violation is a perturbation on the 1/{grid} grid, kept in [0, 1]^d, with "
     "||delta||_1 <= radius, whose counts over every draw, recomputed from scratch, predict "

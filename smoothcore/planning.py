@@ -58,9 +58,6 @@ class CertifyConfig:
     trust_checkpoint: bool = False
     radii: list[float] | None = None  # early decisions at these radii
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     def validate(self) -> None:
         """The options that need no model or data, checked before anything is loaded (a sweep checks them before
         its first run trains)."""
@@ -124,13 +121,13 @@ def plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     try:
         return _plan(exp_dir, cfg)
     except UnknownNameError as exc:
-        hint = missing_plugins_hint(Experiment(exp_dir))
+        hint = _missing_plugins_hint(Experiment(exp_dir))
         if hint is None:
             raise
         raise UnknownNameError(exc.message, hint=f"{exc.hint}; or: {hint}" if exc.hint else hint) from None
 
 
-def missing_plugins_hint(exp: Experiment) -> str | None:
+def _missing_plugins_hint(exp: Experiment) -> str | None:
     """When a name is unknown: the third-party plugins the experiment was made with that are not loaded now."""
     from smoothcore.plugins import components
 

@@ -21,7 +21,7 @@ from smoothcore.distributed import DistInfo
 from smoothcore.errors import ConfigError, ExperimentError, SmoothcoreError
 from smoothcore.experiment import Experiment, now, versions
 from smoothcore.locking import Lock
-from smoothcore.planning import CertifyConfig, CertifyRun, plan, result_tag
+from smoothcore.planning import CertifyConfig, CertifyRun, plan
 from smoothcore.results import ResultWriter, load_results
 from smoothcore.run_record import Certification
 from smoothcore.run_tables import Progress, absorb_shards, certify_rows, images_per_chunk, remove_shards
@@ -37,7 +37,6 @@ __all__ = [
     "execute",
     "plan",
     "reopen",
-    "result_tag",
     "result_tags",
 ]
 
