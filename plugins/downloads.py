@@ -1,4 +1,4 @@
-"""Built-in plugin: ``smoothcore fetch-data``, torchvision's downloaders for the datasets that have one.
+"""torchvision's downloaders for the datasets that have one, behind ``smoothcore fetch-data``.
 
 Offered where a network exists, never required: every dataset plugin reads its standard on-disk layout from
 ``--data-dir``, an environment variable or ``./data``, however the files got there. The command downloads (with
@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
-
 from smoothcore.errors import DataError
-from smoothcore.hookspecs import hookimpl
 
 # dataset -> (torchvision class name, default root, folder the loader reads, relative to the root)
 DOWNLOADABLE: dict[str, tuple[str, str, str]] = {
@@ -60,19 +57,3 @@ def _remove_empty_folders(root: Path) -> None:
             os.rmdir(folder)
         except OSError:  # not empty: a partial download stays for the next try
             pass
-
-
-@hookimpl
-def register_commands(cli) -> None:
-    @cli.command("fetch-data")
-    @click.argument("dataset", type=click.Choice(sorted(DOWNLOADABLE)))
-    @click.option(
-        "--root",
-        type=click.Path(),
-        default=None,
-        help="Download into this folder (default: ./data/cifar_10, ./data/fashion-mnist or ./data/mnist).",
-    )
-    def fetch_data(dataset: str, root: str | None) -> None:
-        """Download DATASET with torchvision's downloader (needs a network; never required)."""
-        folder = fetch(dataset, root)
-        click.echo(f"{dataset} is ready in {folder} (found there by default, or give --data-dir {folder})")

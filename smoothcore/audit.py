@@ -3,20 +3,7 @@
 A certificate claims that the smoothed classifier predicts ``A`` at every ``x' = x + delta`` with
 ``||delta||`` within ``radius``. The auditor searches for a counterexample and reports how tight the claim is.
 
-Perturbations live on a grid: every ``delta_i`` is a multiple of ``1 / grid`` (``grid = 255``, the pixel grid
-that DSSN certifies) and ``x'`` stays in ``[0, 1]^d``. Three searches spend a budget of base-classifier
-evaluations:
-
-- ``random``: sparse random perturbations that spend the whole L1 budget (random pixels, signs and split);
-- ``greedy``: move, one step at a time, the pixel and direction whose step most reduces the margin
-  ``c_A - max_{j != A} (c_j + [j < A])`` (the prediction changes exactly when it is negative) under recomputed
-  counts; pixels are pre-screened by the gradient of the surrogate below when there are many;
-- ``gradient``: L1 steepest descent on a smooth surrogate, the base classifier's soft margin
-  ``logit_A - logsumexp_{c != A} logit_c`` averaged over draws, differentiated through the noise as if it were
-  the identity (straight-through: splitting noise is piecewise constant in ``x``).
-
-Candidates are evaluated on a fixed set of draws, and only the draws that a perturbation changes are passed
-through the model again (a DSSN draw changes only where a cell boundary falls between ``x_i`` and ``x'_i``).
+The searches, and the grid they move on, are in :mod:`smoothcore.audit_search`.
 
 What a violation means:
 
@@ -58,8 +45,6 @@ classified counts 1.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -71,17 +56,24 @@ import numpy as np
 import pandas as pd
 import torch
 
+from smoothcore.audit_search import (
+    NORMS,
+    SEARCH_FUNCTIONS,
+    SEARCHES,
+    AuditConfig,
+    Found,
+    Oracle,
+    margin_of,
+    norm_of,
+    shrink,
+    steps_within,
+)
 from smoothcore.certificates import ABSTAIN
 from smoothcore.certify import SmoothedClassifier
 from smoothcore.engine import DrawStream
 from smoothcore.errors import ConfigError, DataError, ExperimentError
-from smoothcore.noise import is_quantised
 from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
 
-SEARCHES = ("random", "greedy", "gradient")
-NORMS = ("l1", "l2", "linf")
-CHUNK_ELEMENTS = 1 << 24  # at most this many noisy pixel values are held at once per evaluation
-CACHE_ENTRIES = 1 << 18  # classes of noisy draws remembered per image
 EXACT_STATEMENT = (
     "exact noise: a violation is a perturbation on the 1/{grid} grid, kept in [0, 1]^d, with "
     "||delta||_1 <= radius, whose counts over every draw, recomputed from scratch, predict "
@@ -94,49 +86,6 @@ MC_STATEMENT = (
     "{alpha:g} / ({classes} * {tests}); if no audited prediction is broken, the chance that any "
     "violation is reported is at most alpha = {alpha:g}"
 )
-
-
-# -- configuration and results -------------------------------------------------------------------------------
-@dataclass
-class AuditConfig:
-    """How hard to search.
-
-    ``budget``: base-classifier evaluations per image and search inside the radius (1.5 times as many beyond
-    it, and as many to shrink the smallest flip). ``grid``: perturbations are multiples of ``1 / grid`` per
-    pixel. ``pool``: pixels the greedy search tries per step. ``grad_draws``: draws behind each gradient.
-    Monte-Carlo: ``n_search`` draws for the search's estimates, ``n_test`` fresh draws per test, ``alpha`` the
-    family-wise level of the tests.
-    """
-
-    searches: tuple[str, ...] = SEARCHES
-    budget: int = 300
-    tightness: bool = True
-    seed: int = 0
-    grid: int = 255
-    pool: int = 12
-    grad_draws: int = 16
-    n_search: int = 128
-    n_test: int = 1000
-    alpha: float = 0.01
-
-    def check(self) -> AuditConfig:
-        searches = tuple(self.searches)
-        unknown = [s for s in searches if s not in SEARCHES]
-        if not searches or unknown:
-            raise ConfigError(
-                f"searches must be a non-empty subset of {', '.join(SEARCHES)}, "
-                f"got {', '.join(searches) or '(none)'}"
-            )
-        for name in ("budget", "grid", "pool", "grad_draws", "n_search", "n_test"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"audit {name} must be a positive integer, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ConfigError(f"audit seed must be an integer in [0, 2**63), got {self.seed!r}")
-        if not 0.0 < float(self.alpha) < 0.5:
-            raise ConfigError(f"audit alpha must be in (0, 0.5), got {self.alpha!r}")
-        self.searches = tuple(dict.fromkeys(searches))
-        return self
 
 
 @dataclass
@@ -215,339 +164,6 @@ class AuditReport:
         }
 
 
-# -- helpers -------------------------------------------------------------------------------------------------
-def norm_of(delta: torch.Tensor, norm: str, grid: int) -> float:
-    """Norm of a perturbation given in grid steps."""
-    d = delta.double().abs() / grid
-    if norm == "l1":
-        return float(d.sum())
-    if norm == "l2":
-        return float(d.pow(2).sum().sqrt())
-    if norm == "linf":
-        return float(d.max()) if d.numel() else 0.0
-    raise ConfigError(f"the audit knows the norms {', '.join(NORMS)}, not {norm!r}")
-
-
-def steps_within(radius: float, grid: int, *, inclusive: bool) -> int:
-    """The largest L1 norm, in grid steps, inside ``radius``: ``<= radius`` when ``inclusive``, else
-    ``< radius``."""
-    if not math.isfinite(radius) or radius <= 0:
-        return 0
-    v = radius * grid
-    return max(0, math.floor(v + 1e-6) if inclusive else math.ceil(v - 1e-6) - 1)
-
-
-def _generator(device: torch.device, *keys: int) -> torch.Generator:
-    state = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2, np.uint32)
-    g = torch.Generator(device=device)
-    g.manual_seed((int(state[0]) << 31) ^ int(state[1]))
-    return g
-
-
-def margin_of(counts: torch.Tensor, top: int) -> torch.Tensor:
-    """``c_A - max_{j != A} (c_j + [j < A])`` per row of ``counts`` ``(m, C)``: ``A`` stays the prediction
-    (argmax, ties to the lowest index) exactly when this is >= 0."""
-    counts = counts.long()
-    rivals = counts + (torch.arange(counts.shape[1], device=counts.device) < top).long()
-    rivals[:, top] = torch.iinfo(torch.long).min
-    return counts[:, top] - rivals.max(dim=1).values
-
-
-# -- evaluating candidates -----------------------------------------------------------------------------------
-class _Oracle:
-    """Margins of grid perturbations of one image on a fixed set of draws (all of them for exact noises,
-    ``n_search`` common random numbers otherwise), re-evaluating only the draws a perturbation changes."""
-
-    def __init__(
-        self, smoothed: SmoothedClassifier, x: torch.Tensor, top: int, cfg: AuditConfig, index: int
-    ) -> None:
-        self.noise, self.engine, self.cfg, self.top = smoothed.noise, smoothed.engine, cfg, top
-        self.device = self.engine.device
-        self.shape = tuple(x.shape[1:])
-        self.x = x.to(self.device)
-        self.d = x[0].numel()
-        self.grid = cfg.grid
-        self.index = index
-        self.exact = bool(self.noise.exact)
-        self.num = self.noise.num_draws if self.exact else cfg.n_search
-        self.search_keys = (cfg.seed, index, 1)
-        flat = x.detach().cpu().double().reshape(-1)
-        self.on_grid = is_quantised(x, self.grid)
-        if self.on_grid:
-            self.x_steps = (flat * self.grid).round().long()
-            self.up, self.down = self.grid - self.x_steps, self.x_steps.clone()
-        else:
-            self.x_steps = None
-            self.up = torch.floor((1.0 - flat) * self.grid + 1e-9).long().clamp(min=0)
-            self.down = torch.floor(flat * self.grid + 1e-9).long().clamp(min=0)
-        self.spent = 0  # the budget's unit: forward passes, plus one per candidate evaluated
-        self.forward = 0  # forward passes of the base classifier (a gradient over n draws counts 3 n)
-        self.cache: dict[tuple[int, bytes], int] = {}
-        self.base = self._draws(self.x)[0]
-        self.base_classes = self._classify(self.base)
-        self.base_counts = torch.bincount(self.base_classes, minlength=self.engine.num_classes).unsqueeze(0)
-
-    # the images and their draws
-    def images(self, deltas: torch.Tensor) -> torch.Tensor:
-        deltas = deltas.to(self.device)
-        if self.x_steps is not None:  # the dataset's own arithmetic: integer grey levels divided by the grid
-            out = (self.x_steps.to(self.device) + deltas).to(self.x.dtype) / self.grid
-        else:
-            out = (self.x.reshape(1, -1).double() + deltas.double() / self.grid).clamp(0.0, 1.0)
-            out = out.to(self.x.dtype)
-        return out.reshape(len(deltas), *self.shape)
-
-    def _draws(self, xs: torch.Tensor) -> torch.Tensor:
-        if self.exact:
-            return self.noise.draws(xs, 0, self.num)
-        out = []
-        for img in xs:
-            g = _generator(self.device, *self.search_keys)
-            out.append(self.noise.sample(img.unsqueeze(0).expand(self.num, *self.shape), g))
-        return torch.stack(out)
-
-    def _classify(self, batch: torch.Tensor) -> torch.Tensor:
-        step = self.engine.max_batch
-        parts = [self.engine.classify(batch[i : i + step]) for i in range(0, len(batch), step)]
-        if parts:  # NaN logits would read as class 0: no verdict either way
-            self.engine.finish_checks(self.noise)
-        self.spent += len(batch)
-        self.forward += len(batch)
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=self.device)
-
-    def counts(self, deltas: torch.Tensor) -> torch.Tensor:
-        """Counts ``(m, C)`` of the candidates ``deltas`` ``(m, d)`` (grid steps) on the oracle's draws."""
-        rows = max(1, CHUNK_ELEMENTS // max(1, self.num * self.d))
-        out = []
-        for i in range(0, len(deltas), rows):
-            draws = self._draws(self.images(deltas[i : i + rows]))
-            changed = (draws != self.base.unsqueeze(0)).flatten(2).any(dim=2)
-            classes = self.base_classes.unsqueeze(0).expand(len(draws), -1).clone()
-            self.spent += len(draws)  # a candidate costs at least one unit, even if all its draws are known
-            if bool(changed.any()):
-                classes[changed] = self._classify_cached(draws[changed], changed.nonzero()[:, 1])
-            counts = torch.zeros(len(draws), self.engine.num_classes, dtype=torch.long, device=self.device)
-            out.append(counts.scatter_add_(1, classes, torch.ones_like(classes)))
-        return torch.cat(out).cpu()
-
-    def _classify_cached(self, noisy: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
-        """Classes of changed draws; a noisy image already classified (same draw, same bytes) is not evaluated
-        again, so overlapping candidates (bisection, steps of one pixel) cost only their new draws."""
-        host = noisy.detach().reshape(len(noisy), -1).cpu().numpy()
-        keys = [
-            (int(k), hashlib.blake2b(row.tobytes(), digest_size=16).digest())
-            for k, row in zip(draw.tolist(), host)
-        ]
-        missing = [j for j, key in enumerate(keys) if key not in self.cache]
-        if missing:
-            new = self._classify(noisy[torch.tensor(missing, device=noisy.device)]).tolist()
-            if len(self.cache) + len(missing) > CACHE_ENTRIES:
-                self.cache.clear()
-            self.cache.update({keys[j]: c for j, c in zip(missing, new)})
-        return torch.tensor([self.cache[key] for key in keys], dtype=torch.long, device=self.device)
-
-    def cost(self, step: int) -> int:
-        """Most draws a single-pixel move of ``step`` grid steps can change (an upper estimate of its
-        cost)."""
-        return min(self.num, max(1, step)) if self.exact else self.num
-
-    def margins(self, deltas: torch.Tensor) -> torch.Tensor:
-        return margin_of(self.counts(deltas), self.top)
-
-    def gradient(self, delta: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Gradient (d,) of the surrogate margin at ``x + delta``, through the noise as the identity."""
-        k = min(self.cfg.grad_draws, self.num)
-        xs = self.images(delta.unsqueeze(0))
-        with torch.no_grad():
-            if self.exact:  # a random block of k consecutive draws
-                start = int(rng.integers(0, self.num - k + 1))
-                draws = self.noise.draws(xs, start, start + k)[0]
-            else:
-                g = _generator(self.device, *self.search_keys, int(rng.integers(1 << 30)))
-                draws = self.noise.sample(xs.expand(k, *self.shape), g)
-        xv = xs.detach().clone().requires_grad_(True)
-        model = self.engine.model
-        with torch.enable_grad(), self.engine.evaluating():
-            logits = model(draws + (xv - xv.detach())).float()
-            others = torch.cat([logits[:, : self.top], logits[:, self.top + 1 :]], dim=1)
-            surrogate = (logits[:, self.top] - torch.logsumexp(others, dim=1)).mean()
-            (grad,) = torch.autograd.grad(surrogate, xv)
-        self.spent += 3 * k
-        self.forward += 3 * k
-        return grad.detach().reshape(-1).double().cpu()
-
-    # the box, given a current perturbation
-    def room(self, delta: torch.Tensor, sign: int) -> torch.Tensor:
-        return (self.up - delta) if sign > 0 else (self.down + delta)
-
-    def total_room(self) -> int:
-        return int(torch.maximum(self.up, self.down).sum())
-
-
-# -- the searches --------------------------------------------------------------------------------------------
-@dataclass
-class _Found:
-    """What one search found: its lowest-margin candidate and any flipping ones (margin < 0)."""
-
-    best: torch.Tensor
-    best_margin: int
-    flips: list[torch.Tensor] = field(default_factory=list)
-
-    def add(self, deltas: torch.Tensor, margins: torch.Tensor) -> bool:
-        j = int(margins.argmin())
-        if int(margins[j]) < self.best_margin:
-            self.best, self.best_margin = deltas[j].clone(), int(margins[j])
-        for i in torch.nonzero(margins < 0).flatten().tolist():
-            self.flips.append(deltas[i].clone())
-        return bool((margins < 0).any())
-
-    def smallest_flip(self) -> torch.Tensor | None:
-        return min(self.flips, key=lambda t: int(t.abs().sum())) if self.flips else None
-
-
-def _random_search(oracle: _Oracle, cap: int, budget: int, rng: np.random.Generator, found: _Found) -> None:
-    """Sparse random perturbations of L1 norm ``cap`` (less where the box clips them), up to 8 per round."""
-    stop = oracle.spent + budget
-    up, down, d = oracle.up.numpy(), oracle.down.numpy(), oracle.d
-    while oracle.spent < stop:
-        rows = int(np.clip((stop - oracle.spent) // oracle.cost(cap), 1, 8))
-        deltas = torch.zeros(rows, d, dtype=torch.long)
-        for row in deltas:
-            k_max = max(1, min(d, cap))
-            k = int(np.clip(round(2 ** rng.uniform(0, math.log2(k_max))), 1, k_max))
-            pix = rng.choice(d, size=k, replace=False)
-            sign = rng.choice([-1, 1], size=k)
-            room, other = np.where(sign > 0, up[pix], down[pix]), np.where(sign > 0, down[pix], up[pix])
-            swap = (room == 0) & (other > 0)
-            sign, room = np.where(swap, -sign, sign), np.where(swap, other, room)
-            amounts = np.minimum(rng.multinomial(cap, rng.dirichlet(np.ones(k))), room)
-            row[torch.from_numpy(pix)] = torch.from_numpy(sign * amounts).long()
-        if found.add(deltas, oracle.margins(deltas)):
-            return
-
-
-def _pool(oracle: _Oracle, delta: torch.Tensor, rng: np.random.Generator) -> list[int]:
-    """Pixels the greedy search tries: all of them for small images, else the largest surrogate gradients and
-    a few random ones."""
-    size = oracle.cfg.pool
-    if oracle.d <= size:
-        return list(range(oracle.d))
-    g = oracle.gradient(delta, rng).abs()
-    top = torch.argsort(g, descending=True)[: max(1, size - size // 4)].tolist()
-    rest = [int(i) for i in rng.choice(oracle.d, size=size, replace=False) if int(i) not in top]
-    return top + rest[: size - len(top)]
-
-
-def _greedy_search(oracle: _Oracle, cap: int, budget: int, rng: np.random.Generator, found: _Found) -> None:
-    """Repeatedly take the single-pixel step (of the remaining budget or a quarter of it) with the largest
-    margin reduction per grid step, until a flip, the L1 cap, the evaluation budget, or no step helps. Each
-    round tries the pool's pixels in order while the estimated cost fits the budget (at least one pixel)."""
-    stop = oracle.spent + budget
-    delta = torch.zeros(oracle.d, dtype=torch.long)
-    margin, used = int(oracle.margins(delta.unsqueeze(0))[0]), 0
-    found.add(delta.unsqueeze(0), torch.tensor([margin]))
-    while used < cap and oracle.spent < stop and margin >= 0:
-        rem = cap - used
-        sizes = sorted({rem, max(1, -(-rem // 4))})
-        cands, cost, planned = [], [], 0
-        for i in _pool(oracle, delta, rng):
-            if len(cands) >= 2 and planned >= stop - oracle.spent:
-                break
-            for sign in (1, -1):
-                room = int(oracle.room(delta, sign)[i])
-                for s in sorted({min(size, room) for size in sizes if room > 0}):
-                    c = delta.clone()
-                    c[i] += sign * s
-                    cands.append(c)
-                    cost.append(s)
-                    planned += oracle.cost(s)
-        if not cands:
-            return
-        deltas = torch.stack(cands)
-        margins = oracle.margins(deltas)
-        if found.add(deltas, margins):
-            return
-        steps = torch.tensor(cost, dtype=torch.float64)
-        gain = (margin - margins).double() / steps
-        j = int(torch.argmax(gain + 1e-9 * steps))
-        if gain[j] <= 0:
-            return
-        delta, margin, used = deltas[j], int(margins[j]), used + cost[j]
-
-
-def _fill(
-    delta: torch.Tensor, order: Sequence[int], signs: torch.Tensor, rooms: torch.Tensor, amount: int
-) -> torch.Tensor:
-    """``delta`` plus ``amount`` grid steps spread along ``order``, each pixel as far as its room allows."""
-    out = delta.clone()
-    for i in order:
-        if amount <= 0:
-            break
-        s = min(amount, int(rooms[i]))
-        out[i] += int(signs[i]) * s
-        amount -= s
-    return out
-
-
-def _gradient_search(oracle: _Oracle, cap: int, budget: int, rng: np.random.Generator, found: _Found) -> None:
-    """L1 steepest descent on the surrogate: each round tries the remaining budget spread over the pixels with
-    the largest gradients (the linear model's best move) and a quarter-step on them, then keeps the step."""
-    stop = oracle.spent + budget
-    delta = torch.zeros(oracle.d, dtype=torch.long)
-    used = 0
-    while used < cap and oracle.spent < stop:
-        g = oracle.gradient(delta, rng)
-        signs = torch.where(g > 0, -1, 1).long()  # lower the surrogate margin
-        rooms = torch.where(signs > 0, oracle.room(delta, 1), oracle.room(delta, -1))
-        score = torch.where(rooms > 0, g.abs(), torch.full_like(g, -1.0))
-        order = [i for i in torch.argsort(score, descending=True).tolist() if score[i] > 0]
-        if not order:
-            return
-        rem = cap - used
-        step = max(1, -(-rem // 4))
-        deltas = torch.stack([_fill(delta, order, signs, rooms, amount) for amount in (rem, step)])
-        if found.add(deltas, oracle.margins(deltas)):
-            return
-        delta, used = deltas[1], used + int((deltas[1] - delta).abs().sum())
-
-
-SEARCH_FUNCTIONS: dict[str, Callable[[_Oracle, int, int, np.random.Generator, _Found], None]] = {
-    "random": _random_search,
-    "greedy": _greedy_search,
-    "gradient": _gradient_search,
-}
-
-
-def _shrink(oracle: _Oracle, delta: torch.Tensor, budget: int) -> torch.Tensor:
-    """A flipping perturbation no larger than ``delta`` (which flips on the oracle's draws): bisection on a
-    common scale factor, then dropping pixels one at a time while it still flips."""
-    stop = oracle.spent + budget
-    best = delta.clone()
-
-    def flips(c: torch.Tensor) -> bool:
-        return int(oracle.margins(c.unsqueeze(0))[0]) < 0
-
-    def scaled(t: float) -> torch.Tensor:
-        return torch.trunc(best.double() * t).long()
-
-    lo, hi = 0.0, 1.0
-    while (hi - lo) * float(best.abs().sum()) > 0.5 and oracle.spent < stop:
-        mid = (lo + hi) / 2
-        if flips(scaled(mid)):
-            hi = mid
-        else:
-            lo = mid
-    best = scaled(hi) if hi < 1.0 else best
-    for i in sorted(torch.nonzero(best).flatten().tolist(), key=lambda j: abs(int(best[j])))[:32]:
-        if oracle.spent >= stop:
-            break
-        c = best.clone()
-        c[i] = 0
-        if int(c.abs().sum()) and flips(c):
-            best = c
-    return best
-
-
 # -- one image -----------------------------------------------------------------------------------------------
 class _ImageAuditor:
     def __init__(
@@ -559,7 +175,7 @@ class _ImageAuditor:
         tests_total: int,
     ) -> None:
         self.smoothed, self.claim, self.cfg, self.tests_total = smoothed, claim, cfg, tests_total
-        self.oracle = _Oracle(smoothed, x, claim.prediction, cfg, claim.index)
+        self.oracle = Oracle(smoothed, x, claim.prediction, cfg, claim.index)
         self.exact = self.oracle.exact
         self.tests_done = 0
 
@@ -632,7 +248,7 @@ class _ImageAuditor:
         for s, name in enumerate(cfg.searches):
             if claim.violation:
                 break
-            found = _Found(zero.clone(), int(margin_of(oracle.base_counts.cpu(), claim.prediction)[0]))
+            found = Found(zero.clone(), int(margin_of(oracle.base_counts.cpu(), claim.prediction)[0]))
             if claim.steps > 0:
                 SEARCH_FUNCTIONS[name](oracle, claim.steps, cfg.budget, self.rng(10 + s), found)
             claim.margins[name] = found.best_margin / oracle.num
@@ -678,7 +294,7 @@ class _ImageAuditor:
                 (room, "gradient" if "gradient" in cfg.searches else closest, cfg.budget),
             ]
             for j, (cap, name, share) in enumerate(phases):
-                found = _Found(torch.zeros(oracle.d, dtype=torch.long), 1 << 62)
+                found = Found(torch.zeros(oracle.d, dtype=torch.long), 1 << 62)
                 SEARCH_FUNCTIONS[name](oracle, cap, max(1, share), self.rng(20 + j), found)
                 flip = found.smallest_flip()
                 if flip is not None:
@@ -687,7 +303,7 @@ class _ImageAuditor:
         if not candidates:
             return
         delta, name = min(candidates, key=lambda c: int(c[0].abs().sum()))
-        shrunk = _shrink(oracle, delta, max(cfg.budget, 6 * oracle.cost(1)))
+        shrunk = shrink(oracle, delta, max(cfg.budget, 6 * oracle.cost(1)))
         # the bisection stops at the edge on the search's draws, where a test on fresh draws cannot reject
         # (Monte-Carlo), so the shrunk perturbation scaled up by 5% to 50% is tried before the original flip
         grown = [
@@ -812,33 +428,6 @@ class ExperimentAudit:
     certificate: str
 
 
-def result_tags(run_dir: str | Path) -> list[str]:
-    return sorted(p.name[len("certify_") : -len(".csv")] for p in Path(run_dir).glob("certify_*.csv"))
-
-
-def choose_tag(run_dir: str | Path, tag: str | None) -> str:
-    """``tag`` if given (checked), else the folder's only result table."""
-    from smoothcore.experiment import Experiment
-
-    Experiment(run_dir).config()  # an experiment folder, or a clear error
-    tags = result_tags(run_dir)
-    if tag is not None:
-        if tag not in tags:
-            raise ExperimentError(
-                f"{run_dir} has no result table certify_{tag}.csv; tables: {', '.join(tags) or '(none)'}"
-            )
-        return tag
-    if not tags:
-        raise ExperimentError(
-            f"{run_dir} has no result tables to audit", hint="certify it first: smoothcore certify RUN_DIR"
-        )
-    if len(tags) > 1:
-        raise ConfigError(
-            f"{run_dir} has several result tables ({', '.join(tags)}); which one?", hint="give --tag"
-        )
-    return tags[0]
-
-
 def audit_experiment(
     run_dir: str | Path,
     *,
@@ -852,43 +441,29 @@ def audit_experiment(
     trust_checkpoint: bool = False,
 ) -> ExperimentAudit:
     """Audit the first ``limit`` certified (non-abstaining) images of ``certify_<tag>.csv`` in ``run_dir``:
-    the classifier, denoiser and noise are loaded as certification loaded them
-    (:func:`smoothcore.runner.plan`), the claims are the table's predictions and radii. Writes
-    ``audit_<tag>.csv`` (one row per image) and ``audit_<tag>.json`` (configuration, statement, summary) into
-    the folder. ``trust_checkpoint``: as for certification, allow legacy pickled checkpoints."""
-    from smoothcore.data import fetch, get_dataset
-    from smoothcore.fileio import atomic_write, atomic_write_json, read_json
+    the classifier, denoiser and noise are those the certification used (:func:`smoothcore.runner.reopen`), the
+    claims are the table's predictions and radii. Writes ``audit_<tag>.csv`` (one row per image) and
+    ``audit_<tag>.json`` (configuration, statement, summary) into the folder. ``trust_checkpoint``: as for
+    certification, allow legacy pickled checkpoints."""
+    from smoothcore.data import fetch
+    from smoothcore.fileio import atomic_write, atomic_write_json
     from smoothcore.results import load_results
-    from smoothcore.runner import load_test_set, plan
+    from smoothcore.runner import reopen
 
     cfg = (config or AuditConfig()).check()
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer, got {limit!r}")
-    tag = choose_tag(run_dir, tag)
-    table_path = Path(run_dir) / f"certify_{tag}.csv"
-    meta_path = table_path.with_suffix(".json")
-    if not meta_path.is_file():
-        raise ExperimentError(
-            f"{table_path.name} has no parameters file {meta_path.name}; cannot rebuild its noise"
-        )
-    from smoothcore.report import check_meta
-
-    meta = check_meta(read_json(meta_path), meta_path)
-    try:
-        cfg_certify = _certify_config(meta, tag, data_dir, device, max_batch)
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise ExperimentError(f"certify_{tag}.json is damaged ({exc})") from None
-    cfg_certify.trust_checkpoint = trust_checkpoint
-    run = plan(run_dir, cfg_certify)
-    _check_same_run(run, meta, table_path)
-    table = load_results(table_path)
+    run = reopen(
+        run_dir, tag, data_dir=data_dir, device=device, max_batch=max_batch, trust_checkpoint=trust_checkpoint
+    )
+    table = load_results(run.table)
     rows = table[(table["prediction"] != ABSTAIN) & np.isfinite(table["radius"].to_numpy(dtype=float))]
     if not len(rows):
-        raise ExperimentError(f"{table_path.name} has no certified (non-abstaining) images to audit")
+        raise ExperimentError(f"{run.table.name} has no certified (non-abstaining) images to audit")
     rows = rows.head(limit) if limit is not None else rows
     indices = [int(i) for i in rows["index"]]
-    x, _ = fetch(load_test_set(get_dataset(run.dataset), run.cfg.data_dir), indices)
-    certificate = str(meta.get("certificate", ""))
+    x, _ = fetch(run.test_set, indices)
+    certificate = str(run.record.certificate)
     report = audit_claims(
         run.smoothed,
         x,
@@ -901,79 +476,16 @@ def audit_experiment(
         config=cfg,
         on_image=on_image,
     )
-    output = Path(run_dir) / f"audit_{tag}.csv"
+    output = run.exp.path / f"audit_{run.tag}.csv"
     frame = report.frame()
     atomic_write(output, lambda f: frame.to_csv(f, index=False), mode="w")
     atomic_write_json(
         output.with_suffix(".json"),
         {
-            "table": table_path.name,
+            "table": run.table.name,
             "statement": report.statement,
             "config": asdict(cfg),
             "summary": report.summary(),
         },
     )
-    return ExperimentAudit(report, tag, table_path, output, run.smoothed.noise.name, certificate)
-
-
-def _certify_config(meta: dict[str, Any], tag: str, data_dir: str | None, device: str, max_batch: int) -> Any:
-    """The certification's configuration, rebuilt from its parameters file."""
-    params = dict(meta.get("noise") or {})
-    if "name" not in params:
-        raise ExperimentError(f"certify_{tag}.json does not record its noise")
-    # the half-width, when recorded, fixes a uniform-family noise exactly (DSSN's draw count depends on it)
-    lambd = params.get("lambda")
-    sigma = params.get("sigma") if lambd is None else None
-    from smoothcore.runner import CertifyConfig
-
-    seed = int(params.get("seed", 0) or 0)
-    return CertifyConfig(
-        noise=params["name"],
-        sigma=sigma,
-        lambd=lambd,
-        noise_seed=seed,
-        noise_params=dict(meta.get("noise_params") or {}),
-        certificate=meta.get("certificate"),
-        dataset=meta.get("dataset"),
-        denoiser=meta.get("denoiser"),
-        data_dir=data_dir,
-        device=device,
-        max_batch=max_batch,
-        tag=tag,
-    )
-
-
-def _check_same_run(run: Any, meta: dict[str, Any], table: Path) -> None:
-    """Refuse to audit a table against a classifier or noise other than the ones that produced it."""
-    if meta.get("classifier_sha256") and meta["classifier_sha256"] != run.meta["classifier_sha256"]:
-        raise ExperimentError(
-            f"the classifier changed since {table.name} was certified (checksum differs)",
-            hint="certify again, then audit",
-        )
-    old_data, new_data = meta.get("test_fingerprint"), run.meta.get("test_fingerprint")
-    if old_data and new_data and old_data != new_data:
-        raise ExperimentError(
-            f"the test data differs from the data {table.name} was certified on (fingerprint differs)",
-            hint="point --data-dir at the dataset the table was certified on",
-        )
-    recorded = json.loads(json.dumps(meta.get("noise") or {}))
-    current = json.loads(json.dumps(run.smoothed.noise.params()))
-    if not _same_params(recorded, current):
-        raise ExperimentError(
-            f"{table.name} was certified with noise {recorded}, which rebuilds as {current}"
-        )
-
-
-def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Equal keys and values, floats up to rounding (sigma and lambda are derived from each other)."""
-    if a.keys() != b.keys():
-        return False
-    for key, u in a.items():
-        v = b[key]
-        numbers = isinstance(u, (int, float)) and isinstance(v, (int, float))
-        if isinstance(u, float) or isinstance(v, float):
-            if not (numbers and math.isclose(u, v, rel_tol=1e-12)):
-                return False
-        elif u != v:
-            return False
-    return True
+    return ExperimentAudit(report, run.tag, run.table, output, run.smoothed.noise.name, certificate)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -69,3 +70,13 @@ def check_params(what: str, params: Any, reserved: tuple[str, ...] = ()) -> None
         values = value if isinstance(value, list) else [value]
         if not all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
             raise ConfigError(f"{what}: {key} = {value!r} is not a number, flag, text or list of them")
+
+
+def split_list(text: str, cast: Callable[[str], Any] = str, what: str = "the list") -> list:
+    """``"a, b,c"`` as ``[cast("a"), cast("b"), cast("c")]``: the comma lists of the command line and of recipes
+    (spaces and empty items are dropped)."""
+    try:
+        return [cast(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        kind = {int: "integers", float: "numbers"}.get(cast, "values")
+        raise ConfigError(f"{what} must be comma-separated {kind}, got {text!r}") from None

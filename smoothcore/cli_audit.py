@@ -1,4 +1,5 @@
-"""The ``smoothcore audit`` command: thin over :func:`smoothcore.audit.audit_experiment`."""
+"""``smoothcore audit``: thin over :func:`smoothcore.audit.audit_experiment`; option defaults are
+:class:`~smoothcore.audit.AuditConfig`'s (and the budget of a forward pass :class:`~smoothcore.runner.CertifyConfig`'s)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import math
 import sys
 
 import click
+from rich.table import Table
 
-
-def _searches(text: str) -> tuple[str, ...]:
-    return tuple(s for s in text.replace(" ", "").split(",") if s)
+from smoothcore.audit_search import AuditConfig
+from smoothcore.cli_params import CommaList, default, device_option, option
+from smoothcore.cli_render import console, err_console, progress_bar
+from smoothcore.planning import CertifyConfig
 
 
 @click.command("audit")
@@ -22,45 +25,36 @@ def _searches(text: str) -> tuple[str, ...]:
 )
 @click.option(
     "--searches",
-    default="random,greedy,gradient",
+    type=CommaList(str, "searches"),
+    default=",".join(default(AuditConfig, "searches")),
     show_default=True,
     help="Comma-separated searches: random, greedy (count gain), gradient (soft-margin surrogate).",
 )
-@click.option(
+@option(
+    AuditConfig,
+    "budget",
     "--budget",
     type=int,
-    default=300,
-    show_default=True,
     help="Base-classifier evaluations per image and search (the search beyond the radius: 1.5x).",
 )
 @click.option("--no-tightness", is_flag=True, help="Skip the search beyond the radius for the smallest flip.")
-@click.option(
-    "--n-search",
-    type=int,
-    default=128,
-    show_default=True,
-    help="Monte-Carlo: draws behind the search's estimates.",
+@option(
+    AuditConfig, "n_search", "--n-search", type=int, help="Monte-Carlo: draws behind the search's estimates."
 )
-@click.option(
-    "--n-test", type=int, default=1000, show_default=True, help="Monte-Carlo: fresh draws per violation test."
-)
-@click.option(
+@option(AuditConfig, "n_test", "--n-test", type=int, help="Monte-Carlo: fresh draws per violation test.")
+@option(
+    AuditConfig,
+    "alpha",
     "--alpha",
     type=float,
-    default=0.01,
-    show_default=True,
     help="Monte-Carlo: probability that the audit reports any violation of sound certificates.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the searches and tests.")
+@option(AuditConfig, "seed", "--seed", type=int, help="Seed of the searches and tests.")
 @click.option(
     "--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places)."
 )
-@click.option(
-    "--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda when available)."
-)
-@click.option(
-    "--max-batch", type=int, default=1024, show_default=True, help="Most noisy images per forward pass."
-)
+@device_option(CertifyConfig)
+@option(CertifyConfig, "max_batch", "--max-batch", type=int, help="Most noisy images per forward pass.")
 @click.option(
     "--trust-checkpoint", is_flag=True, help="Allow loading legacy pickled checkpoints (can run code)."
 )
@@ -68,7 +62,7 @@ def audit_cmd(
     run_dir: str,
     tag: str | None,
     limit: int,
-    searches: str,
+    searches: list[str],
     budget: int,
     no_tightness: bool,
     n_search: int,
@@ -83,13 +77,10 @@ def audit_cmd(
     """Search for perturbations inside the certified radii of RUN_DIR's result table that change the smoothed
     prediction, and measure how tight the radii are. Writes audit_<tag>.csv (one row per image) and
     audit_<tag>.json into RUN_DIR. Exits with status 1 when a violation is found."""
-    from rich.table import Table
-
-    from smoothcore.audit import AuditConfig, audit_experiment
-    from smoothcore.cli import _console, progress_bar
+    from smoothcore.audit import audit_experiment
 
     cfg = AuditConfig(
-        searches=_searches(searches),
+        searches=tuple(searches),
         budget=budget,
         tightness=not no_tightness,
         seed=seed,
@@ -97,7 +88,6 @@ def audit_cmd(
         n_test=n_test,
         alpha=alpha,
     ).check()
-    err = _console(stderr=True)
     with progress_bar() as bar:
         task = bar.add_task("audit", total=limit)
         result = audit_experiment(
@@ -129,7 +119,7 @@ def audit_cmd(
     ]
     for row in rows:
         table.add_row(*row)
-    out = _console()
+    out = console()
     out.print(table)
     out.print(
         "tightness = radius / smallest flipping perturbation found (a lower bound on the true ratio; "
@@ -145,7 +135,7 @@ def audit_cmd(
             highlight=False,
             soft_wrap=True,
         )
-    err.print(f"wrote {result.output}", highlight=False)
+    err_console.print(f"wrote {result.output}", highlight=False)
     if report.violations:
         sys.exit(1)
 

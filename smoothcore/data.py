@@ -53,8 +53,7 @@ class DatasetSource:
     """A dataset as a plugin registers it.
 
     ``loader(split, data_dir)`` returns a Dataset of ``(image float [0, 1] (C, H, W), label)``; ``augment(batch,
-    generator)`` is the training augmentation on a batch on its device (None: none). ``quantised``: whether its
-    images are on the 1/255 grid (informational: DSSN checks every image it certifies itself).
+    generator)`` is the training augmentation on a batch on its device (None: none).
     """
 
     name: str
@@ -64,7 +63,6 @@ class DatasetSource:
     std: tuple[float, ...]
     loader: Callable[[str, Path | None], Dataset]
     augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None
-    quantised: bool = True
     description: str = ""
     info: dict[str, Any] = field(default_factory=dict)
 

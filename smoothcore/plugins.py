@@ -32,7 +32,6 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "smoothcore_plugins.classifiers",
     "smoothcore_plugins.datasets",
     "smoothcore_plugins.denoising",
-    "smoothcore_plugins.downloads",
 )
 
 KINDS: dict[str, str] = {

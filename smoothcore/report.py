@@ -18,8 +18,9 @@ import pandas as pd
 
 from smoothcore.checks import check_radii
 from smoothcore.errors import ConfigError, DataError
-from smoothcore.fileio import check_fields, read_json
+from smoothcore.fileio import read_json
 from smoothcore.results import read_valid
+from smoothcore.run_record import Certification
 
 PAPER_RADII = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 ENVELOPE = "envelope (best run)"
@@ -27,14 +28,15 @@ ENVELOPE = "envelope (best run)"
 
 @dataclass
 class Run:
-    """One certification: per-image arrays and what produced them."""
+    """One certification: per-image arrays and what produced them (``certification``: its record, empty for
+    results in the reference layout)."""
 
     name: str
     label: np.ndarray
     prediction: np.ndarray
     radius: np.ndarray
     norm: str = "l1"
-    meta: dict[str, Any] = field(default_factory=dict)
+    certification: Certification = field(default_factory=Certification)
     index: np.ndarray | None = None
     manifest: dict[str, Any] = field(default_factory=dict)  # of the experiment folder holding the table
     problems: list[str] = field(default_factory=list)  # what was wrong with the table it was read from
@@ -74,6 +76,45 @@ class Run:
         return float(np.where(self.correct & (radius > 0), radius, 0.0).mean()) if len(radius) else 0.0
 
 
+def default_radii(run: Run) -> list[float]:
+    """Radii to show ``run`` at when none are asked for: steps of 0.1, 0.25 or 0.5 (by its largest radius) from 0
+    past its largest radius."""
+    top = float(np.nanmax(run.radius, initial=0.0)) if len(run.radius) else 0.0
+    step = 0.5 if top > 1.5 else 0.25 if top > 0.5 else 0.1
+    return [round(i * step, 4) for i in range(int(top / step) + 2)]
+
+
+@dataclass
+class CertifySummary:
+    """What a finished certification reports: its run, the radii to show it at (its early-decision radii, else
+    :func:`default_radii`), and the forward passes it spent against what full evaluation would have spent."""
+
+    run: Run
+    radii: list[float]
+    forward_passes: int
+    forward_passes_full: int
+
+    @property
+    def saved(self) -> float:
+        """The fraction of forward passes that early decisions saved."""
+        return 1 - self.forward_passes / max(self.forward_passes_full, 1)
+
+
+def certify_summary(tag: str, table: pd.DataFrame, certification: Certification) -> CertifySummary:
+    """The summary of the result table ``table`` that the certification ``certification`` wrote."""
+    run = Run(
+        tag,
+        table["label"].to_numpy(),
+        table["prediction"].to_numpy(),
+        table["radius"].to_numpy(dtype=float),
+        str(certification.norm),
+        certification,
+    )
+    full = int(certification.forward_passes_full_per_image or 0) * len(table)
+    radii = list(certification.radii) if certification.radii else default_radii(run)
+    return CertifySummary(run, radii, int(table["forward_passes"].sum()), full)
+
+
 def _array(values: Any, dtype, what: str) -> np.ndarray:
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
@@ -104,14 +145,13 @@ def _reference_run(folder: Path) -> Run:
         prediction = np.argmax(need("preds.npy"), axis=1)
     if not labels.shape == radius.shape == prediction.shape:
         raise DataError(f"{folder}: labels, predictions and radii have different lengths")
-    meta = {"layout": "reference", "num_images": int(len(labels))}
     return Run(
         folder.name,
         labels.astype(np.int64),
         prediction.astype(np.int64),
         radius.astype(np.float64),
         "l1",
-        meta,
+        Certification(num_images=int(len(labels))),
         np.arange(len(labels)),
     )
 
@@ -134,9 +174,9 @@ def _table_run(path: Path, name: str | None = None) -> Run:
     for col in ("label", "prediction", "radius"):
         if col not in table.columns:
             raise DataError(f"{path} is not a smoothcore result table (no {col} column)")
-    meta_path = path.with_suffix(".json")
-    meta = check_meta(read_json(meta_path), meta_path) if meta_path.exists() else {}
-    norm = str(table["norm"].iloc[0]) if "norm" in table.columns and len(table) else meta.get("norm", "l1")
+    record_path = path.with_suffix(".json")
+    record = Certification.read(record_path) if record_path.exists() else Certification()
+    norm = str(table["norm"].iloc[0]) if "norm" in table.columns and len(table) else record.norm or "l1"
     run_name = name or f"{path.parent.name}/{path.stem.removeprefix('certify_')}"
     manifest_path = path.parent / "manifest.json"
     manifest = read_json(manifest_path) if manifest_path.is_file() else {}
@@ -146,37 +186,11 @@ def _table_run(path: Path, name: str | None = None) -> Run:
         table["prediction"].to_numpy(np.int64),
         pd.to_numeric(table["radius"], errors="coerce").to_numpy(np.float64),
         norm,
-        meta,
+        record,
         table["index"].to_numpy(np.int64),
         manifest if isinstance(manifest, dict) else {},
         problems,
     )
-
-
-_META_TYPES: dict[str, tuple[type, ...]] = {
-    "dataset": (str,),
-    "test_fingerprint": (str,),
-    "classifier_sha256": (str,),
-    "denoiser_sha256": (str,),
-    "denoiser": (str,),
-    "certificate": (str,),
-    "finished": (str,),
-    "started": (str,),
-    "norm": (str,),
-    "layout": (str,),
-    "num_images": (int,),
-    "n": (int,),
-    "n0": (int,),
-    "alpha": (int, float),
-    "noise": (dict,),
-    "noise_params": (dict,),
-    "radii": (list,),
-}
-
-
-def check_meta(meta: Any, path: Path) -> dict[str, Any]:
-    """A result table's parameters file, its fields checked (see :func:`smoothcore.fileio.check_fields`)."""
-    return check_fields(meta, path, _META_TYPES, DataError)
 
 
 def load_runs(paths) -> list[Run]:
@@ -241,14 +255,14 @@ def _col(r: float) -> str:
 def comparability_warnings(runs: list[Run]) -> list[str]:
     """Differences between runs that make comparing them misleading (other data, other images, other models)."""
     out = []
-    datasets = {r.meta.get("dataset") for r in runs if r.meta.get("dataset")}
+    datasets = {r.certification.dataset for r in runs if r.certification.dataset}
     if len(datasets) > 1:
         out.append(f"the runs certify different datasets: {', '.join(sorted(datasets))}")
     for name in sorted(datasets):
         prints = {
-            r.meta.get("test_fingerprint")
+            r.certification.test_fingerprint
             for r in runs
-            if r.meta.get("dataset") == name and r.meta.get("test_fingerprint")
+            if r.certification.dataset == name and r.certification.test_fingerprint
         }
         if len(prints) > 1:
             out.append(
@@ -267,40 +281,36 @@ def comparability_warnings(runs: list[Run]) -> list[str]:
         )
     for r in runs:
         out += [f"{r.name}: {p}" for p in r.problems]
-        planned = r.meta.get("num_images")
-        if (
-            r.meta.get("noise", {}).get("name")
-            and r.meta.get("finished") is None
-            and r.meta.get("layout") != "reference"
-        ):
+        planned = r.certification.num_images
+        if (r.certification.noise or {}).get("name") and r.certification.finished is None:
             out.append(
                 f"{r.name} is unfinished ({len(r.label)} of {planned if planned is not None else '?'} images)"
             )
-        elif isinstance(planned, int) and r.meta.get("finished") and len(r.label) != planned:
+        elif isinstance(planned, int) and r.certification.finished and len(r.label) != planned:
             out.append(f"{r.name} holds {len(r.label)} images, but its certification planned {planned}")
     by_model = {}
     for r in runs:
-        if r.meta.get("classifier_sha256") and r.meta.get("noise"):
-            key = json.dumps(r.meta["noise"], sort_keys=True) + str(r.meta.get("certificate"))
-            by_model.setdefault(key, set()).add(r.meta["classifier_sha256"])
+        if r.certification.classifier_sha256 and r.certification.noise:
+            key = json.dumps(r.certification.noise, sort_keys=True) + str(r.certification.certificate)
+            by_model.setdefault(key, set()).add(r.certification.classifier_sha256)
     for key, shas in by_model.items():
         if len(shas) > 1:
             out.append(
                 f"runs with the same noise and certificate ({key}) used {len(shas)} different classifier checkpoints"
             )
     for r in runs:
-        current, used = r.manifest.get("checkpoint_sha256"), r.meta.get("classifier_sha256")
+        current, used = r.manifest.get("checkpoint_sha256"), r.certification.classifier_sha256
         if current and used and current != used:
             out.append(
                 f"{r.name} was certified with an earlier checkpoint: the experiment's classifier has changed since "
                 "(trained further or replaced); certify again to report the current model"
             )
     for r in runs:
-        early = r.meta.get("radii")
+        early = r.certification.radii
         if early:
             at_radii = (
                 "is exact (full enumeration's) at those radii"
-                if r.meta.get("certificate_kind") == "exact"
+                if r.certification.certificate_kind == "exact"
                 else "holds at level alpha (spent over the sequential looks) at those radii"
             )
             out.append(
@@ -311,13 +321,13 @@ def comparability_warnings(runs: list[Run]) -> list[str]:
     settings: dict[str, set[str]] = {}
     for r in runs:
         if (
-            r.meta.get("classifier_sha256")
-            and r.meta.get("noise")
-            and r.meta.get("n") is not None
-            and r.meta.get("certificate") != "exact"
+            r.certification.classifier_sha256
+            and r.certification.noise
+            and r.certification.n is not None
+            and r.certification.certificate != "exact"
         ):
-            key = json.dumps(r.meta["noise"], sort_keys=True) + r.meta["classifier_sha256"]
-            settings.setdefault(key, set()).add(f"n={r.meta.get('n')}, alpha={r.meta.get('alpha')}")
+            key = json.dumps(r.certification.noise, sort_keys=True) + r.certification.classifier_sha256
+            settings.setdefault(key, set()).add(f"n={r.certification.n}, alpha={r.certification.alpha}")
     for seen in settings.values():
         if len(seen) > 1:
             out.append(

@@ -58,12 +58,17 @@ def header_line(columns: tuple[str, ...]) -> str:
 
 def read_valid(path: str | Path) -> tuple[pd.DataFrame, int, int]:
     """The valid rows of a result file, the byte length of its valid prefix, and how many lines were discarded."""
-    path = Path(path)
+    columns, rows, good_end, discarded = _valid_rows(Path(path))
+    return _frame(columns, rows), good_end, discarded
+
+
+def _valid_rows(path: Path) -> tuple[list[str], list[str], int, int]:
+    """The columns of a result file, its valid rows (CSV text without the checksum), the byte length of its valid
+    prefix, and how many lines were discarded (a row that fails its checksum, and every row after it)."""
     raw = path.read_bytes()
-    good_end = 0
     lines = raw.split(b"\n")
     if not lines or not lines[0]:
-        return pd.DataFrame(columns=list(COLUMNS)), 0, 0
+        return list(COLUMNS), [], 0, 0
     header = lines[0].decode(errors="replace").split(",")
     if header[-1] != "crc":
         raise ExperimentError(f"{path} is not a smoothcore result table (no crc column)")
@@ -86,12 +91,17 @@ def read_valid(path: str | Path) -> tuple[pd.DataFrame, int, int]:
         else:
             discarded += 1
         offset = end
-    frame = (
-        pd.read_csv(io.StringIO(",".join(header[:-1]) + "\n" + "\n".join(rows)), keep_default_na=True)
-        if rows
-        else pd.DataFrame(columns=header[:-1])
-    )
-    return frame, good_end, discarded
+    return header[:-1], rows, good_end, discarded
+
+
+def _frame(columns: list[str], rows: list[str]) -> pd.DataFrame:
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    return pd.read_csv(io.StringIO(",".join(columns) + "\n" + "\n".join(rows)), keep_default_na=True)
+
+
+def _by_index(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values("index").reset_index(drop=True) if len(frame) else frame
 
 
 class ResultWriter:
@@ -104,13 +114,17 @@ class ResultWriter:
         self.columns = columns
         self.fsync_every = fsync_every
         self.discarded = 0
-        self.done = pd.DataFrame(columns=list(columns))
+        self._columns, self._rows = (
+            list(columns),
+            [],
+        )  # the table's valid rows: those kept, then those written
         if resume and self.path.exists():
-            self.done, good_end, self.discarded = read_valid(self.path)
+            self._columns, self._rows, good_end, self.discarded = _valid_rows(self.path)
             with open(self.path, "r+b") as f:
                 f.truncate(good_end)
         elif self.path.exists():
             self.path.unlink()
+        self.done = _frame(self._columns, self._rows)  # the rows kept from before
         new = not self.path.exists() or self.path.stat().st_size == 0
         self.file = open(self.path, "a", newline="")
         if new:
@@ -134,8 +148,10 @@ class ResultWriter:
         """Append ``row``; it reaches the disk (fsync) within ``fsync_every`` seconds, even if no other row follows
         (a background timer syncs what the next write would otherwise leave waiting)."""
         self._raise_background_error()
+        line = encode_row(row, self.columns)
         with self._lock:
-            self._write(encode_row(row, self.columns))
+            self._write(line)
+        self._rows.append(line[: line.rindex(",")])
         waited = time.monotonic() - self.last_sync
         if waited >= self.fsync_every:
             self.sync()
@@ -143,6 +159,15 @@ class ResultWriter:
             self._timer = threading.Timer(self.fsync_every - waited, self._background_sync)
             self._timer.daemon = True
             self._timer.start()
+
+    @property
+    def written(self) -> int:
+        """Rows written by this writer."""
+        return len(self._rows) - len(self.done)
+
+    def table(self) -> pd.DataFrame:
+        """The table's valid rows as :func:`load_results` would read them from the file, without reading it."""
+        return _by_index(_frame(self._columns, self._rows))
 
     def _background_sync(self) -> None:
         with self._lock:
@@ -215,4 +240,4 @@ def load_results(path: str | Path) -> pd.DataFrame:
         frame, _, _ = read_valid(path)
     except OSError as exc:
         raise DataError(f"could not read {path}: {exc.strerror or exc}") from None
-    return frame.sort_values("index").reset_index(drop=True) if len(frame) else frame
+    return _by_index(frame)

@@ -16,9 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from smoothcore.checks import split_list
 from smoothcore.errors import ConfigError, ExperimentError
 from smoothcore.experiment import Experiment, config_diff
 from smoothcore.fileio import read_json
+from smoothcore.run_record import Certification
 
 PAPER_SIGMAS = (0.15, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5)
 
@@ -166,10 +170,7 @@ def _radii_option(certify: dict[str, Any]) -> dict[str, Any]:
     if isinstance(radii, (int, float)) and not isinstance(radii, bool):
         return {"radii": [radii]}
     if isinstance(radii, str):
-        try:
-            return {"radii": [float(r) for r in radii.replace(" ", "").split(",") if r]}
-        except ValueError:
-            raise ConfigError(f"radii must be comma-separated numbers, got {radii!r}") from None
+        return {"radii": split_list(radii, float, "radii")}
     return {}
 
 
@@ -244,16 +245,16 @@ def status(spec: RunSpec) -> tuple[str, str]:
         if exp.manifest().get("epoch") == spec.train.epochs and exp.checkpoint.exists()
         else "partial"
     )
-    meta_path = spec.path / f"certify_{spec.certify.tag}.json"
+    record_path = spec.path / f"certify_{spec.certify.tag}.json"
     certified = "new"
-    if meta_path.exists():
-        meta = read_json(meta_path)
+    if record_path.exists():
+        record = Certification.read(record_path)
         extended = False
         if trained == "complete":
             run = plan(spec.path, spec.certify)
             check_resume(run)  # certified with other parameters: refused, with the differences
-            extended = meta.get("limit") != run.meta.get("limit")
-        certified = "complete" if meta.get("finished") and not extended else "partial"
+            extended = record.limit != run.record.limit
+        certified = "complete" if record.finished and not extended else "partial"
     return trained, certified
 
 
@@ -287,5 +288,24 @@ def run_sweep(
 
 
 def group_of(name: str) -> str:
+    """The group of a run: its noise and training (plain or stab), over all sigmas."""
     noise, _, rest = name.partition("_sigma")
     return f"{noise}, {rest.rsplit('_', 1)[-1]}"
+
+
+def sweep_table(tables: list[Path], radii) -> pd.DataFrame:
+    """The sweep's report: certified accuracy (%) at ``radii`` of each run (named by its folder), then the best over
+    sigma of each group (noise and training)."""
+    from smoothcore.report import certified_accuracy_table, load_runs
+
+    runs = load_runs(tables)
+    for run in runs:
+        run.name = run.name.split("/")[0]
+    table = certified_accuracy_table(runs, radii, envelope=False)
+    envelopes = []
+    for group in dict.fromkeys(group_of(r.name) for r in runs):
+        members = [r for r in runs if group_of(r.name) == group]
+        env = certified_accuracy_table(members, radii, envelope=len(members) > 1).iloc[-1].copy()
+        env["run"] = f"best over sigma: {group}"
+        envelopes.append(env)
+    return pd.concat([table, pd.DataFrame(envelopes)], ignore_index=True)

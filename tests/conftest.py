@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 import smoothcore.plugins
 
@@ -22,6 +23,25 @@ os.environ.setdefault(
     "SMOOTHCORE_LOAD_PLUGINS", ""
 )  # third-party plugins installed on the machine stay out of the suite
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Property tests draw the same examples on every run (derandomized: seeded from each test's own code) and have no
+# deadline, so a busy machine cannot fail them and the suite's time does not vary from run to run.
+# SMOOTHCORE_HYPOTHESIS_PROFILE=explore draws fresh random examples instead (a deeper, local search).
+FIXED_PROFILE = "fixed"
+settings.register_profile(
+    FIXED_PROFILE,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile(
+    "explore",
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("SMOOTHCORE_HYPOTHESIS_PROFILE", FIXED_PROFILE))
 
 
 @pytest.fixture(autouse=True)

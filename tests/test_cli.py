@@ -523,3 +523,38 @@ def test_a_file_where_a_folder_should_be_is_a_clean_error(tmp_path, run_copy, ti
         match=r"afile",
     )
     assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_comma_lists_are_read_alike_by_every_command():
+    import click
+
+    from smoothcore.cli_params import RADII, CommaList
+
+    assert RADII.convert(" 0, 0.5,,1 ", None, None) == [0.0, 0.5, 1.0]
+    assert CommaList(str, "noises").convert("dssn,ssn", None, None) == ["dssn", "ssn"]
+    for bad, match in (("0,x", "radii must be comma-separated numbers"), ("-1", "non-negative")):
+        with pytest.raises(click.BadParameter, match=match):
+            RADII.convert(bad, None, None)
+    fails("report", "somewhere", "--radii", "1,x", match="radii must be comma-separated numbers")
+    fails("sweep", "--dry-run", "--sigmas", "0.5,big", match="sigmas must be comma-separated numbers")
+
+
+def test_option_defaults_are_those_of_the_configurations_they_fill():
+    from smoothcore.audit import AuditConfig
+    from smoothcore.report import PAPER_RADII
+    from smoothcore.runner import CertifyConfig
+    from smoothcore.train import TrainConfig
+
+    def defaults(command: str) -> dict:
+        return {p.name: p.default for p in cli.commands[command].params}
+
+    certify, audit, train, report = (defaults(c) for c in ("certify", "audit", "train-classifier", "report"))
+    for name in ("n0", "n", "alpha", "skip", "precision", "device"):
+        assert certify[name] == getattr(CertifyConfig(), name)
+    assert int(certify["max_batch"]) == CertifyConfig().max_batch
+    for name in ("budget", "n_search", "n_test", "alpha", "seed"):
+        assert audit[name] == getattr(AuditConfig(), name)
+    assert tuple(audit["searches"].split(",")) == AuditConfig().searches
+    for name in ("dataset", "model", "noise", "momentum", "weight_decay", "stability_weight", "eval_limit"):
+        assert train[name] == getattr(TrainConfig(), name)
+    assert [float(r) for r in report["radii"].split(",")] == list(PAPER_RADII)

@@ -6,16 +6,17 @@ import numpy as np
 import pytest
 
 from smoothcore.report import Run, certified_accuracy_table, comparability_warnings
+from smoothcore.run_record import Certification
 
 
-def run(name, labels, preds, radii, **meta):
+def run(name, labels, preds, radius, **recorded):
     return Run(
         name,
         np.array(labels),
         np.array(preds),
-        np.array(radii, dtype=float),
+        np.array(radius, dtype=float),
         "l1",
-        meta,
+        Certification(**recorded),
         np.arange(len(labels)),
     )
 
@@ -125,17 +126,15 @@ def test_runs_accept_what_certify_returns_and_check_their_arguments():
 
 
 def test_runs_stopped_early_are_flagged_as_lower_bounds_away_from_their_radii():
-    early = Run("early", [0, 1], [0, 1], [0.5, 0.1], "l1", {"radii": [0.5, 1.0]}, np.arange(2))
+    early = run("early", [0, 1], [0, 1], [0.5, 0.1], radii=[0.5, 1.0])
     full = run("full", [0, 1], [0, 1], [0.6, 0.3])
     warnings = comparability_warnings([early, full])
     assert any(
         "early stopped each image early" in w and "0.5, 1.0" in w and "lower bound" in w for w in warnings
     )
     assert not any(w.startswith("full") for w in warnings)
-    exact = Run("e", [0], [0], [0.5], "l1", {"radii": [0.5], "certificate_kind": "exact"}, np.arange(1))
-    sequential = Run(
-        "s", [0], [0], [0.5], "l1", {"radii": [0.5], "certificate_kind": "monte-carlo"}, np.arange(1)
-    )
+    exact = run("e", [0], [0], [0.5], radii=[0.5], certificate_kind="exact")
+    sequential = run("s", [0], [0], [0.5], radii=[0.5], certificate_kind="monte-carlo")
     said = " ".join(comparability_warnings([exact, sequential]))
     assert "is exact (full enumeration's) at those radii" in said and "holds at level alpha" in said
 

@@ -116,7 +116,7 @@ def test_certify_can_use_another_noise_than_training(run_copy, fashion_dir):
     run = plan(
         run_copy, CertifyConfig(noise="uniform", sigma=0.1, limit=2, n0=8, n=50, data_dir=str(fashion_dir))
     )
-    assert run.tag == "uniform_sigma0.1" and run.meta["certificate"] == "standard"
+    assert run.tag == "uniform_sigma0.1" and run.record.certificate == "standard"
 
 
 def test_early_decisions_keep_the_forward_batches_full_and_the_verdicts_of_full_enumeration(
@@ -263,3 +263,89 @@ def test_a_table_that_holds_no_rows_yet_is_not_in_the_way(run_copy, fashion_dir)
 
     (run_copy / "certify_dssn_sigma0.25.csv").write_text(header_line(COLUMNS))
     assert len(certify_experiment(run_copy, CertifyConfig(limit=2, data_dir=str(fashion_dir)))) == 2
+
+
+PLANNED_KEYS = {
+    "noise", "noise_params", "certificate", "certificate_kind", "norm", "n0", "n", "alpha", "dataset", "skip",
+    "limit", "offset", "num_images", "precision", "radii", "forward_passes_full_per_image", "classifier_sha256",
+    "denoiser", "denoiser_sha256", "test_fingerprint",
+}  # fmt: skip
+
+
+def test_the_record_beside_a_table_keeps_the_keys_it_always_had(run_copy, fashion_dir):
+    certify_experiment(run_copy, CertifyConfig(limit=2, data_dir=str(fashion_dir)))
+    written = json.loads((run_copy / "certify_dssn_sigma0.25.json").read_text())
+    assert set(written) == PLANNED_KEYS | {"started", "finished", "seconds", "discarded_rows", "versions"}
+
+
+def test_a_record_written_by_an_earlier_version_loads_and_rewrites_unchanged(tmp_path):
+    from smoothcore.run_record import Certification
+
+    earlier = {  # as the paper run wrote it, less the keys the first versions did not write, plus one they did
+        "alpha": 0.001, "certificate": "standard", "classifier_sha256": "4e" * 32, "dataset": "fashion-mnist",
+        "denoiser": None, "denoiser_sha256": None, "finished": "2026-12-02T15:27:02+00:00", "limit": 20,
+        "n": 100000, "n0": 64, "noise": {"lambda": 1.7320508075688772, "name": "ssn", "seed": 0, "sigma": 1.0},
+        "norm": "l1", "num_images": 20, "precision": "fp32", "seconds": 44.731, "skip": 500,
+        "started": "2026-12-02T15:26:17+00:00", "versions": {"smoothcore": "0.1.0"}, "max_batch": 1024,
+    }  # fmt: skip
+    (tmp_path / "old.json").write_text(json.dumps(earlier))
+    record = Certification.read(tmp_path / "old.json")
+    assert record.noise["name"] == "ssn" and record.radii is None and record.test_fingerprint is None
+    record.write(tmp_path / "again.json")
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again == {
+        **{k: None for k in PLANNED_KEYS},
+        **{k: v for k, v in earlier.items() if k != "max_batch"},
+    }
+
+
+def test_a_damaged_record_is_a_clean_error_naming_the_field(tmp_path):
+    from smoothcore import DataError
+    from smoothcore.run_record import Certification
+
+    (tmp_path / "bad.json").write_text(json.dumps({"n": "many", "noise": {"name": "ssn"}}))
+    with pytest.raises(DataError, match="damaged: n = 'many' is not a int"):
+        Certification.read(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="not a JSON object"):
+        Certification.read(tmp_path / "list.json")
+
+
+def test_reopen_rebuilds_the_certification_a_table_records(run_copy, fashion_dir):
+    from smoothcore.runner import reopen
+
+    cfg = CertifyConfig(noise="ssn", sigma=0.25, n0=8, n=40, limit=2, data_dir=str(fashion_dir), tag="t")
+    first = plan(run_copy, cfg)
+    execute(first)
+    again = reopen(run_copy, "t", data_dir=str(fashion_dir))
+    assert again.record.noise == first.record.noise and again.certificate.name == "standard"
+    assert again.record.classifier_sha256 == first.record.classifier_sha256
+    assert len(again.test_set) == len(first.test_set) and again.table == first.table
+
+
+def test_reopen_refuses_a_table_whose_classifier_changed(run_copy, fashion_dir):
+    from smoothcore.runner import reopen
+
+    certify_experiment(run_copy, CertifyConfig(limit=2, data_dir=str(fashion_dir), tag="t"))
+    path = run_copy / "certify_t.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "classifier_sha256": "0" * 64}))
+    with pytest.raises(ExperimentError, match="the classifier changed since certify_t.csv was certified"):
+        reopen(run_copy, "t")
+
+
+def test_a_certification_loads_its_test_set_once_and_a_resume_reads_its_table_once(
+    run_copy, fashion_dir, monkeypatch
+):
+    import smoothcore.results
+    from smoothcore.data import DatasetSource
+
+    loads, reads = [], []
+    load, valid_rows = DatasetSource.load, smoothcore.results._valid_rows
+    monkeypatch.setattr(
+        DatasetSource, "load", lambda self, *a, **k: (loads.append(a), load(self, *a, **k))[1]
+    )
+    monkeypatch.setattr(smoothcore.results, "_valid_rows", lambda p: (reads.append(p), valid_rows(p))[1])
+    certify_experiment(run_copy, CertifyConfig(limit=2, data_dir=str(fashion_dir)))
+    assert len(loads) == 1 and reads == []
+    table = certify_experiment(run_copy, CertifyConfig(limit=3, data_dir=str(fashion_dir)), resume=True)
+    assert len(loads) == 2 and len(reads) == 1 and len(table) == 3

@@ -1,0 +1,163 @@
+"""``smoothcore certify``: thin over :func:`smoothcore.runner.plan` and :func:`smoothcore.runner.execute`; option
+defaults are :class:`~smoothcore.runner.CertifyConfig`'s."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any
+
+import click
+
+from smoothcore.cli_params import RADII, device_option, noise_options, option, parse_params
+from smoothcore.cli_render import err_console, print_table, progress_bar
+from smoothcore.engine import PRECISIONS
+from smoothcore.errors import SmoothcoreError
+from smoothcore.planning import CertifyConfig
+
+
+@click.command("certify")
+@click.argument("run_dir", type=click.Path())
+@click.option(
+    "--noise", default=None, help="Noise to certify with. Default: the one the classifier was trained with."
+)
+@noise_options
+@click.option(
+    "--certificate",
+    default=None,
+    help="Certificate (see `smoothcore plugins`). Default: exact for exact noises, else standard.",
+)
+@option(CertifyConfig, "n0", "--n0", type=int, help="Monte-Carlo selection draws.")
+@option(
+    CertifyConfig, "n", "--n", "--N", "n", type=int, help="Monte-Carlo estimation draws (--N under torchrun)."
+)
+@option(
+    CertifyConfig, "alpha", "--alpha", type=float, help="Failure probability of Monte-Carlo certificates."
+)
+@option(
+    CertifyConfig,
+    "skip",
+    "--skip",
+    "--dataset-skip",
+    "skip",
+    type=int,
+    help="Certify every k-th test image (the reference's --dataset-skip).",
+)
+@click.option("--limit", type=int, default=None, help="Certify at most N images.")
+@option(
+    CertifyConfig,
+    "max_batch",
+    "--max-batch",
+    type=str,
+    help="Most noisy images per forward pass, or 'auto' (sized to the GPU's free memory).",
+)
+@click.option(
+    "--compile", is_flag=True, help="torch.compile the model (GPU users; first batches are slower)."
+)
+@option(
+    CertifyConfig,
+    "precision",
+    "--precision",
+    type=click.Choice(list(PRECISIONS)),
+    help="Autocast precision; the certificate is for the classifier as evaluated.",
+)
+@click.option("--channels-last", is_flag=True)
+@device_option(CertifyConfig)
+@click.option("--dataset", default=None, help="Dataset (default: the experiment's).")
+@click.option("--data-dir", type=click.Path(), default=None)
+@click.option("--denoiser", type=click.Path(), default=None, help="Certify classifier(denoiser(x)).")
+@click.option(
+    "--checkpoint",
+    type=click.Path(),
+    default=None,
+    help="Certify this classifier checkpoint (any known layout) into RUN_DIR.",
+)
+@click.option("--model", default=None, help="Architecture of --checkpoint where the file does not say.")
+@click.option(
+    "--radii",
+    type=RADII,
+    default=None,
+    help="Early decisions: stop each image once its verdict at these comma-separated radii is decided.",
+)
+@click.option(
+    "--tag",
+    default=None,
+    help="Name of the result table (certify_<tag>.csv). Default from noise and certificate.",
+)
+@click.option("--resume", is_flag=True, help="Continue an interrupted certification.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing result table.")
+@click.option(
+    "--trust-checkpoint", is_flag=True, help="Allow loading legacy pickled checkpoints (can run code)."
+)
+def certify_cmd(
+    run_dir: str, checkpoint: str | None, model: str | None, resume: bool, overwrite: bool, **opts: Any
+) -> None:
+    """Certify the test set with the classifier of experiment folder RUN_DIR."""
+    from smoothcore.distributed import device_for, from_env
+    from smoothcore.planning import adopt_checkpoint
+    from smoothcore.report import certified_accuracy_table, certify_summary
+    from smoothcore.runner import execute, plan
+
+    info = from_env()
+    opts["noise_params"] = parse_params(opts.pop("noise_param")) or None  # None: the training's
+    opts["device"] = device_for(opts["device"], info)
+    if opts["max_batch"] != "auto":
+        try:
+            opts["max_batch"] = int(opts["max_batch"])
+        except ValueError:
+            raise click.BadParameter(
+                f"--max-batch must be a positive integer or 'auto', got {opts['max_batch']!r}"
+            ) from None
+    made = False
+    if checkpoint is not None:
+        opts["dataset"], made = adopt_checkpoint(
+            run_dir, checkpoint, model=model, dataset=opts["dataset"], trust=opts["trust_checkpoint"]
+        )
+    try:
+        run = plan(run_dir, CertifyConfig(**opts))
+    except SmoothcoreError:
+        if (
+            made
+        ):  # the folder this call made for --checkpoint holds nothing yet: a failed start leaves nothing
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    shards = f" on {info.world} ranks" if info.active else ""
+    if info.main:
+        err_console.print(
+            f"certifying {len(run.indices)} images of {run.dataset}{shards} with {run.smoothed.noise!r}, certificate "
+            f"{run.certificate.name} -> {run.table}",
+            highlight=False,
+        )
+    t0 = time.time()
+    with progress_bar() as bar:
+        task = bar.add_task(
+            "certify" + (" (rank 0's share)" if info.active else ""),
+            total=len(run.indices[info.rank :: info.world]) if info.active else len(run.indices),
+        )
+        table = execute(
+            run,
+            resume=resume,
+            overwrite=overwrite,
+            dist_info=info,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    if not info.main:
+        return
+    summary = certify_summary(run.tag, table, run.record)
+    print_table(
+        certified_accuracy_table([summary.run], summary.radii),
+        f"{run.exp.path.name}: {len(table)} images in {time.time() - t0:.1f} s",
+    )
+    if not run.record.radii:
+        err_console.print(f"forward passes: {summary.forward_passes:,}", highlight=False)
+        return
+    holds = (
+        "certified accuracy is exact at these radii"
+        if run.record.certificate_kind == "exact"
+        else "certified accuracy holds at level alpha at these radii"
+    )
+    err_console.print(
+        f"forward passes: {summary.forward_passes:,} of {summary.forward_passes_full:,} "
+        f"({100 * summary.saved:.1f}% saved by early decisions; {holds}, the ACR a lower bound)",
+        highlight=False,
+    )

@@ -1,0 +1,117 @@
+"""Parameter types and options the commands share; option defaults come from the configuration dataclasses they
+fill, never typed twice."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from smoothcore.checks import check_radii, split_list
+from smoothcore.errors import ConfigError
+
+
+class CommaList(click.ParamType):
+    """A comma-separated list (``0,0.5,1``), each item read by ``cast``; ``radii`` lists are also checked to be
+    finite and non-negative."""
+
+    name = "list"
+
+    def __init__(self, cast: Callable[[str], Any] = str, what: str = "the list") -> None:
+        self.cast, self.what = cast, what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            items = split_list(value, self.cast, self.what)
+            return check_radii(items) if self.what == "radii" else items
+        except ConfigError as exc:
+            self.fail(exc.message, param, ctx)
+
+
+RADII = CommaList(float, "radii")
+
+
+def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` options as a mapping; values read as booleans (true/false), integers, numbers, else text."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        if value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+            continue
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return out
+
+
+def default(config: type, name: str) -> Any:
+    """The default of the field ``name`` of the dataclass ``config``."""
+    field = next(f for f in dataclasses.fields(config) if f.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def option(config: type, name: str, *decls: str, **kwargs: Any) -> Callable:
+    """``click.option(*decls)`` whose default is the default of ``config``'s field ``name`` (shown in --help)."""
+    return click.option(*decls, default=default(config, name), show_default=True, **kwargs)
+
+
+def device_option(config: type) -> Callable[[Callable], Callable]:
+    return option(config, "device", "--device", help="cpu, cuda, cuda:N, or auto (cuda when available).")
+
+
+def noise_options(f: Callable) -> Callable:
+    """--sigma, --lambda, --noise-seed and --noise-param."""
+    f = click.option(
+        "--noise-param",
+        multiple=True,
+        help="Further parameter of the noise KEY=VALUE (a plugin's, e.g. tail=3). Certify: default the training's.",
+    )(f)
+    f = click.option("--noise-seed", type=int, default=None, help="Noise seed (DSSN template). Default 0.")(f)
+    f = click.option(
+        "--lambda",
+        "lambd",
+        type=float,
+        default=None,
+        help="Half-width lambda of uniform-family noise (instead of --sigma).",
+    )(f)
+    return click.option(
+        "--sigma",
+        type=float,
+        default=None,
+        help="Noise standard deviation (uniform family: lambda = sigma*sqrt(3)).",
+    )(f)
+
+
+def subset_options(config: type) -> Callable[[Callable], Callable]:
+    """--train-limit and --eval-limit of the training commands (defaults from ``config``)."""
+
+    def add(f: Callable) -> Callable:
+        f = option(
+            config,
+            "eval_limit",
+            "--eval-limit",
+            type=int,
+            help="Test images (evenly spread over the set) for the per-epoch validation.",
+        )(f)
+        return click.option(
+            "--train-limit",
+            type=int,
+            default=None,
+            help="Train on N training images only, evenly spread over the set.",
+        )(f)
+
+    return add

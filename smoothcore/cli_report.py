@@ -1,0 +1,151 @@
+"""``smoothcore report`` (certified accuracy of result tables) and ``smoothcore sweep`` (the paper's grid): thin
+over :mod:`smoothcore.report` and :mod:`smoothcore.sweep`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from smoothcore.cli_params import RADII, CommaList, parse_params
+from smoothcore.cli_render import err_console, print_table, progress_bar
+from smoothcore.report import PAPER_RADII
+
+PAPER_RADII_TEXT = ",".join(f"{r:g}" for r in PAPER_RADII)
+
+
+@click.command("report")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--radii", type=RADII, default=PAPER_RADII_TEXT, show_default=True, help="Comma-separated radii."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(),
+    default=None,
+    help="Write certified accuracy vs radius to this image file.",
+)
+@click.option("--no-envelope", is_flag=True, help="Leave out the best-over-runs row.")
+def report_cmd(
+    paths: tuple[str, ...], radii: list[float], fmt: str, plot_path: str | None, no_envelope: bool
+) -> None:
+    """Certified accuracy (%) at RADII, average certified radius and the envelope of the runs at PATHS
+    (result tables, experiment folders, or reference result folders)."""
+    from smoothcore.report import (
+        certified_accuracy_table,
+        check_plot_path,
+        comparability_warnings,
+        load_runs,
+        plot,
+    )
+
+    if plot_path:
+        plot_path = str(check_plot_path(plot_path))  # before the table: a bad path fails first, loses nothing
+    runs = load_runs(paths)
+    table = certified_accuracy_table(runs, radii, envelope=not no_envelope)
+    for warning in comparability_warnings(runs):
+        err_console.print(f"[yellow]Warning:[/] {warning}", highlight=False)
+    if fmt == "csv":
+        click.echo(table.to_csv(index=False, float_format="%.4f"), nl=False)
+    elif fmt == "json":
+        # through json: pandas writes "/" as "\/" (legal JSON, but run names are paths people grep for)
+        click.echo(json.dumps(json.loads(table.to_json(orient="records")), indent=2))
+    else:
+        print_table(table, "certified accuracy (%) by radius")
+    if plot_path:
+        written = plot(runs, plot_path)
+        err_console.print(f"wrote {written}", highlight=False)
+
+
+@click.command("sweep")
+@click.option(
+    "--recipe",
+    type=click.Path(),
+    default=None,
+    help="JSON/TOML recipe file (keys of smoothcore.sweep.Sweep).",
+)
+@click.option("--dataset", default=None)
+@click.option("--data-dir", type=click.Path(), default=None)
+@click.option("--model", default=None)
+@click.option(
+    "--noises",
+    type=CommaList(str, "noises"),
+    default=None,
+    help="Comma-separated noises (default uniform,ssn,dssn).",
+)
+@click.option(
+    "--sigmas",
+    type=CommaList(float, "sigmas"),
+    default=None,
+    help="Comma-separated sigmas (default the paper's 0.15,0.25,0.5,...,3.5).",
+)
+@click.option("--stability", type=click.Choice(["plain", "stab", "both"]), default=None, help="Default both.")
+@click.option("--epochs", type=int, default=None)
+@click.option(
+    "--train-option", multiple=True, help="Any training option KEY=VALUE (batch_size=64, device=cuda, ...)."
+)
+@click.option(
+    "--certify-option",
+    multiple=True,
+    help="Any certification option KEY=VALUE (n=100000, skip=100, limit=500, ...).",
+)
+@click.option("--out", type=click.Path(), default=None, help="Folder of the sweep's experiment folders.")
+@click.option("--dry-run", is_flag=True, help="List the runs and what is already done, run nothing.")
+@click.option(
+    "--radii", type=RADII, default=PAPER_RADII_TEXT, show_default=True, help="Radii of the final report."
+)
+def sweep_cmd(
+    recipe,
+    dataset,
+    data_dir,
+    model,
+    noises,
+    sigmas,
+    stability,
+    epochs,
+    train_option,
+    certify_option,
+    out,
+    dry_run,
+    radii,
+) -> None:
+    """Expand a grid of noises x sigmas x plain/stabilized into train and certify runs, run what is not complete
+    (resuming what was interrupted), and end with the report: one row per run and the best-over-sigma envelope of
+    each noise (the paper's tables)."""
+    from smoothcore.sweep import Sweep, expand, run_sweep, sweep_table
+
+    sweep = Sweep.from_file(recipe) if recipe else Sweep()
+    given = {"dataset": dataset, "data_dir": data_dir, "model": model, "out": out, "stability": stability}
+    for key, value in given.items():
+        if value is not None:
+            setattr(sweep, key, value)
+    if noises:
+        sweep.noises = noises
+    if sigmas:
+        sweep.sigmas = sigmas
+    sweep.train = {
+        **sweep.train,
+        **parse_params(train_option),
+        **({"epochs": epochs} if epochs is not None else {}),
+    }
+    sweep.certify = {**sweep.certify, **parse_params(certify_option)}
+    specs = expand(sweep)
+    err_console.print(f"sweep of {len(specs)} runs into {sweep.out}", highlight=False)
+    with progress_bar(disable=dry_run) as bar:
+        task = bar.add_task("run", total=None)
+        tables = run_sweep(
+            sweep,
+            dry_run=dry_run,
+            on_event=lambda m: bar.console.print(m, highlight=False),
+            on_step=lambda e, s, t, _l: bar.update(
+                task, description=f"train epoch {e + 1}", completed=s, total=t
+            ),
+            on_progress=lambda d, t: bar.update(task, description="certify", completed=d, total=t),
+        )
+    if dry_run or not tables:
+        return
+    print_table(sweep_table(tables, radii), "sweep: certified accuracy (%) by radius")

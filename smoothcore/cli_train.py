@@ -1,0 +1,264 @@
+"""``smoothcore train-classifier`` and ``smoothcore train-denoiser``: thin over :class:`smoothcore.train.Trainer`
+and :class:`smoothcore_denoisers.training.DenoiserTrainer`; option defaults are their configurations'."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from smoothcore.cli_params import default, device_option, noise_options, option, parse_params, subset_options
+from smoothcore.cli_render import count, err_console, progress_bar
+from smoothcore.engine import PRECISIONS
+from smoothcore.train import TrainConfig
+from smoothcore_denoisers.training import OBJECTIVES, DenoiserConfig
+
+
+@click.command("train-classifier")
+@option(TrainConfig, "dataset", "--dataset", help="Registered dataset name.")
+@click.option(
+    "--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places)."
+)
+@option(
+    TrainConfig,
+    "model",
+    "--model",
+    help="Registered classifier name (torchvision:<name> for any torchvision model).",
+)
+@click.option(
+    "--model-param", multiple=True, help="Architecture parameter KEY=VALUE (e.g. width=32, batch_norm=false)."
+)
+@option(TrainConfig, "noise", "--noise", help="Registered noise name ('none': a clean classifier).")
+@noise_options
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help=f"Default: the reference recipe for the dataset/model, else {default(TrainConfig, 'epochs')}.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help=f"Default {default(TrainConfig, 'batch_size')} (the reference recipe).",
+)
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    help=f"Initial learning rate (cosine annealed). Default {default(TrainConfig, 'lr')}.",
+)
+@option(TrainConfig, "weight_decay", "--weight-decay", type=float)
+@option(TrainConfig, "momentum", "--momentum", type=float)
+@click.option("--stability", is_flag=True, help="Stability training: CE + 6 KL between two noisy draws.")
+@option(TrainConfig, "stability_weight", "--stability-weight", type=float)
+@option(TrainConfig, "seed", "--seed", type=int, help="Seed for initialisation, data order and noise.")
+@subset_options(TrainConfig)
+@click.option(
+    "--denoiser",
+    type=click.Path(),
+    default=None,
+    help="Train on top of this frozen denoiser (recorded in the experiment).",
+)
+@click.option(
+    "--finetune",
+    type=click.Path(),
+    default=None,
+    help="Start from this checkpoint's weights, except its last layer.",
+)
+@click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Allow loading legacy pickled --finetune/--denoiser files (can run code).",
+)
+@option(TrainConfig, "precision", "--precision", type=click.Choice(list(PRECISIONS)))
+@click.option(
+    "--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on GPUs)."
+)
+@device_option(TrainConfig)
+@option(TrainConfig, "workers", "--workers", type=int, help="Data-loading processes (folder datasets).")
+@option(TrainConfig, "save_every", "--save-every", type=int, help="Save a checkpoint every N epochs.")
+@click.option(
+    "--save-every-steps",
+    type=int,
+    default=None,
+    help="Also save the resume state every N steps (mid-epoch resume).",
+)
+@click.option(
+    "--out", type=click.Path(), required=True, help="Experiment folder to write (e.g. checkpoints/my-run)."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing experiment in --out.")
+@click.option("--resume", is_flag=True, help="Continue the experiment in --out from its last saved epoch.")
+def train_classifier_cmd(**opts: Any) -> None:
+    """Train a base classifier under noise into an experiment folder (the same command under torchrun trains with
+    DistributedDataParallel)."""
+    from smoothcore.distributed import device_for, from_env
+    from smoothcore.train import RECIPES, Trainer
+
+    info = from_env()
+    recipe = RECIPES.get((opts["dataset"], opts["model"]), {})
+    cfg = TrainConfig(
+        dataset=opts["dataset"],
+        model=opts["model"],
+        noise=opts["noise"],
+        sigma=opts["sigma"],
+        lambd=opts["lambd"],
+        noise_seed=_given(opts["noise_seed"], 0),
+        **{  # given options, else the reference recipe for this dataset/model, else TrainConfig's defaults
+            key: _given(opts[key], recipe.get(key, default(TrainConfig, key)))
+            for key in ("epochs", "batch_size", "lr")
+        },
+        momentum=opts["momentum"],
+        weight_decay=opts["weight_decay"],
+        stability=opts["stability"],
+        stability_weight=opts["stability_weight"],
+        seed=opts["seed"],
+        train_limit=opts["train_limit"],
+        eval_limit=opts["eval_limit"],
+        data_dir=opts["data_dir"],
+        denoiser=opts["denoiser"],
+        finetune=opts["finetune"],
+        precision=opts["precision"],
+        channels_last=opts["channels_last"],
+        device=device_for(opts["device"], info),
+        workers=opts["workers"],
+        save_every=opts["save_every"],
+        save_every_steps=opts["save_every_steps"],
+        model_params=parse_params(opts["model_param"]),
+        noise_params=parse_params(opts["noise_param"]),
+        trust_checkpoint=opts["trust_checkpoint"],
+    )
+    trainer = Trainer(cfg, opts["out"])
+    console = err_console
+    noise = repr(trainer.noise) if trainer.noise is not None else "no noise (clean)"
+    ranks = f" on {info.world} ranks" if info.active else ""
+    if info.main:
+        console.print(
+            f"training [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/]{ranks} under {noise} -> {opts['out']}",
+            highlight=False,
+        )
+    with progress_bar() as bar:
+        task = bar.add_task("epoch 1", total=None, visible=info.main)
+
+        def on_step(epoch: int, step: int, total: int, _loss: float) -> None:
+            bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}", completed=step, total=total)
+
+        trained = []
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            trained.append(row["epoch"])
+            bar.console.print(
+                f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, noisy train acc {row['train_noisy_acc']:.4f}, "
+                f"noisy test acc {row['test_noisy_acc']:.4f} ({row['seconds']:.1f} s)",
+                highlight=False,
+            )
+
+        log = trainer.run(
+            overwrite=opts["overwrite"],
+            resume=opts["resume"],
+            on_step=on_step,
+            on_epoch=on_epoch,
+            dist_info=info,
+        )
+    if info.main and not trained:
+        console.print(f"nothing to train: {trainer.exp.checkpoint} is complete ({count(len(log), 'epoch')})")
+    elif info.main:
+        console.print(f"saved {trainer.exp.checkpoint} ({count(len(log), 'epoch')})", highlight=False)
+
+
+def _given(value: Any, default: Any) -> Any:
+    """The option's value when the user gave one (0 included: it is checked, not replaced), else the default."""
+    return default if value is None else value
+
+
+@click.command("train-denoiser")
+@option(DenoiserConfig, "dataset", "--dataset")
+@click.option("--data-dir", type=click.Path(), default=None)
+@option(DenoiserConfig, "arch", "--arch", help="Registered denoiser (dncnn, dncnn-wide, memnet, ...).")
+@click.option(
+    "--arch-param", multiple=True, help="Architecture parameter KEY=VALUE (e.g. depth=8, channels=32)."
+)
+@option(DenoiserConfig, "noise", "--noise", help="Any registered noise.")
+@noise_options
+@option(DenoiserConfig, "objective", "--objective", type=click.Choice(OBJECTIVES))
+@click.option(
+    "--classifier",
+    type=click.Path(),
+    default=None,
+    help="Frozen classifier for the stability/classification objectives.",
+)
+@option(DenoiserConfig, "epochs", "--epochs", type=int)
+@option(DenoiserConfig, "batch_size", "--batch-size", type=int)
+@option(DenoiserConfig, "lr", "--lr", type=float)
+@option(DenoiserConfig, "optimizer", "--optimizer", type=click.Choice(["adam", "sgd"]))
+@option(
+    DenoiserConfig,
+    "lr_step",
+    "--lr-step",
+    type=int,
+    help="Multiply the learning rate by --lr-gamma every N epochs.",
+)
+@option(DenoiserConfig, "lr_gamma", "--lr-gamma", type=float)
+@click.option(
+    "--sgd-after", type=int, default=None, help="Continue with SGD (momentum 0.9) from this epoch on."
+)
+@option(DenoiserConfig, "sgd_lr", "--sgd-lr", type=float, help="Learning rate of SGD after --sgd-after.")
+@option(DenoiserConfig, "weight_decay", "--weight-decay", type=float)
+@click.option(
+    "--trust-checkpoint", is_flag=True, help="Allow loading a legacy pickled --classifier (can run code)."
+)
+@option(DenoiserConfig, "seed", "--seed", type=int)
+@subset_options(DenoiserConfig)
+@device_option(DenoiserConfig)
+@option(DenoiserConfig, "workers", "--workers", type=int)
+@click.option("--out", type=click.Path(), required=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("--resume", is_flag=True)
+def train_denoiser_cmd(
+    arch_param: tuple[str, ...], out: str, overwrite: bool, resume: bool, **opts: Any
+) -> None:
+    """Train a denoiser under noise (Salman et al. 2020) into an experiment folder (denoiser.pt, denoiser_best.pt)."""
+    from smoothcore_denoisers.training import DenoiserTrainer
+
+    noise_params = parse_params(opts.pop("noise_param"))
+    cfg = DenoiserConfig(
+        **{k: v for k, v in opts.items() if v is not None or k in ("sigma", "lambd", "classifier")},
+        arch_params=parse_params(arch_param),
+        noise_params=noise_params,
+    )
+    trainer = DenoiserTrainer(cfg, out)
+    console = err_console
+    console.print(
+        f"training denoiser [bold]{cfg.arch}[/] ({cfg.objective}) on {cfg.dataset} under {trainer.noise!r} -> {out}",
+        highlight=False,
+    )
+    with progress_bar() as bar:
+        task = bar.add_task("epoch 1", total=None)
+
+        def on_step(epoch: int, step: int, total: int) -> None:
+            bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}", completed=step, total=total)
+
+        trained = []
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            trained.append(row["epoch"])
+            acc = (
+                ""
+                if row["val_accuracy"] != row["val_accuracy"]
+                else f", classifier accuracy denoised {row['val_accuracy']:.4f} (noisy {row['noisy_accuracy']:.4f})"
+            )
+            bar.console.print(
+                f"epoch {row['epoch']}: loss {row['train_loss']:.5f}, val mse {row['val_mse']:.5f} "
+                f"(noisy input {row['noisy_mse']:.5f}){acc} ({row['seconds']:.1f} s)",
+                highlight=False,
+            )
+
+        trainer.run(overwrite=overwrite, resume=resume, on_step=on_step, on_epoch=on_epoch)
+    if not trained:
+        console.print(f"nothing to train: {Path(out) / 'denoiser.pt'} is complete", highlight=False)
+        return
+    console.print(
+        f"saved {Path(out) / 'denoiser.pt'} and the best epoch's {Path(out) / 'denoiser_best.pt'}",
+        highlight=False,
+    )
