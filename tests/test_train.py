@@ -137,7 +137,7 @@ def test_resume_from_the_middle_of_an_epoch_matches_an_uninterrupted_run(tiny_id
     cfg = dict(epochs=2, save_every_steps=1)
     train_classifier(tiny_config(tiny_idx_dir, **cfg), tmp_path / "straight")
 
-    def crash_in_second_epoch(epoch, step, total, _loss):
+    def crash_in_second_epoch(epoch, step, total):
         if epoch == 1 and step == 3:
             raise Crash
 
@@ -194,7 +194,7 @@ def test_resuming_from_an_earlier_save_drops_the_log_rows_trained_again(tiny_idx
     class Crash(Exception):
         pass
 
-    def crash_in_fourth_epoch(epoch, step, total, loss):
+    def crash_in_fourth_epoch(epoch, step, total):
         if epoch == 3 and step == 1:
             raise Crash
 
@@ -245,7 +245,7 @@ def test_resume_continues_the_global_random_stream_of_dropout(tiny_idx_dir, tmp_
     class Crash(Exception):
         pass
 
-    def crash(epoch, step, total, _loss):
+    def crash(epoch, step, total):
         if epoch == 1 and step == 3:
             raise Crash
 
