@@ -162,9 +162,8 @@ class ClassifierTrainState(TrainState):
         if self.step:  # the epoch's order is drawn again from its start, and its first `step` batches skipped
             self.order_rng.set_state(saved["epoch_order_rng"])
             self.partial = tuple(saved.get("partial", (0.0, 0, 0)))
-        if (
-            "torch_rng" in saved
-        ):  # dropout and any other use of the global generators continue where they were
+        # dropout and any other use of the global generators continue where they were
+        if "torch_rng" in saved:
             torch.set_rng_state(saved["torch_rng"])
         if saved.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
@@ -238,9 +237,8 @@ class Trainer(EpochTrainer):
             if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape
         }
         last = [k for k in own if k.endswith(("fc.weight", "fc.bias"))] or list(own)[-2:]
-        usable = {
-            k: v for k, v in usable.items() if k not in last and not k.startswith("norm.")
-        }  # the new data normalises itself
+        # neither the last layer (new classes) nor the normalisation (the new data normalises itself)
+        usable = {k: v for k, v in usable.items() if k not in last and not k.startswith("norm.")}
         if not usable:
             raise CheckpointError(f"{self.cfg.finetune} shares no parameters with {self.cfg.model}")
         self.model.load_state_dict(usable, strict=False)
