@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,18 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smoothcore.checkpoints import load_file, sha256
+from smoothcore.checkpoints import sha256
 from smoothcore.checks import check_params
-from smoothcore.data import batches, get_dataset, spread_indices
+from smoothcore.data import batches
 from smoothcore.denoise import denoiser_checkpoint
-from smoothcore.devices import resolve_device
 from smoothcore.errors import ConfigError
-from smoothcore.experiment import Experiment, releases_experiment_lock
+from smoothcore.experiment import releases_experiment_lock
 from smoothcore.fileio import atomic_torch_save
 from smoothcore.loading import check_compatible, load_classifier
 from smoothcore.models import build_denoiser
-from smoothcore.noise import NOISE_ARGUMENTS, make_noise
-from smoothcore.train import append_csv, damaged_train_state, truncate_log
+from smoothcore.noise import NOISE_ARGUMENTS
+from smoothcore.trainer_base import EpochTrainer, OnEpoch, OnStep, TrainData, TrainState
 
 OBJECTIVES = ("mse", "stability", "classification")
 DENOISER = "denoiser.pt"
@@ -116,24 +113,31 @@ def denoiser_loss(
     return F.cross_entropy(logits, labels)
 
 
-class DenoiserTrainer:
+@dataclass
+class DenoiserTrainState(TrainState):
+    """The denoiser's training state: also which optimiser is in use (``adam``, or ``sgd`` from ``sgd_after`` on)
+    and the best validation score so far (``-val_mse`` for ``mse``, else ``val_accuracy``)."""
+
+    optimizer_kind: str = "adam"
+    best: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "optimizer_kind": self.optimizer_kind, "best": self.best}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        super().load_state_dict(saved)
+        self.optimizer_kind, self.best = saved["optimizer_kind"], saved.get("best")
+
+
+class DenoiserTrainer(EpochTrainer):
+    """One training run of ``cfg`` into the experiment folder ``out``: the denoiser ``model`` (in front of the frozen
+    ``classifier``, for the classifier objectives)."""
+
     def __init__(self, cfg: DenoiserConfig, out: str | Path) -> None:
-        cfg.validate()
-        self.cfg = cfg
-        self.exp = Experiment(out)
-        self.device = resolve_device(cfg.device)
-        self.source = get_dataset(cfg.dataset)
+        super().__init__(cfg, out)
+        self.noise = self.training_noise()
         c = self.source.image_shape[0]
-        self.noise = make_noise(
-            cfg.noise,
-            sigma=cfg.sigma,
-            lambd=cfg.lambd,
-            dim=self.source.dim,
-            seed=cfg.noise_seed,
-            device=self.device,
-            **cfg.noise_params,
-        )
-        self.denoiser = build_denoiser(cfg.arch, in_channels=c, **cfg.arch_params)
+        self.model = self.seeded(lambda: build_denoiser(cfg.arch, in_channels=c, **cfg.arch_params))
         self.classifier = None
         if cfg.classifier:
             clf, info = load_classifier(
@@ -149,164 +153,132 @@ class DenoiserTrainer:
             self.classifier = clf.eval()
             cfg.classifier_sha256 = sha256(cfg.classifier)
 
-    def _optimizer(self, kind: str, params, lr: float | None = None) -> torch.optim.Optimizer:
-        lr = self.cfg.lr if lr is None else lr
-        if kind == "adam":
-            return torch.optim.Adam(params, lr=lr, weight_decay=self.cfg.weight_decay)
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=self.cfg.weight_decay)
-
     @releases_experiment_lock
     def run(
         self,
         *,
         overwrite: bool = False,
         resume: bool = False,
-        on_step: Callable[[int, int, int], None] | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        on_step: OnStep | None = None,
+        on_epoch: OnEpoch | None = None,
     ) -> pd.DataFrame:
+        """Train, or continue a run from its last saved state (``resume``); returns the training log.
+        ``on_step(epoch, step, steps_per_epoch)`` after every step, ``on_epoch(row)`` after every epoch."""
+        data = self.load_data()  # bad data fails here, before the experiment folder is created or replaced
+        config = {"kind": "denoiser", **self.cfg.to_dict()}
+        state, _ = self.start(data, config, overwrite=overwrite, resume=resume)
+        return self.train_epochs(state, data, on_step, on_epoch)
+
+    # -- the steps of run -----------------------------------------------------------------------------------------
+    def new_state(self, data: TrainData) -> DenoiserTrainState:
         cfg = self.cfg
-        train_set, test_set = self.source.load("train", cfg.data_dir), self.source.load("test", cfg.data_dir)
-        train_idx = spread_indices(len(train_set), cfg.train_limit)
-        eval_idx = spread_indices(len(test_set), cfg.eval_limit)
-        torch.manual_seed(cfg.seed)  # the initial weights come from the seed, like everything else
-        self.denoiser = build_denoiser(cfg.arch, in_channels=self.source.image_shape[0], **cfg.arch_params)
-        # bad input (data, architecture) fails above, before the experiment folder is created or replaced
-        resuming = self.exp.prepare({"kind": "denoiser", **cfg.to_dict()}, overwrite=overwrite, resume=resume)
-        model = self.denoiser.to(self.device)
-        kind = "sgd" if cfg.optimizer == "sgd" or (cfg.sgd_after == 0) else "adam"
-        optimizer = self._optimizer(kind, model.parameters(), lr=cfg.sgd_lr if cfg.sgd_after == 0 else None)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-        order_rng = torch.Generator().manual_seed(cfg.seed)
-        noise_rng = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
-        start, best = 0, None
-        if resuming:
-            state = load_file(self.exp.train_state)
-            try:
-                model.load_state_dict(state["model"])
-                kind = state["optimizer_kind"]
-                optimizer = self._optimizer(kind, model.parameters())
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler = torch.optim.lr_scheduler.StepLR(
-                    optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma
-                )
-                scheduler.load_state_dict(state["scheduler"])
-                order_rng.set_state(state["order_rng"])
-                noise_rng.set_state(state["noise_rng"])
-                start, best = int(state["epoch"]), state.get("best")
-                truncate_log(self.exp.train_log, start)
-            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-                raise damaged_train_state(self.exp.train_state, exc) from None
+        model = self.model.to(self.device)
+        kind = "sgd" if cfg.optimizer == "sgd" or cfg.sgd_after == 0 else "adam"
+        optimizer, scheduler = self._optimizer(kind, lr=cfg.sgd_lr if cfg.sgd_after == 0 else cfg.lr)
+        return DenoiserTrainState(model, optimizer, scheduler, *self.generators(), optimizer_kind=kind)
+
+    def _optimizer(
+        self, kind: str, lr: float
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """A fresh optimiser of ``kind`` for the denoiser, and its step-decay schedule."""
+        params, decay = self.model.parameters(), self.cfg.weight_decay
+        if kind == "adam":
+            optimizer = torch.optim.Adam(params, lr=lr, weight_decay=decay)
         else:
-            self.exp.train_log.unlink(missing_ok=True)
-        steps = math.ceil(len(train_idx) / cfg.batch_size)
-        for epoch in range(start, cfg.epochs):
-            if cfg.sgd_after is not None and epoch == cfg.sgd_after and kind == "adam":
-                kind = "sgd"
-                optimizer = self._optimizer(
-                    "sgd", model.parameters(), lr=cfg.sgd_lr
-                )  # the reference's --start-sgd-lr
-                scheduler = torch.optim.lr_scheduler.StepLR(
-                    optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma
-                )
-            t0 = time.time()
-            model.train()
-            total = torch.zeros((), device=self.device)
-            seen = 0
-            for step, (x, y) in enumerate(
-                batches(
-                    train_set,
-                    cfg.batch_size,
-                    shuffle=True,
-                    generator=order_rng,
-                    indices=train_idx,
-                    workers=cfg.workers,
-                    device=self.device,
-                )
-            ):
-                loss = denoiser_loss(
-                    cfg.objective, model(self.noise.sample(x, noise_rng)), x, y, self.classifier
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach() * len(y)
-                seen += len(y)
-                if on_step is not None:
-                    on_step(epoch, step + 1, steps)
-            scheduler.step()
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": float(total) / max(seen, 1),
-                **self.validate(model, test_set, eval_idx),
-                "lr": optimizer.param_groups[0]["lr"],
-                "optimizer": kind,
-                "seconds": round(time.time() - t0, 3),
-            }
-            score = -row["val_mse"] if cfg.objective == "mse" else row["val_accuracy"]
-            improved = best is None or score > best
-            if improved:
-                best = score
-            append_csv(self.exp.train_log, row)
-            self.save(model, optimizer, scheduler, order_rng, noise_rng, epoch + 1, kind, best, improved)
-            if on_epoch is not None:
-                on_epoch(row)
-        return pd.read_csv(self.exp.train_log)
+            optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=decay)
+        return optimizer, torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=self.cfg.lr_step, gamma=self.cfg.lr_gamma
+        )
+
+    def restore(self, state: DenoiserTrainState, saved: dict[str, Any]) -> None:
+        state.optimizer, state.scheduler = self._optimizer(saved["optimizer_kind"], lr=self.cfg.lr)
+        state.load_state_dict(saved)
+
+    def train_epoch(
+        self, state: DenoiserTrainState, data: TrainData, on_step: OnStep | None
+    ) -> dict[str, float]:
+        """One epoch (switching to SGD at ``sgd_after``), the schedule stepped at its end; returns the mean loss."""
+        cfg = self.cfg
+        if state.epoch == cfg.sgd_after and state.optimizer_kind == "adam":
+            state.optimizer, state.scheduler = self._optimizer(
+                "sgd", lr=cfg.sgd_lr
+            )  # the reference's --start-sgd-lr
+            state.optimizer_kind = "sgd"
+        state.model.train()
+        total = torch.zeros((), device=self.device)
+        seen = 0
+        for step, (x, y) in enumerate(self.training_batches(state, data)):
+            denoised = state.model(self.noise.sample(x, state.noise_rng))
+            loss = denoiser_loss(cfg.objective, denoised, x, y, self.classifier)
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            state.optimizer.step()
+            total += loss.detach() * len(y)
+            seen += len(y)
+            if on_step is not None:
+                on_step(state.epoch, step + 1, data.steps_per_epoch)
+        state.scheduler.step()
+        return {"train_loss": float(total) / max(seen, 1)}
+
+    def log_columns(
+        self, state: DenoiserTrainState, data: TrainData, train_columns: dict[str, float]
+    ) -> dict[str, Any]:
+        return {
+            **train_columns,
+            **self.evaluate(state.model, data),
+            "lr": state.optimizer.param_groups[0]["lr"],
+            "optimizer": state.optimizer_kind,
+        }
 
     @torch.inference_mode()
-    def validate(self, model: nn.Module, test_set, indices: list[int]) -> dict[str, float]:
-        """On fixed noisy draws of the first test images: the denoiser's MSE and the noisy input's MSE; with a
-        classifier, its accuracy on denoised (and on noisy) images."""
+    def evaluate(self, model: nn.Module, data: TrainData) -> dict[str, float]:
+        """On fixed noisy draws of the evaluation images: the denoiser's MSE and the noisy input's MSE; with a
+        classifier, its accuracy on denoised (and on noisy) images, else ``val_accuracy`` NaN."""
         model.eval()
         rng = torch.Generator(device=self.device).manual_seed(12345)
-        sums = {"val_mse": 0.0, "noisy_mse": 0.0, "val_accuracy": 0.0, "noisy_accuracy": 0.0}
-        for x, y in batches(test_set, 250, shuffle=False, indices=indices, device=self.device):
+        mse = {"val_mse": 0.0, "noisy_mse": 0.0}
+        correct = {"val_accuracy": 0.0, "noisy_accuracy": 0.0}
+        for x, y in batches(data.test_set, 250, shuffle=False, indices=data.eval_idx, device=self.device):
             noisy = self.noise.sample(x, rng)
             den = model(noisy)
-            sums["val_mse"] += float(((den - x) ** 2).mean(dim=tuple(range(1, x.dim()))).sum())
-            sums["noisy_mse"] += float(((noisy - x) ** 2).mean(dim=tuple(range(1, x.dim()))).sum())
-            if self.classifier is not None:
-                sums["val_accuracy"] += float((self.classifier(den).argmax(1) == y).sum())
-                sums["noisy_accuracy"] += float((self.classifier(noisy).argmax(1) == y).sum())
-        out = {k: v / max(len(indices), 1) for k, v in sums.items()}
+            for key, image in (("val", den), ("noisy", noisy)):
+                mse[f"{key}_mse"] += float(((image - x) ** 2).mean(dim=tuple(range(1, x.dim()))).sum())
+                if self.classifier is not None:
+                    correct[f"{key}_accuracy"] += float((self.classifier(image).argmax(1) == y).sum())
+        n = max(len(data.eval_idx), 1)
         if self.classifier is None:
-            out.pop("val_accuracy")
-            out.pop("noisy_accuracy")
-            out["val_accuracy"] = float("nan")
-        return out
+            return {k: v / n for k, v in mse.items()} | {"val_accuracy": float("nan")}
+        return {k: v / n for k, v in (mse | correct).items()}
 
-    def save(
-        self, model, optimizer, scheduler, order_rng, noise_rng, epoch: int, kind: str, best, improved: bool
-    ) -> None:
+    def save_epoch(self, state: DenoiserTrainState, row: dict[str, Any]) -> None:
+        """The last denoiser, the best one (when this epoch improved on it), the training state and the manifest."""
         cfg = self.cfg
+        score = -row["val_mse"] if cfg.objective == "mse" else row["val_accuracy"]
+        improved = state.best is None or score > state.best
+        if improved:
+            state.best = score
         extra = {
-            "epoch": epoch,
+            "epoch": state.epoch,
             "noise": self.noise.params(),
             "objective": cfg.objective,
             "dataset": cfg.dataset,
         }
         ckpt = denoiser_checkpoint(
-            model, arch=cfg.arch, params=cfg.arch_params, in_channels=self.source.image_shape[0], extra=extra
+            state.model,
+            arch=cfg.arch,
+            params=cfg.arch_params,
+            in_channels=self.source.image_shape[0],
+            extra=extra,
         )
         atomic_torch_save(self.exp.path / DENOISER, ckpt)
         if improved:
             atomic_torch_save(self.exp.path / DENOISER_BEST, ckpt)
-        atomic_torch_save(
-            self.exp.train_state,
-            {
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "optimizer_kind": kind,
-                "scheduler": scheduler.state_dict(),
-                "order_rng": order_rng.get_state(),
-                "noise_rng": noise_rng.get_state(),
-                "best": best,
-            },
-        )
+        self.save_state(state)
         self.exp.update_manifest(
-            epoch=epoch, denoiser_sha256=sha256(self.exp.path / DENOISER), noise=self.noise.params()
+            epoch=state.epoch, denoiser_sha256=sha256(self.exp.path / DENOISER), noise=self.noise.params()
         )
 
 
 def train_denoiser(cfg: DenoiserConfig, out: str | Path, **kwargs: Any) -> pd.DataFrame:
+    """Train ``cfg`` into the experiment folder ``out``; returns the training log (one row per epoch)."""
     return DenoiserTrainer(cfg, out).run(**kwargs)

@@ -10,7 +10,7 @@ from torch import nn
 
 from smoothcore.checkpoints import DENOISER_FORMAT, load_file, load_state_strict, strip_prefix
 from smoothcore.devices import resolve_device
-from smoothcore.errors import CheckpointError
+from smoothcore.errors import CheckpointError, ConfigError
 from smoothcore.models import build_denoiser
 
 # denoised-smoothing architecture names -> (smoothcore denoiser, its parameters)
@@ -99,3 +99,20 @@ def load_denoiser(
     model = model.to(device).eval()
     info = {"arch": arch, "denoiser": name, "params": params, "in_channels": in_channels, "path": str(path)}
     return (model, info) if return_info else model
+
+
+def load_frozen_denoiser(
+    path: str | Path | None, in_channels: int, device: torch.device, *, trust: bool = False
+) -> nn.Module | None:
+    """The denoiser at ``path`` (None: no denoiser) for ``in_channels``-channel images, frozen (no gradients) and in
+    eval mode: what a classifier is trained or certified behind."""
+    if path is None:
+        return None
+    den = load_denoiser(path, device=device, trust=trust)
+    if den.in_channels != in_channels:
+        raise ConfigError(
+            f"the denoiser {path} takes {den.in_channels}-channel images but the data has {in_channels} channels"
+        )
+    for p in den.parameters():
+        p.requires_grad_(False)
+    return den.eval()

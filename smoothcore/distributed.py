@@ -7,10 +7,14 @@ torchrun. Without the torchrun environment everything runs as a single process (
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from smoothcore.errors import SmoothcoreError
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,41 @@ def all_agree(info: DistInfo, ok: bool) -> bool:
     flag = torch.tensor([1 if ok else 0])
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def all_reduce_sum(info: DistInfo, *values: float) -> tuple[float, ...]:
+    """The sums of ``values`` over every rank (a collective: every rank must call it)."""
+    if not info.active:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return tuple(t.tolist())
+
+
+def run_on_main(info: DistInfo, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 and hand its result (or its SmoothcoreError) to every rank."""
+    if not info.active:
+        return fn()
+    box: list[Any] = [None]
+    if info.main:
+        try:
+            box[0] = ("ok", fn())
+        except SmoothcoreError as exc:
+            box[0] = ("error", exc)
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return value
+
+
+def shard_apply(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, full: int, info: DistInfo
+) -> torch.Tensor:
+    """Apply a random transform to this rank's rows ``x`` of a global batch of ``full`` rows, drawing the randomness
+    of the whole batch: every rank consumes its generator exactly as a single process would."""
+    if not info.active:
+        return fn(x)
+    whole = torch.zeros((full, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    whole[info.rank :: info.world] = x
+    return fn(whole)[info.rank :: info.world]

@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import functools
+import io
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +18,8 @@ from typing import Any, TypeVar
 
 import torch
 
-from smoothcore.errors import ConfigError, ExperimentError
-from smoothcore.fileio import atomic_write_json, check_fields, read_json
+from smoothcore.errors import CheckpointError, ConfigError, ExperimentError
+from smoothcore.fileio import atomic_write, atomic_write_json, check_fields, read_json
 from smoothcore.locking import Lock
 
 CONFIG = "config.json"
@@ -231,3 +233,39 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     exist when the run was made (absent from ``old``) are not differences: the run cannot have used them."""
     keys = sorted((set(old) & set(new)) - IGNORED_ON_RESUME) + sorted(set(old) - set(new) - IGNORED_ON_RESUME)
     return [f"{k}: was {old.get(k)!r}, now {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+# -- the training log ---------------------------------------------------------------------------------------------
+def append_csv(path: Path, row: dict[str, Any]) -> None:
+    """Append ``row`` to the CSV log at ``path`` (header on first write)."""
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def truncate_log(path: Path, epochs: int) -> None:
+    """Keep the rows of the CSV log at ``path`` for epochs ``1 .. epochs`` (resuming from a save at ``epochs``)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [r for r in rows if r.get("epoch", "").isdigit() and int(r["epoch"]) <= epochs]
+    if len(kept) == len(rows):
+        return
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    atomic_write(path, lambda f: f.write(buf.getvalue()), mode="w")
+
+
+def damaged_train_state(path: Path, exc: BaseException) -> CheckpointError:
+    """The error for a ``train_state.pt`` that cannot be resumed from (``exc``: what reading it raised)."""
+    return CheckpointError(
+        f"{path} is damaged and cannot be resumed from ({type(exc).__name__}: {exc})",
+        hint="pass --overwrite to start the run again",
+    )

@@ -4,13 +4,9 @@ Nesterov momentum and cosine annealing, into an experiment folder that can be re
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import math
-import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,16 +18,17 @@ from torch import nn
 
 from smoothcore.checkpoints import load_file, sha256
 from smoothcore.checks import check_params
-from smoothcore.data import DatasetSource, batches, get_dataset, spread_indices
-from smoothcore.devices import resolve_device
-from smoothcore.distributed import DistInfo, barrier
-from smoothcore.engine import PRECISIONS
-from smoothcore.errors import CheckpointError, ConfigError, ExperimentError, SmoothcoreError
-from smoothcore.experiment import Experiment, releases_experiment_lock
-from smoothcore.fileio import atomic_torch_save, atomic_write
-from smoothcore.loading import classifier_checkpoint
+from smoothcore.data import batches
+from smoothcore.denoise import load_frozen_denoiser
+from smoothcore.distributed import DistInfo, all_reduce_sum, barrier, shard_apply
+from smoothcore.engine import PRECISIONS, keep_freed_memory
+from smoothcore.errors import CheckpointError, ConfigError, ExperimentError
+from smoothcore.experiment import releases_experiment_lock
+from smoothcore.fileio import atomic_torch_save
+from smoothcore.loading import classifier_checkpoint, classifier_weights
 from smoothcore.models import MODEL_ARGUMENTS, build_classifier
-from smoothcore.noise import NOISE_ARGUMENTS, Noise, make_noise
+from smoothcore.noise import NOISE_ARGUMENTS
+from smoothcore.trainer_base import EpochTrainer, OnEpoch, OnStep, TrainData, TrainState
 
 # The reference recipes (SPEC.md); anything else starts from the generic defaults of TrainConfig.
 RECIPES: dict[tuple[str, str], dict[str, Any]] = {
@@ -118,73 +115,6 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
-def append_csv(path: Path, row: dict[str, Any]) -> None:
-    """Append ``row`` to the CSV log at ``path`` (header on first write)."""
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def damaged_train_state(path: Path, exc: BaseException) -> CheckpointError:
-    return CheckpointError(
-        f"{path} is damaged and cannot be resumed from ({type(exc).__name__}: {exc})",
-        hint="pass --overwrite to start the run again",
-    )
-
-
-def truncate_log(path: Path, epochs: int) -> None:
-    """Keep the rows of the CSV log at ``path`` for epochs ``1 .. epochs`` (resuming from a save at ``epochs``)."""
-    if not path.is_file():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    kept = [r for r in rows if r.get("epoch", "").isdigit() and int(r["epoch"]) <= epochs]
-    if len(kept) == len(rows):
-        return
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(kept)
-    atomic_write(path, lambda f: f.write(buf.getvalue()), mode="w")
-
-
-def make_noise_for(cfg: TrainConfig, source: DatasetSource, device: torch.device) -> Noise | None:
-    """The training noise; ``none`` trains a clean classifier (for denoised smoothing's off-the-shelf setting)."""
-    if cfg.noise == "none":
-        return None
-    return make_noise(
-        cfg.noise,
-        sigma=cfg.sigma,
-        lambd=cfg.lambd,
-        dim=source.dim,
-        seed=cfg.noise_seed,
-        device=device,
-        **cfg.noise_params,
-    )
-
-
-def load_frozen_denoiser(
-    path: str | None, in_channels: int, device: torch.device, *, trust: bool = False
-) -> nn.Module | None:
-    if path is None:
-        return None
-    from smoothcore.denoise import load_denoiser
-
-    den = load_denoiser(path, device=device, trust=trust)
-    expected = getattr(den, "in_channels", in_channels)
-    if expected != in_channels:
-        raise ConfigError(
-            f"the denoiser {path} takes {expected}-channel images but the data has {in_channels} channels"
-        )
-    for p in den.parameters():
-        p.requires_grad_(False)
-    return den.eval()
-
-
 def stability_loss(
     logits_1: torch.Tensor,
     logits_2: torch.Tensor,
@@ -202,97 +132,68 @@ def stability_loss(
     return total if reduction == "sum" else total / len(labels)
 
 
-def shard_apply(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, full: int, info: DistInfo
-) -> torch.Tensor:
-    """Apply a random transform to this rank's rows ``x`` of a global batch of ``full`` rows, drawing the randomness
-    of the whole batch: every rank consumes its generator exactly as a single process would."""
-    if not info.active:
-        return fn(x)
-    whole = torch.zeros((full, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    whole[info.rank :: info.world] = x
-    return fn(whole)[info.rank :: info.world]
+@dataclass
+class ClassifierTrainState(TrainState):
+    """The classifier's training state: also the fp16 gradient ``scaler``, the global torch (and CUDA) generators that
+    dropout draws from, and, saved in the middle of an epoch, the ``step`` reached in it, the order generator at its
+    start (``epoch_order_rng``) and its running totals (``partial``: loss sum, correct, seen)."""
+
+    scaler: torch.amp.GradScaler = field(kw_only=True)
+    device: torch.device = field(kw_only=True)
+    step: int = 0
+    epoch_order_rng: torch.Tensor | None = None
+    partial: tuple[float, int, int] = (0.0, 0, 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        cuda = self.device.type == "cuda"
+        saved = {
+            **super().state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None,
+            "scaler": self.scaler.state_dict(),
+        }
+        if self.step:
+            saved.update(step=self.step, epoch_order_rng=self.epoch_order_rng, partial=self.partial)
+        return saved
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        super().load_state_dict(saved)
+        self.step = int(saved.get("step", 0))
+        if self.step:  # the epoch's order is drawn again from its start, and its first `step` batches skipped
+            self.order_rng.set_state(saved["epoch_order_rng"])
+            self.partial = tuple(saved.get("partial", (0.0, 0, 0)))
+        # dropout and any other use of the global generators continue where they were
+        if "torch_rng" in saved:
+            torch.set_rng_state(saved["torch_rng"])
+        if saved.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
+        if saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
 
 
-def run_on_main(info: DistInfo, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on rank 0 and hand its result (or its SmoothcoreError) to every rank."""
-    if not info.active:
-        return fn()
-    import torch.distributed as dist
-
-    box: list[Any] = [None]
-    if info.main:
-        try:
-            box[0] = ("ok", fn())
-        except SmoothcoreError as exc:
-            box[0] = ("error", exc)
-    dist.broadcast_object_list(box, src=0)
-    status, value = box[0]
-    if status == "error":
-        raise value
-    return value
-
-
-def all_reduce_sum(info: DistInfo, *values: float) -> tuple[float, ...]:
-    if not info.active:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return tuple(t.tolist())
-
-
-class Trainer:
-    """One training run of ``cfg`` into the experiment folder ``out``."""
+class Trainer(EpochTrainer):
+    """One training run of ``cfg`` into the experiment folder ``out``: the classifier ``model``, trained on noisy
+    images (behind the frozen ``denoiser``, if any)."""
 
     def __init__(self, cfg: TrainConfig, out: str | Path) -> None:
-        cfg.validate()
-        self.cfg = cfg
-        self.exp = Experiment(out)
-        self.device = resolve_device(cfg.device)
+        super().__init__(cfg, out)
         if self.device.type == "cpu":
-            from smoothcore.engine import keep_freed_memory
-
             keep_freed_memory()
-        self.source = get_dataset(cfg.dataset)
-        self.noise = make_noise_for(cfg, self.source, self.device)
+        self.noise = None if cfg.noise == "none" else self.training_noise()  # none: a clean classifier
         c, h, _ = self.source.image_shape
-        self.classifier = build_classifier(
-            cfg.model,
-            num_classes=self.source.num_classes,
-            in_channels=c,
-            image_size=h,
-            mean=self.source.mean,
-            std=self.source.std,
-            **cfg.model_params,
+        self.model = self.seeded(
+            lambda: build_classifier(
+                cfg.model,
+                num_classes=self.source.num_classes,
+                in_channels=c,
+                image_size=h,
+                mean=self.source.mean,
+                std=self.source.std,
+                **cfg.model_params,
+            )
         )
         self.denoiser = load_frozen_denoiser(cfg.denoiser, c, self.device, trust=cfg.trust_checkpoint)
-
-    def _autocast(self):
-        dtype = PRECISIONS[self.cfg.precision]
-        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
-
-    def _init_weights(self) -> None:
-        if self.cfg.finetune is None:
-            return
-        from smoothcore.loading import classifier_weights
-
-        obj = load_file(self.cfg.finetune, trust=self.cfg.trust_checkpoint)
-        state = classifier_weights(obj, self.cfg.finetune)
-        own = self.classifier.state_dict()
-        usable = {
-            k: v
-            for k, v in state.items()
-            if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape
-        }
-        last = [k for k in own if k.endswith(("fc.weight", "fc.bias"))] or list(own)[-2:]
-        usable = {
-            k: v for k, v in usable.items() if k not in last and not k.startswith("norm.")
-        }  # the new data normalises itself
-        if not usable:
-            raise CheckpointError(f"{self.cfg.finetune} shares no parameters with {self.cfg.model}")
-        self.classifier.load_state_dict(usable, strict=False)
+        self.train_model: nn.Module = self.model  # what the steps run: the model, or its DDP wrapper
 
     @releases_experiment_lock
     def run(
@@ -300,30 +201,51 @@ class Trainer:
         *,
         overwrite: bool = False,
         resume: bool = False,
-        on_step: Callable[[int, int, int, float], None] | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        on_step: OnStep | None = None,
+        on_epoch: OnEpoch | None = None,
         dist_info: DistInfo | None = None,
     ) -> pd.DataFrame:
         """Train, or continue a run from its last saved state (``resume``). Under torchrun (``dist_info`` with several
         ranks) the model is wrapped in DistributedDataParallel: each rank loads and trains on its rows of every
         global batch, all ranks draw the augmentation and noise of the whole batch from the same generator (so the
-        run matches a single process on the same data order), and only rank 0 evaluates, logs and saves."""
+        run matches a single process on the same data order), and only rank 0 evaluates, logs and saves.
+        ``on_step(epoch, step, steps_per_epoch)`` after every step, ``on_epoch(row)`` after every epoch (rank 0)."""
         cfg = self.cfg
-        info = dist_info or DistInfo()
+        self.dist = dist_info or DistInfo()
         if cfg.denoiser is not None and cfg.denoiser_sha256 is None:
             cfg.denoiser_sha256 = sha256(cfg.denoiser)
         # Everything that can fail on bad input (data, fine-tuning weights) comes before the folder is touched.
-        train_set = self.source.load("train", cfg.data_dir)
-        test_set = self.source.load("test", cfg.data_dir)
-        train_idx = spread_indices(len(train_set), cfg.train_limit)
-        eval_idx = spread_indices(len(test_set), cfg.eval_limit)
-        torch.manual_seed(cfg.seed)
-        self.classifier = self.build_fresh()
-        self._init_weights()
-        resuming = run_on_main(
-            info, lambda: self.exp.prepare(cfg.to_dict(), overwrite=overwrite, resume=resume)
-        )
-        model = self.classifier.to(self.device)
+        data = self.load_data()
+        self._load_finetune_weights()
+        state, resuming = self.start(data, cfg.to_dict(), overwrite=overwrite, resume=resume)
+        if self.dist.main:
+            self._record_data(data, resuming)
+        self.train_model = self._wrap_distributed(state.model)
+        return self.train_epochs(state, data, on_step, on_epoch)
+
+    # -- the steps of run -----------------------------------------------------------------------------------------
+    def _load_finetune_weights(self) -> None:
+        """With ``finetune``: start from that checkpoint's weights, except its last layer and its normalisation."""
+        if self.cfg.finetune is None:
+            return
+        obj = load_file(self.cfg.finetune, trust=self.cfg.trust_checkpoint)
+        state = classifier_weights(obj, self.cfg.finetune)
+        own = self.model.state_dict()
+        usable = {
+            k: v
+            for k, v in state.items()
+            if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape
+        }
+        last = [k for k in own if k.endswith(("fc.weight", "fc.bias"))] or list(own)[-2:]
+        # neither the last layer (new classes) nor the normalisation (the new data normalises itself)
+        usable = {k: v for k, v in usable.items() if k not in last and not k.startswith("norm.")}
+        if not usable:
+            raise CheckpointError(f"{self.cfg.finetune} shares no parameters with {self.cfg.model}")
+        self.model.load_state_dict(usable, strict=False)
+
+    def new_state(self, data: TrainData) -> ClassifierTrainState:
+        cfg = self.cfg
+        model = self.model.to(self.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(
@@ -333,173 +255,152 @@ class Trainer:
             nesterov=cfg.nesterov and cfg.momentum > 0,
             weight_decay=cfg.weight_decay,
         )
-        steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
-        order_rng = torch.Generator().manual_seed(cfg.seed)
-        noise_rng = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
-        scaler = self._scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        start_epoch, start_step, carried = 0, 0, (0.0, 0, 0)
-        if resuming:
-            state = load_file(self.exp.train_state)
-            try:
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                order_rng.set_state(state["epoch_order_rng"] if state.get("step") else state["order_rng"])
-                noise_rng.set_state(state["noise_rng"])
-                start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
-                carried = tuple(state.get("partial", (0.0, 0, 0)))
-                if (
-                    "torch_rng" in state
-                ):  # dropout and any other use of the global generators continue where they were
-                    torch.set_rng_state(state["torch_rng"])
-                if state.get("cuda_rng") is not None and self.device.type == "cuda":
-                    torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-                if state.get("scaler"):
-                    scaler.load_state_dict(state["scaler"])
-                if info.main:
-                    truncate_log(
-                        self.exp.train_log, start_epoch
-                    )  # epochs logged after the last save are trained again
-            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-                raise damaged_train_state(self.exp.train_state, exc) from None
-        elif info.main:
-            self.exp.train_log.unlink(missing_ok=True)
-        if info.main:
-            data_fp = getattr(train_set, "fingerprint", None)
-            fingerprint = data_fp() if data_fp else None
-            before = (self.exp.manifest().get("data") or {}).get("train_fingerprint") if resuming else None
-            if (
-                before and fingerprint and before != fingerprint
-            ):  # --data-dir may move, the data may not change
-                raise ExperimentError(
-                    f"--resume of {self.exp.path} reads other training data than the run started with "
-                    f"(fingerprint {fingerprint}, was {before})",
-                    hint="point --data-dir at the data the run was started with",
-                )
-            self.exp.update_manifest(
-                data={
-                    "dataset": cfg.dataset,
-                    "train_images": len(train_idx),
-                    "train_fingerprint": fingerprint,
-                },
-                noise=self.noise.params() if self.noise is not None else None,
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=cfg.epochs * data.steps_per_epoch
+        )
+        return ClassifierTrainState(
+            model,
+            optimizer,
+            scheduler,
+            *self.generators(),
+            scaler=torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16"),
+            device=self.device,
+        )
+
+    def _record_data(self, data: TrainData, resuming: bool) -> None:
+        """The training data's fingerprint and the noise in the manifest; a resume must read the same data."""
+        data_fp = getattr(data.train_set, "fingerprint", None)
+        fingerprint = data_fp() if data_fp else None
+        before = (self.exp.manifest().get("data") or {}).get("train_fingerprint") if resuming else None
+        if before and fingerprint and before != fingerprint:  # --data-dir may move, the data may not change
+            raise ExperimentError(
+                f"--resume of {self.exp.path} reads other training data than the run started with "
+                f"(fingerprint {fingerprint}, was {before})",
+                hint="point --data-dir at the data the run was started with",
             )
-        train_model = self._wrap_distributed(model, info)
+        self.exp.update_manifest(
+            data={
+                "dataset": self.cfg.dataset,
+                "train_images": len(data.train_idx),
+                "train_fingerprint": fingerprint,
+            },
+            noise=self.noise.params() if self.noise is not None else None,
+        )
 
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.time()
-            train_model.train()
-            epoch_order_state = order_rng.get_state()
-            skip = start_step if epoch == start_epoch else 0
-            loss_sum = torch.tensor(float(carried[0]) if skip else 0.0, device=self.device)
-            correct = torch.tensor(int(carried[1]) if skip else 0, device=self.device, dtype=torch.long)
-            seen = int(carried[2]) if skip else 0
-            for step, (x, y, full) in enumerate(
-                batches(
-                    train_set,
-                    cfg.batch_size,
-                    shuffle=True,
-                    generator=order_rng,
-                    indices=train_idx,
-                    workers=cfg.workers,
-                    device=self.device,
-                    start_batch=skip,
-                    shard=(info.rank, info.world),
-                ),
-                start=skip,
-            ):
-                x = self._augment_shard(x, full, info, noise_rng)
-                loss, logits = self.step_loss(train_model, x, y, noise_rng, full=full, info=info)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                loss_sum += loss.detach() * full / info.world
-                correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-                if on_step is not None and info.main:
-                    on_step(epoch, step + 1, steps_per_epoch, 0.0)
-                if (
-                    cfg.save_every_steps
-                    and (step + 1) % cfg.save_every_steps == 0
-                    and step + 1 < steps_per_epoch
-                ):
-                    if info.main:
-                        self.save_state(
-                            model,
-                            optimizer,
-                            scheduler,
-                            order_rng,
-                            noise_rng,
-                            epoch,
-                            step=step + 1,
-                            epoch_order_rng=epoch_order_state,
-                            partial=(float(loss_sum), int(correct), seen),
-                        )
-                    barrier(info)
-            loss_total, correct_total, seen_total = all_reduce_sum(info, float(loss_sum), int(correct), seen)
-            if info.main:
-                row = {
-                    "epoch": epoch + 1,
-                    "train_loss": loss_total / max(seen_total, 1),
-                    "train_noisy_acc": correct_total / max(seen_total, 1),
-                    "test_noisy_acc": self.evaluate(model, test_set, eval_idx),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "seconds": round(time.time() - t0, 3),
-                }
-                append_csv(self.exp.train_log, row)
-                if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
-                    self.save(model, optimizer, scheduler, order_rng, noise_rng, epoch + 1)
-                if on_epoch is not None:
-                    on_epoch(row)
-            barrier(info)
-        barrier(info)
-        return pd.read_csv(self.exp.train_log)
-
-    def _wrap_distributed(self, model: nn.Module, info: DistInfo) -> nn.Module:
-        if not info.active:
+    def _wrap_distributed(self, model: nn.Module) -> nn.Module:
+        if not self.dist.active:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
         if self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             return DistributedDataParallel(model, device_ids=[self.device.index])
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) and info.main:
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) and self.dist.main:
             warnings.warn(
                 "distributed training on the CPU: SyncBatchNorm needs GPUs, so batch-norm statistics are per rank",
                 stacklevel=2,
             )
         return DistributedDataParallel(model)
 
-    def _augment_shard(
-        self, x: torch.Tensor, full: int, info: DistInfo, rng: torch.Generator
-    ) -> torch.Tensor:
-        if self.source.augment is None:
-            return x
-        return shard_apply(lambda z: self.source.augment(z, rng), x, full, info)
+    def train_epoch(
+        self, state: ClassifierTrainState, data: TrainData, on_step: OnStep | None
+    ) -> dict[str, float]:
+        """One epoch (its rest, when resumed mid-epoch) on this rank's rows of every batch; with ``save_every_steps``
+        the state is saved every that many steps. Returns the loss and accuracy on the noisy training images, over
+        every rank."""
+        cfg, info = self.cfg, self.dist
+        self.train_model.train()
+        state.epoch_order_rng = state.order_rng.get_state()
+        first = state.step
+        loss_sum = torch.tensor(float(state.partial[0]), device=self.device)
+        correct = torch.tensor(int(state.partial[1]), device=self.device, dtype=torch.long)
+        seen = int(state.partial[2])
+        shard = (info.rank, info.world)
+        for step, (x, y, full) in enumerate(
+            self.training_batches(state, data, start_batch=first, shard=shard), first
+        ):
+            if self.source.augment is not None:
+                x = shard_apply(lambda z: self.source.augment(z, state.noise_rng), x, full, info)
+            loss, logits = self.step_loss(self.train_model, x, y, state.noise_rng, full=full)
+            self._optimise(state, loss)
+            loss_sum += loss.detach() * full / info.world
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            if on_step is not None and info.main:
+                on_step(state.epoch, step + 1, data.steps_per_epoch)
+            if (
+                cfg.save_every_steps
+                and (step + 1) % cfg.save_every_steps == 0
+                and step + 1 < data.steps_per_epoch
+            ):
+                state.step, state.partial = step + 1, (float(loss_sum), int(correct), seen)
+                if info.main:
+                    self.save_state(state)
+                barrier(info)
+        state.step, state.partial = 0, (0.0, 0, 0)
+        loss_total, correct_total, seen_total = all_reduce_sum(info, float(loss_sum), int(correct), seen)
+        return {
+            "train_loss": loss_total / max(seen_total, 1),
+            "train_noisy_acc": correct_total / max(seen_total, 1),
+        }
 
-    def build_fresh(self) -> nn.Module:
+    @staticmethod
+    def _optimise(state: ClassifierTrainState, loss: torch.Tensor) -> None:
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+
+    def log_columns(
+        self, state: ClassifierTrainState, data: TrainData, train_columns: dict[str, float]
+    ) -> dict[str, Any]:
+        return {
+            **train_columns,
+            "test_noisy_acc": self.evaluate(state.model, data),
+            "lr": state.optimizer.param_groups[0]["lr"],
+        }
+
+    def save_epoch(self, state: ClassifierTrainState, row: dict[str, Any]) -> None:
+        """Every ``save_every`` epochs and after the last: the checkpoint, the training state and the manifest."""
+        if state.epoch % self.cfg.save_every != 0 and state.epoch != self.cfg.epochs:
+            return
+        atomic_torch_save(self.exp.checkpoint, self._checkpoint(state))
+        self.save_state(state)
+        self.exp.update_manifest(epoch=state.epoch, checkpoint_sha256=sha256(self.exp.checkpoint))
+
+    def _checkpoint(self, state: ClassifierTrainState) -> dict[str, Any]:
         c, h, _ = self.source.image_shape
-        return build_classifier(
-            self.cfg.model,
+        extra = {"epoch": state.epoch, "noise": self.noise.params() if self.noise is not None else None}
+        if self.cfg.denoiser is not None:
+            extra["denoiser"] = {
+                "path": str(Path(self.cfg.denoiser).resolve()),
+                "sha256": self.cfg.denoiser_sha256,
+            }
+        return classifier_checkpoint(
+            state.model,
+            name=self.cfg.model,
+            params=self.cfg.model_params,
+            dataset=self.cfg.dataset,
             num_classes=self.source.num_classes,
             in_channels=c,
             image_size=h,
-            mean=self.source.mean,
-            std=self.source.std,
-            **self.cfg.model_params,
+            extra=extra,
         )
 
-    def _noisy(
-        self, x: torch.Tensor, rng: torch.Generator, full: int | None = None, info: DistInfo | None = None
-    ) -> torch.Tensor:
+    # -- the model under noise ------------------------------------------------------------------------------------
+    def _autocast(self):
+        dtype = PRECISIONS[self.cfg.precision]
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    def _noisy(self, x: torch.Tensor, rng: torch.Generator, full: int | None = None) -> torch.Tensor:
+        """``x`` under the training noise; ``full``: the size of the global batch whose rows ``x`` are on this rank
+        (None: ``x`` is a whole batch)."""
         if self.noise is None:
             return x
-        if info is None or not info.active:
+        if full is None:
             return self.noise.sample(x, rng)
-        return shard_apply(lambda z: self.noise.sample(z, rng), x, full, info)
+        return shard_apply(lambda z: self.noise.sample(z, rng), x, full, self.dist)
 
     def _forward(self, model: nn.Module, noisy: torch.Tensor) -> torch.Tensor:
         if self.denoiser is not None:
@@ -510,82 +411,32 @@ class Trainer:
         return model(noisy)
 
     def step_loss(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        rng: torch.Generator,
-        *,
-        full: int | None = None,
-        info: DistInfo | None = None,
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rng: torch.Generator, *, full: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training loss of this rank's rows, scaled so that averaging over ranks gives the whole batch's mean."""
-        full = full or len(y)
-        scale = (info.world if info is not None else 1) / full
+        """The training loss of this rank's rows of a global batch of ``full`` rows, scaled so that averaging over
+        ranks gives the whole batch's mean; and the logits."""
+        scale = self.dist.world / full
         with self._autocast():
-            logits = self._forward(model, self._noisy(x, rng, full, info))
+            logits = self._forward(model, self._noisy(x, rng, full))
             if not self.cfg.stability:
                 return F.cross_entropy(logits, y, reduction="sum") * scale, logits
-            logits_2 = self._forward(model, self._noisy(x, rng, full, info))
+            logits_2 = self._forward(model, self._noisy(x, rng, full))
             loss = stability_loss(
                 logits.float(), logits_2.float(), y, self.cfg.stability_weight, reduction="sum"
             )
             return loss * scale, logits
 
     @torch.inference_mode()
-    def evaluate(self, model: nn.Module, test_set, indices: list[int]) -> float:
+    def evaluate(self, model: nn.Module, data: TrainData) -> float:
         """Accuracy of the base classifier on one noisy draw per test image (a progress signal, not a certificate).
         The draws are the same every epoch and leave the training generators untouched."""
         model.eval()
         rng = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 2)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        for x, y in batches(test_set, 500, shuffle=False, indices=indices, device=self.device):
+        for x, y in batches(data.test_set, 500, shuffle=False, indices=data.eval_idx, device=self.device):
             with self._autocast():
                 correct += (self._forward(model, self._noisy(x, rng)).argmax(1) == y).sum()
-        return float(correct) / max(len(indices), 1)
-
-    def save_state(self, model, optimizer, scheduler, order_rng, noise_rng, epoch: int, **extra: Any) -> None:
-        """The resume state (atomic): model, optimiser, scheduler, data-order and noise generators, the global torch
-        (and CUDA) generators, the fp16 gradient scaler, and, mid-epoch,
-        the step reached, the order generator at the start of the epoch and the running epoch totals."""
-        atomic_torch_save(
-            self.exp.train_state,
-            {
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "order_rng": order_rng.get_state(),
-                "noise_rng": noise_rng.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-                "scaler": self._scaler.state_dict() if getattr(self, "_scaler", None) is not None else {},
-                **extra,
-            },
-        )
-
-    def save(self, model, optimizer, scheduler, order_rng, noise_rng, epoch: int) -> None:
-        c, h, _ = self.source.image_shape
-        base = model
-        extra = {"epoch": epoch, "noise": self.noise.params() if self.noise is not None else None}
-        if self.cfg.denoiser is not None:
-            extra["denoiser"] = {
-                "path": str(Path(self.cfg.denoiser).resolve()),
-                "sha256": self.cfg.denoiser_sha256,
-            }
-        ckpt = classifier_checkpoint(
-            base,
-            name=self.cfg.model,
-            params=self.cfg.model_params,
-            dataset=self.cfg.dataset,
-            num_classes=self.source.num_classes,
-            in_channels=c,
-            image_size=h,
-            extra=extra,
-        )
-        atomic_torch_save(self.exp.checkpoint, ckpt)
-        self.save_state(model, optimizer, scheduler, order_rng, noise_rng, epoch)
-        self.exp.update_manifest(epoch=epoch, checkpoint_sha256=sha256(self.exp.checkpoint))
+        return float(correct) / max(len(data.eval_idx), 1)
 
 
 def train_classifier(cfg: TrainConfig, out: str | Path, **kwargs: Any) -> pd.DataFrame:

@@ -130,3 +130,21 @@ def test_ddp_training_matches_a_single_process_on_the_same_data_order(tiny_idx_d
         for k in single
     )
     assert moved < 1e-4
+
+
+def test_a_sharded_random_transform_gives_each_rank_its_rows_of_the_single_process_result():
+    """shard_apply draws the randomness of the whole global batch on every rank: rank r's rows r::world come out as
+    a single process transforming the whole batch would have them."""
+    import torch
+
+    from smoothcore.distributed import DistInfo, shard_apply
+
+    def add_noise(z: torch.Tensor) -> torch.Tensor:
+        return z + torch.rand(z.shape, generator=torch.Generator().manual_seed(0))
+
+    batch = torch.arange(10.0).view(5, 2)
+    single = shard_apply(add_noise, batch, 5, DistInfo())
+    assert torch.equal(single, add_noise(batch))
+    for rank in range(2):
+        rows = shard_apply(add_noise, batch[rank::2], 5, DistInfo(rank=rank, world=2))
+        assert torch.equal(rows, single[rank::2])

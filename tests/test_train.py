@@ -137,7 +137,7 @@ def test_resume_from_the_middle_of_an_epoch_matches_an_uninterrupted_run(tiny_id
     cfg = dict(epochs=2, save_every_steps=1)
     train_classifier(tiny_config(tiny_idx_dir, **cfg), tmp_path / "straight")
 
-    def crash_in_second_epoch(epoch, step, total, _loss):
+    def crash_in_second_epoch(epoch, step, total):
         if epoch == 1 and step == 3:
             raise Crash
 
@@ -194,7 +194,7 @@ def test_resuming_from_an_earlier_save_drops_the_log_rows_trained_again(tiny_idx
     class Crash(Exception):
         pass
 
-    def crash_in_fourth_epoch(epoch, step, total, loss):
+    def crash_in_fourth_epoch(epoch, step, total):
         if epoch == 3 and step == 1:
             raise Crash
 
@@ -245,7 +245,7 @@ def test_resume_continues_the_global_random_stream_of_dropout(tiny_idx_dir, tmp_
     class Crash(Exception):
         pass
 
-    def crash(epoch, step, total, _loss):
+    def crash(epoch, step, total):
         if epoch == 1 and step == 3:
             raise Crash
 
@@ -296,3 +296,40 @@ def test_options_added_after_a_run_was_made_do_not_block_its_resume():
     assert config_diff(old, {"lr": 0.1, "epochs": 5, "sgd_lr": 1e-5}) == []
     assert config_diff(old, {"lr": 0.2, "epochs": 5}) == ["lr: was 0.1, now 0.2"]
     assert config_diff(old, {"lr": 0.1}) == ["epochs: was 5, now None"]
+
+
+def test_a_training_state_restores_everything_it_saves():
+    """TrainState (what train_state.pt holds): a fresh state loaded from a saved one continues identically."""
+    import copy
+
+    from torch import nn
+
+    from smoothcore.trainer_base import TrainState
+
+    def state(seed: int) -> TrainState:
+        torch.manual_seed(seed)
+        model = nn.Linear(3, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        rngs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+        return TrainState(model, optimizer, scheduler, *rngs)
+
+    def step(s: TrainState) -> torch.Tensor:
+        x = torch.rand(4, 3, generator=s.noise_rng)
+        s.optimizer.zero_grad()
+        s.model(x).sum().backward()
+        s.optimizer.step()
+        s.scheduler.step()
+        return torch.randperm(5, generator=s.order_rng)
+
+    trained = state(0)
+    step(trained)
+    trained.epoch = 1
+    resumed = state(7)
+    resumed.load_state_dict(
+        copy.deepcopy(trained.state_dict())
+    )  # as read back from train_state.pt: no tensor shared
+    assert resumed.epoch == 1
+    assert torch.equal(step(resumed), step(trained))
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), trained.model.parameters()))
+    assert resumed.optimizer.param_groups[0]["lr"] == trained.optimizer.param_groups[0]["lr"] == 0.025

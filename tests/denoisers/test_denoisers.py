@@ -10,7 +10,7 @@ import smoothcore
 from smoothcore import CheckpointError, ConfigError
 from smoothcore.denoise import denoiser_checkpoint
 from smoothcore_denoisers import DnCNN, MemNet
-from smoothcore_denoisers.training import DenoiserConfig, DenoiserTrainer, denoiser_loss
+from smoothcore_denoisers.training import DenoiserConfig, DenoiserTrainer, denoiser_loss, train_denoiser
 
 
 # -- the original denoised-smoothing modules, written out independently, to compare against -------------------------
@@ -201,7 +201,7 @@ def test_train_denoiser_writes_best_and_last_and_lowers_the_error(fashion_dir, t
         train_limit=600,
         eval_limit=100,
     )
-    log = DenoiserTrainer(cfg, tmp_path / "den").run()
+    log = train_denoiser(cfg, tmp_path / "den")
     assert (tmp_path / "den" / "denoiser.pt").is_file() and (tmp_path / "den" / "denoiser_best.pt").is_file()
     assert log["val_mse"].iloc[-1] < 0.5 * log["noisy_mse"].iloc[-1]
     assert smoothcore.load_denoiser(tmp_path / "den" / "denoiser_best.pt").in_channels == 1

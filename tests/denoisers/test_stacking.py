@@ -133,7 +133,7 @@ def test_a_three_channel_denoiser_on_grey_data_is_refused(run_copy, fashion_dir,
     )
     assert result.exit_code == 2 and "takes 3-channel images but the data has 1" in result.output
     with pytest.raises(ConfigError, match="3-channel"):
-        from smoothcore.train import load_frozen_denoiser
+        from smoothcore.denoise import load_frozen_denoiser
 
         load_frozen_denoiser(str(den_path), 1, torch.device("cpu"))
 
