@@ -70,9 +70,9 @@ from smoothcore.audit_search import (
 )
 from smoothcore.certificates import ABSTAIN
 from smoothcore.certify import SmoothedClassifier
-from smoothcore.engine import DrawStream
 from smoothcore.errors import ConfigError, DataError, ExperimentError
 from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
+from smoothcore.streams import DrawStream
 
 EXACT_STATEMENT = (
     "exact noise: a violation is a perturbation on the 1/{grid} grid, kept in [0, 1]^d, with "

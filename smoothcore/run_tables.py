@@ -87,7 +87,7 @@ def certify_rows(
             n=cfg.n,
             alpha=cfg.alpha,
             indices=idx,
-            certificate=run.certificate.name,
+            certificate=run.certificate,
             radii=cfg.radii,
         )
         seconds = (time.perf_counter() - t0) / len(idx)
