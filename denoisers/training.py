@@ -23,7 +23,7 @@ from smoothcore.experiment import releases_experiment_lock
 from smoothcore.fileio import atomic_torch_save
 from smoothcore.loading import check_compatible, load_classifier
 from smoothcore.models import build_denoiser
-from smoothcore.noise import NOISE_ARGUMENTS
+from smoothcore.noises import NOISE_ARGUMENTS
 from smoothcore.trainer_base import EpochTrainer, OnEpoch, OnStep, TrainData, TrainState
 
 OBJECTIVES = ("mse", "stability", "classification")

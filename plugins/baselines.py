@@ -10,7 +10,7 @@ import torch
 from scipy.stats import norm
 
 from smoothcore.hookspecs import hookimpl
-from smoothcore.noise import Noise, apply_radius, sigma_only
+from smoothcore.noises import Noise, apply_radius, sigma_only
 
 
 class GaussianNoise(Noise):

@@ -17,7 +17,7 @@ import torch
 from smoothcore.certificates import ABSTAIN, MONTE_CARLO, Certificate, Certified, Statistics
 from smoothcore.errors import ConfigError
 from smoothcore.hookspecs import hookimpl
-from smoothcore.noise import Noise
+from smoothcore.noises import Noise
 from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
 from smoothcore_plugins.splitting import SplittingNoise
 from smoothcore_plugins.uniform import UniformNoise

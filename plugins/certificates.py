@@ -1,6 +1,6 @@
 """Built-in certificates: the standard Monte-Carlo certificate (Cohen et al. 2019) and the exact certificate of
 enumerable noises (DSSN's is ``DerandomizedSplittingNoise.certify_counts``). Each applies to the noises that
-declare the capability it relies on (see :mod:`smoothcore.noise`)."""
+declare the capability it relies on (see :mod:`smoothcore.noises`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from smoothcore.certificates import ABSTAIN, EXACT, MONTE_CARLO, Certificate, Certified, Statistics
 from smoothcore.hookspecs import hookimpl
-from smoothcore.noise import Noise
+from smoothcore.noises import Noise
 from smoothcore.stats import clopper_pearson_lower
 
 

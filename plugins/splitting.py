@@ -17,7 +17,7 @@ import torch
 
 from smoothcore.errors import ConfigError
 from smoothcore.hookspecs import hookimpl
-from smoothcore.noise import ExactNoise, Noise, apply_radius, uniform_scale
+from smoothcore.noises import ExactNoise, Noise, apply_radius, uniform_scale
 
 MAX_DSSN_DRAWS = 1_000_000
 

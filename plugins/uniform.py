@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from smoothcore.hookspecs import hookimpl
-from smoothcore.noise import Noise, apply_radius, uniform_scale
+from smoothcore.noises import Noise, apply_radius, uniform_scale
 
 
 class UniformNoise(Noise):

@@ -29,7 +29,7 @@ from smoothcore.errors import (
 from smoothcore.hookspecs import hookimpl
 from smoothcore.loading import load_classifier
 from smoothcore.models import stack
-from smoothcore.noise import ExactNoise, Noise
+from smoothcore.noises import ExactNoise, Noise
 from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
 
 __version__ = "0.1.0"
@@ -53,7 +53,7 @@ def noise(
     ``cuda``, ``auto``, ...) is where the noise keeps its own tensors (DSSN's template); draws are always made on
     the device of the images they perturb.
     """
-    from smoothcore.noise import make_noise
+    from smoothcore.noises import make_noise
 
     return make_noise(name, sigma=sigma, lambd=lambd, dim=dim, seed=seed, device=device, **params)
 

@@ -29,7 +29,7 @@ import torch
 
 from smoothcore.certify import SmoothedClassifier
 from smoothcore.errors import ConfigError
-from smoothcore.noise import is_quantised
+from smoothcore.noises import is_quantised
 
 SEARCHES = ("random", "greedy", "gradient")
 NORMS = ("l1", "l2", "linf")

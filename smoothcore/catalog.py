@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from smoothcore.certificates import MONTE_CARLO, certificates_for
-from smoothcore.noise import Noise, make_noise
+from smoothcore.noises import Noise, make_noise
 from smoothcore.plugins import registry
 
 PROBE_SIGMA = 0.5

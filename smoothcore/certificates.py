@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from smoothcore.errors import ConfigError, PluginError, SmoothcoreError
-from smoothcore.noise import Noise
+from smoothcore.noises import Noise
 
 MONTE_CARLO = "monte-carlo"
 EXACT = "exact"

@@ -16,7 +16,7 @@ from smoothcore.certificates import ABSTAIN, EXACT, Certificate, Certified, Stat
 from smoothcore.checks import check_indices, check_radii, is_int
 from smoothcore.engine import Engine, plugin_of
 from smoothcore.errors import ConfigError, PluginError, SmoothcoreError
-from smoothcore.noise import Noise
+from smoothcore.noises import Noise
 from smoothcore.streams import DrawStream, image_stream
 
 MAX_DRAWS = 10**9
@@ -106,7 +106,7 @@ class SmoothedClassifier:
     def __init__(self, model: nn.Module, noise: Noise, num_classes: int, **engine_options: Any) -> None:
         if not isinstance(noise, Noise):
             raise ConfigError(
-                f"noise must be a smoothcore Noise (see smoothcore.noise), got {type(noise).__name__}"
+                f"noise must be a smoothcore Noise (see smoothcore.noises), got {type(noise).__name__}"
             )
         self.noise = noise
         self.num_classes = num_classes

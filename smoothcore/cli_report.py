@@ -141,7 +141,7 @@ def sweep_cmd(
             sweep,
             dry_run=dry_run,
             on_event=lambda m: bar.console.print(m, highlight=False),
-            on_step=lambda e, s, t, _l: bar.update(
+            on_step=lambda e, s, t: bar.update(
                 task, description=f"train epoch {e + 1}", completed=s, total=t
             ),
             on_progress=lambda d, t: bar.update(task, description="certify", completed=d, total=t),

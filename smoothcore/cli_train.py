@@ -141,7 +141,7 @@ def train_classifier_cmd(**opts: Any) -> None:
     with progress_bar() as bar:
         task = bar.add_task("epoch 1", total=None, visible=info.main)
 
-        def on_step(epoch: int, step: int, total: int, _loss: float) -> None:
+        def on_step(epoch: int, step: int, total: int) -> None:
             bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}", completed=step, total=total)
 
         trained = []

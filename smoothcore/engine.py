@@ -16,7 +16,7 @@ from torch import nn
 from smoothcore.checks import is_int
 from smoothcore.devices import resolve_device
 from smoothcore.errors import ConfigError, DataError, PluginError, SmoothcoreError
-from smoothcore.noise import ExactNoise, Noise
+from smoothcore.noises import ExactNoise, Noise
 from smoothcore.streams import DRAW_BLOCK, DrawStream
 
 MAX_BATCH = 1 << 20  # a million noisy images per forward pass is beyond any device's memory

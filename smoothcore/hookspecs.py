@@ -21,9 +21,9 @@ def register_noises(register: Any) -> None:
     """Register noise distributions.
 
     ``factory(*, sigma, lambd, dim, seed, device, **params)`` returns a :class:`smoothcore.Noise` (sampled:
-    ``sample(x, generator)``) or :class:`smoothcore.noise.ExactNoise` (adds ``num_draws``, ``draws(x, start,
+    ``sample(x, generator)``) or :class:`smoothcore.noises.ExactNoise` (adds ``num_draws``, ``draws(x, start,
     stop)`` and ``certify_counts``). Its capabilities are declared in class attributes (``monte_carlo_certificate``,
-    ``exact``, ``early_decisions``, ``input_grid``, ``finite_draws``: see :mod:`smoothcore.noise`) and checked when
+    ``exact``, ``early_decisions``, ``input_grid``, ``finite_draws``: see :mod:`smoothcore.noises`) and checked when
     it is built; its name is the registered ``name`` (``noise.name``). Noises only transform tensors, on the
     input's device; they never call models or loop over draws. ``sigma`` and ``lambd`` are None when not given;
     the factory validates them and raises ConfigError.

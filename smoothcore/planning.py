@@ -25,7 +25,7 @@ from smoothcore.errors import ConfigError, ExperimentError, SmoothcoreError, Unk
 from smoothcore.experiment import Experiment
 from smoothcore.loading import check_compatible, load_classifier
 from smoothcore.models import stack
-from smoothcore.noise import NOISE_ARGUMENTS, Noise, make_noise
+from smoothcore.noises import NOISE_ARGUMENTS, Noise, make_noise
 from smoothcore.run_record import Certification
 
 
@@ -170,7 +170,7 @@ def _plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     denoiser_path, denoiser_sha = _denoiser_file(cfg, info)
     denoiser = None
     if denoiser_path:
-        from smoothcore.train import load_frozen_denoiser
+        from smoothcore.denoise import load_frozen_denoiser
 
         denoiser = load_frozen_denoiser(
             denoiser_path, source.image_shape[0], device, trust=cfg.trust_checkpoint

@@ -15,7 +15,7 @@ which noise to check::
 Every ``test_*`` method then runs against your noise:
 
 - it is registered, builds a :class:`smoothcore.Noise` whose declared capabilities are consistent (see
-  :mod:`smoothcore.noise`), records JSON parameters naming it, has a known norm;
+  :mod:`smoothcore.noises`), records JSON parameters naming it, has a known norm;
 - ``sample`` keeps shape, dtype (float32 and float64) and device (the CPU, and CUDA when available), does not
   modify its input, and is a function of the generator: the same seed gives the same draws, another seed
   others;
@@ -55,7 +55,7 @@ from torch import nn
 from smoothcore.audit import AuditConfig, audit
 from smoothcore.certify import SmoothedClassifier
 from smoothcore.errors import ConfigError, DataError
-from smoothcore.noise import ExactNoise, Noise, make_noise
+from smoothcore.noises import ExactNoise, Noise, make_noise
 
 __all__ = ["FirstPixelThreshold", "MeanThreshold", "NoisePluginSuite", "toy_images"]
 

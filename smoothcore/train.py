@@ -27,7 +27,7 @@ from smoothcore.experiment import releases_experiment_lock
 from smoothcore.fileio import atomic_torch_save
 from smoothcore.loading import classifier_checkpoint, classifier_weights
 from smoothcore.models import MODEL_ARGUMENTS, build_classifier
-from smoothcore.noise import NOISE_ARGUMENTS
+from smoothcore.noises import NOISE_ARGUMENTS
 from smoothcore.trainer_base import EpochTrainer, OnEpoch, OnStep, TrainData, TrainState
 
 # The reference recipes (SPEC.md); anything else starts from the generic defaults of TrainConfig.

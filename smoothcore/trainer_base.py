@@ -24,7 +24,7 @@ from smoothcore.devices import resolve_device
 from smoothcore.distributed import DistInfo, barrier, run_on_main
 from smoothcore.experiment import Experiment, append_csv, damaged_train_state, truncate_log
 from smoothcore.fileio import atomic_torch_save
-from smoothcore.noise import Noise, make_noise
+from smoothcore.noises import Noise, make_noise
 
 OnStep = Callable[[int, int, int], None]  # (epoch, counted from 0; steps done in it; steps per epoch)
 OnEpoch = Callable[[dict[str, Any]], None]  # the epoch's row of the training log

@@ -115,3 +115,19 @@ def test_the_project_modules_import_each_other_without_a_loop():
 def test_an_import_loop_is_found():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert import_cycles(graph) == [["a", "b", "c"]]
+
+
+def test_no_module_shadows_a_public_function_of_the_package():
+    """``smoothcore.noise`` is the factory function; the module that defines noises is ``smoothcore.noises``, so
+    ``import smoothcore.noises`` and ``smoothcore.noise(...)`` each give what they say."""
+    import smoothcore
+    import smoothcore.noises
+
+    assert callable(smoothcore.noise) and not isinstance(smoothcore.noise, type(smoothcore))
+    assert smoothcore.noises.Noise is smoothcore.Noise
+    public = {name for name in dir(smoothcore) if not name.startswith("_")}
+    modules = {name.split(".")[1] for name in project_modules() if name.startswith("smoothcore.")}
+    clashes = {
+        name for name in public & modules if not isinstance(getattr(smoothcore, name), type(smoothcore))
+    }
+    assert not clashes, f"modules named like public functions: {sorted(clashes)}"

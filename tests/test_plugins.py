@@ -10,7 +10,7 @@ import torch
 
 import smoothcore
 from smoothcore import PluginError, UnknownNameError, hookimpl
-from smoothcore.noise import Noise
+from smoothcore.noises import Noise
 from smoothcore.plugins import DEFAULT_PLUGINS, components, plugin_summary, registry, use_plugins
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from smoothcore import ConfigError, hookimpl
-from smoothcore.noise import Noise, apply_radius, sigma_only
+from smoothcore.noises import Noise, apply_radius, sigma_only
 
 __version__ = "0.1.0"
 
