@@ -20,7 +20,12 @@ PAPER_RADII_TEXT = ",".join(f"{r:g}" for r in PAPER_RADII)
     "--radii", type=RADII, default=PAPER_RADII_TEXT, show_default=True, help="Comma-separated radii."
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "markdown", "latex"]),
+    default="table",
+    show_default=True,
+    help="How to print the table (markdown and latex for papers and READMEs).",
 )
 @click.option(
     "--plot",
@@ -34,13 +39,15 @@ def report_cmd(
     paths: tuple[str, ...], radii: list[float], fmt: str, plot_path: str | None, no_envelope: bool
 ) -> None:
     """Certified accuracy (%) at RADII, average certified radius and the envelope of the runs at PATHS
-    (result tables, experiment folders, or reference result folders)."""
+    (result tables, experiment folders, a sweep's folder of them, or reference result folders)."""
     from smoothcore.report import (
         certified_accuracy_table,
         check_plot_path,
         comparability_warnings,
         load_runs,
         plot,
+        to_latex,
+        to_markdown,
     )
 
     if plot_path:
@@ -54,6 +61,13 @@ def report_cmd(
     elif fmt == "json":
         # through json: pandas writes "/" as "\/" (legal JSON, but run names are paths people grep for)
         click.echo(json.dumps(json.loads(table.to_json(orient="records")), indent=2))
+    elif fmt == "markdown":
+        click.echo(to_markdown(table), nl=False)
+    elif fmt == "latex":
+        click.echo(
+            to_latex(table, caption="Certified accuracy (%) at each L1 radius, and average certified radius"),
+            nl=False,
+        )
     else:
         print_table(table, "certified accuracy (%) by radius")
     if plot_path:

@@ -205,9 +205,11 @@ def load_runs(paths) -> list[Run]:
             runs.append(_reference_run(p))
         elif p.is_dir() and list(p.glob("certify_*.csv")):
             runs += [_table_run(t) for t in sorted(p.glob("certify_*.csv"))]
+        elif p.is_dir() and list(p.glob("*/certify_*.csv")):  # a sweep's folder: its experiment folders
+            runs += [_table_run(t) for t in sorted(p.glob("*/certify_*.csv"))]
         elif p.is_dir():
             raise DataError(
-                f"{p} holds no certification results (no certify_*.csv, no radius_l1.npy)",
+                f"{p} holds no certification results (no certify_*.csv, here or one folder down; no radius_l1.npy)",
                 hint="run `smoothcore certify` on it first",
             )
         else:
@@ -246,6 +248,77 @@ def certified_accuracy_table(runs: list[Run], radii=PAPER_RADII, *, envelope: bo
             }
         table = pd.concat([table, pd.DataFrame(list(by_norm.values()))], ignore_index=True)
     return table
+
+
+def to_markdown(table: pd.DataFrame, *, digits: int = 1) -> str:
+    """A certified-accuracy table as a Markdown (GitHub) table: numbers right-aligned, accuracies to ``digits``
+    decimals, the ACR to three."""
+    cols = list(table.columns)
+    lines = [
+        "| " + " | ".join(cols) + " |",
+        "| " + " | ".join("---" if c in _TEXT else "---:" for c in cols) + " |",
+    ]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(_cell(row[c], c, digits) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: pd.DataFrame, *, digits: int = 1, caption: str | None = None) -> str:
+    """A certified-accuracy table as a LaTeX ``table`` with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``);
+    the best value of each numeric column is bold."""
+    cols = list(table.columns)
+    best = {c: table[c].max() for c in cols if c not in _TEXT and c != "images"}
+
+    def cell(value, col):
+        text = _latex_escape(_cell(value, col, digits))
+        return f"\\textbf{{{text}}}" if col in best and value == best[col] and len(table) > 1 else text
+
+    header = " & ".join(_latex_escape(c) for c in cols)
+    body = [" & ".join(cell(row[c], c) for c in cols) + r" \\" for _, row in table.iterrows()]
+    spec = "".join("l" if c in _TEXT else "r" for c in cols)
+    return (
+        "\n".join(
+            [
+                r"\begin{table}[t]",
+                r"\centering",
+                *([rf"\caption{{{_latex_escape(caption)}}}"] if caption else []),
+                rf"\begin{{tabular}}{{{spec}}}",
+                r"\toprule",
+                header + r" \\",
+                r"\midrule",
+                *body,
+                r"\bottomrule",
+                r"\end{tabular}",
+                r"\end{table}",
+            ]
+        )
+        + "\n"
+    )
+
+
+_TEXT = {"run", "norm"}
+
+
+def _cell(value, col: str, digits: int) -> str:
+    if col in _TEXT:
+        return str(value)
+    if col == "images":
+        return f"{int(value)}"
+    if value != value:  # NaN
+        return "-"
+    return f"{value:.3f}" if col == "ACR" else f"{value:.{digits}f}"
+
+
+def _latex_escape(text: str) -> str:
+    for char, escaped in (
+        ("\\", r"\textbackslash{}"),
+        ("_", r"\_"),
+        ("%", r"\%"),
+        ("&", r"\&"),
+        ("#", r"\#"),
+    ):
+        text = text.replace(char, escaped)
+    return text
 
 
 def _col(r: float) -> str:
@@ -305,19 +378,29 @@ def comparability_warnings(runs: list[Run]) -> list[str]:
                 f"{r.name} was certified with an earlier checkpoint: the experiment's classifier has changed since "
                 "(trained further or replaced); certify again to report the current model"
             )
+    early_groups: dict[
+        tuple, list[str]
+    ] = {}  # runs decided early at the same radii: one warning for them all
     for r in runs:
-        early = r.certification.radii
-        if early:
-            at_radii = (
-                "is exact (full enumeration's) at those radii"
-                if r.certification.certificate_kind == "exact"
-                else "holds at level alpha (spent over the sequential looks) at those radii"
-            )
-            out.append(
-                f"{r.name} stopped each image early once its verdicts at radii {', '.join(map(str, early))} "
-                f"were decided (certify --radii): its certified accuracy {at_radii}; at other radii, in plots and in "
-                "its ACR it is a lower bound (certify without --radii for the full values)"
-            )
+        if r.certification.radii:
+            key = (tuple(r.certification.radii), r.certification.certificate_kind == "exact")
+            early_groups.setdefault(key, []).append(r.name)
+    for (early, exact), names in early_groups.items():
+        at_radii = (
+            "is exact (full enumeration's) at those radii"
+            if exact
+            else "holds at level alpha (spent over the sequential looks) at those radii"
+        )
+        who = (
+            names[0]
+            if len(names) == 1
+            else f"{len(names)} runs ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        )
+        out.append(
+            f"{who} stopped each image early once its verdicts at radii {', '.join(map(str, early))} "
+            f"were decided (certify --radii): certified accuracy {at_radii}; at other radii, in plots and in "
+            "the ACR it is a lower bound (certify without --radii for the full values)"
+        )
     settings: dict[str, set[str]] = {}
     for r in runs:
         if (

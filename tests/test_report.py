@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from smoothcore.errors import DataError
 from smoothcore.report import Run, certified_accuracy_table, comparability_warnings
 from smoothcore.run_record import Certification
 
@@ -190,3 +191,59 @@ def test_the_plotted_envelope_is_taken_per_norm_like_the_tables():
     curves = envelopes([l1a, l1b, l2], [0.0, 1.0, 3.0])
     assert list(curves) == ["l1"]  # a norm with one run has no envelope
     assert curves["l1"].tolist() == [1.0, 0.5, 0.0]  # an L2 radius of 9 never lifts the L1 envelope
+
+
+def test_runs_stopped_early_at_the_same_radii_share_one_warning():
+    runs = [run(f"r{i}", [0], [0], [0.5], radii=[0.5], certificate_kind="exact") for i in range(5)]
+    said = [w for w in comparability_warnings(runs) if "stopped each image early" in w]
+    assert len(said) == 1 and said[0].startswith("5 runs (r0, r1, r2, ...)")
+
+
+def test_a_sweeps_folder_reports_every_experiment_folder_in_it(run_copy, tmp_path):
+    from smoothcore.report import load_runs
+    from smoothcore.runner import CertifyConfig, certify_experiment
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    for name in ("b_run", "a_run"):
+        (sweep / name).symlink_to(run_copy, target_is_directory=True)
+    certify_experiment(run_copy, CertifyConfig(limit=2, tag="t"))
+    assert [r.name for r in load_runs(sweep)] == ["a_run/t", "b_run/t"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="one folder down"):
+        load_runs(tmp_path / "empty")
+
+
+def test_markdown_and_latex_tables_carry_the_numbers_of_the_table():
+    from smoothcore.report import to_latex, to_markdown
+
+    a = run("plain_run", [0, 0, 1], [0, 0, 1], [0.3, 0.6, 0.0])
+    b = run("stab_run", [0, 0, 1], [0, 1, 1], [0.9, 0.9, 0.9])
+    table = certified_accuracy_table([a, b], [0.0, 0.5])
+    md = to_markdown(table).splitlines()
+    assert md[0] == "| run | norm | images | 0 | 0.5 | ACR |"
+    assert md[1] == "| --- | --- | ---: | ---: | ---: | ---: |"
+    assert md[2] == "| plain_run | l1 | 3 | 100.0 | 33.3 | 0.300 |"
+    assert md[-1] == "| envelope (best run) | l1 | 3 | 100.0 | 66.7 | 0.600 |"
+    tex = to_latex(table, caption="50% & more")
+    assert r"\begin{tabular}{llrrrr}" in tex and r"\caption{50\% \& more}" in tex
+    assert r"plain\_run & l1 & 3 & \textbf{100.0} & 33.3 & 0.300 \\" in tex
+    assert r"stab\_run & l1 & 3 & 66.7 & \textbf{66.7} & \textbf{0.600} \\" in tex
+
+
+@pytest.mark.parametrize(
+    "fmt,first", [("markdown", "| run | norm | images | 0 | 0.5 | ACR |"), ("latex", r"\begin{table}[t]")]
+)
+def test_report_prints_markdown_and_latex(tmp_path, fmt, first):
+    from click.testing import CliRunner
+
+    from smoothcore.cli import cli
+
+    folder = tmp_path / "ref"
+    folder.mkdir()
+    np.save(folder / "labels.npy", np.array([0, 1]))
+    np.save(folder / "radius_l1.npy", np.array([0.6, 0.2]))
+    np.save(folder / "predicted_labels.npy", np.array([0, 1]))
+    result = CliRunner().invoke(cli, ["report", str(folder), "--radii", "0,0.5", "--format", fmt])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == first and "100.0" in result.output and "50.0" in result.output
