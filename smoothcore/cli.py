@@ -20,7 +20,7 @@ from smoothcore.cli_audit import audit_cmd
 from smoothcore.cli_certify import certify_cmd
 from smoothcore.cli_render import err_console, fail
 from smoothcore.cli_report import report_cmd, sweep_cmd
-from smoothcore.cli_setup import fetch_data_cmd, plugins_cmd
+from smoothcore.cli_setup import fetch_data_cmd, models_cmd, plugins_cmd
 from smoothcore.cli_train import train_classifier_cmd, train_denoiser_cmd
 from smoothcore.errors import SmoothcoreError
 
@@ -116,6 +116,7 @@ for _command in (
     sweep_cmd,
     audit_cmd,
     fetch_data_cmd,
+    models_cmd,
 ):
     cli.add_command(_command)
 

@@ -70,7 +70,8 @@ from smoothcore.planning import CertifyConfig
     "--checkpoint",
     type=click.Path(),
     default=None,
-    help="Certify this classifier checkpoint (any known layout) into RUN_DIR.",
+    help="Certify this classifier into RUN_DIR: a checkpoint file (any known layout), a pretrained name "
+    "(`smoothcore models`; its noise and sigma are the default) or a https://...#sha256= URL.",
 )
 @click.option("--model", default=None, help="Architecture of --checkpoint where the file does not say.")
 @click.option(
@@ -111,7 +112,12 @@ def certify_cmd(
     made = False
     if checkpoint is not None:
         opts["dataset"], made = adopt_checkpoint(
-            run_dir, checkpoint, model=model, dataset=opts["dataset"], trust=opts["trust_checkpoint"]
+            run_dir,
+            checkpoint,
+            model=model,
+            dataset=opts["dataset"],
+            trust=opts["trust_checkpoint"],
+            with_denoiser=opts["denoiser"] is not None,
         )
     try:
         run = plan(run_dir, CertifyConfig(**opts))

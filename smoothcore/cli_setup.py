@@ -61,3 +61,41 @@ def fetch_data_cmd(dataset: str, root: str | None) -> None:
     """Download DATASET with torchvision's downloader (needs a network; never required)."""
     folder = fetch(dataset, root)
     click.echo(f"{dataset} is ready in {folder} (found there by default, or give --data-dir {folder})")
+
+
+@click.command("models")
+@click.argument("pattern", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models_cmd(pattern: str | None, as_json: bool) -> None:
+    """List the pretrained classifiers that load by name (PATTERN: a glob such as '*derandomized*'); they download
+    on first use into $SMOOTHCORE_CACHE (else the user cache folder), verified against their manifest."""
+    from smoothcore.pretrained import cache_dir, list_models
+
+    models = list_models(pattern if pattern is None or any(c in pattern for c in "*?[") else f"*{pattern}*")
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": m.name,
+                        "noise": m.noise,
+                        "sigma": m.sigma,
+                        "training": m.training,
+                        "dataset": m.dataset,
+                        "model": m.model,
+                        "source": m.url,
+                        "git_blob": m.git_blob,
+                    }
+                    for m in models
+                ],
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"pretrained classifiers ({len(models)}; cache: {cache_dir()})")
+    for col in ("name", "noise", "sigma", "training", "dataset", "model", "source"):
+        table.add_column(col)
+    for m in models:
+        source = f"{m.repo}@{m.commit[:7]}"
+        table.add_row(m.name, m.noise, f"{m.sigma:g}", m.training, m.dataset, m.model, source)
+    console().print(table)

@@ -159,6 +159,18 @@ def _dataset_facts(dataset: str) -> tuple[int, int, int, tuple[float, ...], tupl
     return src.num_classes, c, h, src.mean, src.std
 
 
+def resolve_source(source: str | Path):
+    """``(local path, pretrained record or None)`` of a checkpoint given as a path, a pretrained name or a URL. An
+    existing file wins over a name that looks the same."""
+    from smoothcore import pretrained
+
+    if Path(source).exists() or not pretrained.is_pretrained_name(source):
+        return Path(source), None
+    text = str(source)
+    record = None if text.startswith(("https://", "http://", "hf://")) else pretrained.get(text)
+    return pretrained.fetch(text), record
+
+
 def load_classifier(
     path: str | Path,
     *,
@@ -174,8 +186,14 @@ def load_classifier(
     file does not say: smoothcore checkpoints carry both; the reference ``model_ckpt.torch`` defaults to
     ``wrn40``/``cifar10``; denoised-smoothing checkpoints derive them from ``arch``. With ``return_info`` the
     result is ``(module, info)``, info holding the layout, model, dataset and the checkpoint's extra fields.
+
+    ``path`` may also name a pretrained classifier (``levine-feizi-2021/cifar_split_derandomized_1.0``; see
+    ``smoothcore models``), a ``https://...#sha256=`` URL or an ``hf://`` file: it is downloaded and verified on
+    first use, then read from the cache (:mod:`smoothcore.pretrained`); a named one brings its model and dataset.
     """
-    path = Path(path)
+    path, record = resolve_source(path)
+    if record is not None:
+        model, dataset = model or record.model, dataset or record.dataset
     device = resolve_device(device)
     obj = load_file(path, trust=trust)
     layout = detect_layout(obj)

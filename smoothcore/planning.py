@@ -329,14 +329,26 @@ def adopt_checkpoint(
     model: str | None,
     dataset: str | None,
     trust: bool = False,
+    with_denoiser: bool = False,
 ) -> tuple[str | None, bool]:
     """Make ``run_dir`` an experiment folder whose classifier is the outside ``checkpoint`` (any known layout,
-    ``model`` where the file does not say), to certify it there. Returns the dataset (``dataset``, else the one the
-    checkpoint names) and whether this call created the folder."""
+    ``model`` where the file does not say; or a pretrained name or verified URL, downloaded on first use), to
+    certify it there. A pretrained name also records the noise and sigma it was trained with, so that certify uses
+    them by default. Returns the dataset (``dataset``, else the one the checkpoint names) and whether this call
+    created the folder."""
     from smoothcore.experiment import now, plugin_versions, versions
     from smoothcore.fileio import atomic_write_json
+    from smoothcore.loading import resolve_source
 
-    ckpt = Path(checkpoint).resolve()
+    ckpt, record = resolve_source(checkpoint)
+    if record is not None and record.denoiser_path and not with_denoiser:
+        raise ConfigError(
+            f"{record.name} was retrained behind a denoiser ({record.denoiser_path} in {record.repo}): certifying "
+            "it alone would not certify what was published",
+            hint="give that denoiser with --denoiser",
+        )
+    ckpt = ckpt.resolve()
+    model = model or (record.model if record else None)
     _, info = load_classifier(ckpt, model=model, dataset=dataset, trust=trust, return_info=True)
     exp = Experiment(run_dir)
     config = {
@@ -344,7 +356,8 @@ def adopt_checkpoint(
         "checkpoint_model": model or info.get("model"),
         "dataset": dataset or info.get("dataset"),
         "layout": info["layout"],
-        "noise": None,
+        "noise": record.noise if record else None,
+        **({"sigma": record.sigma, "pretrained": record.name} if record else {}),
     }
     if exp.exists() and {k: exp.config().get(k) for k in config} != config:
         raise ExperimentError(f"{run_dir} already holds another experiment", hint="choose another RUN_DIR")

@@ -117,7 +117,7 @@ def lab(tmp_path, monkeypatch):
     good.write_bytes(body)
     blob = git_blob_id(good)
     rows = [
-        ("good", "ckpt/good/model_ckpt.torch", blob, "SplitMethodDerandomized", "0.5", "False"),
+        ("good", "ckpt/good/model_ckpt.torch", blob, "SplitMethodDerandomized", "0.25", "False"),
         ("short", "ckpt/short/model_ckpt.torch", blob, "SplitMethod", "1.0", "False"),
         ("wrong", "ckpt/wrong/model_ckpt.torch", blob, "Uniform", "2.0", "True"),
         ("absent", "ckpt/absent/model_ckpt.torch", blob, "Uniform", "2.0", "True"),
@@ -130,6 +130,7 @@ def lab(tmp_path, monkeypatch):
         + "".join(
             f"{n}\t{p}\t{b}\t{noise}\t{s}\t{st}\tWideResNet\tcifar\t\n" for n, p, b, noise, s, st in rows
         )
+        + f"retrained\tckpt/good/model_ckpt.torch\t{blob}\tSplitMethod\t0.5\tFalse\tWideResNet\tcifar\tden/x.pth.tar\n"
     )
     prefix = f"/{REPO}/{COMMIT}/ckpt"
     wrong = bytearray(body)
@@ -228,3 +229,49 @@ def test_hf_sources_need_the_optional_package_or_a_well_formed_path(monkeypatch)
     monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", None)
     with pytest.raises(ConfigError, match="huggingface_hub"):
         fetch("hf://owner/repo/model.pt")
+
+
+def test_load_classifier_takes_a_pretrained_name(lab):
+    server, _, net, _ = lab
+    by_name = smoothcore.load_classifier("lab/good")
+    by_path = smoothcore.load_classifier(fetch("lab/good"))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(by_name(x), by_path(x))
+    assert len(server.requests) == 1
+
+
+def test_certify_a_pretrained_name_with_the_noise_and_sigma_it_was_trained_with(lab, tmp_path):
+    from click.testing import CliRunner
+
+    from smoothcore.cli import cli
+    from smoothcore.run_record import Certification
+    from tests.plugins.test_datasets import write_cifar_fixture
+
+    data = write_cifar_fixture(tmp_path / "cifar-10-batches-py", n_per_batch=4)
+    run = tmp_path / "run"
+    args = ["certify", str(run), "--checkpoint", "lab/good", "--data-dir", str(data), "--limit", "2"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    record = Certification.read(next(run.glob("certify_*.json")))
+    assert record.noise["name"] == "dssn" and record.noise["sigma"] == 0.25 and record.num_images == 2
+    refused = CliRunner().invoke(cli, ["certify", str(tmp_path / "r2"), "--checkpoint", "lab/retrained"])
+    assert refused.exit_code != 0 and "retrained behind a denoiser" in refused.output
+    assert "Traceback" not in refused.output and not (tmp_path / "r2").exists()
+
+
+def test_models_lists_the_catalogue_and_filters_it():
+    import json
+
+    from click.testing import CliRunner
+
+    from smoothcore.cli import cli
+
+    listed = json.loads(CliRunner().invoke(cli, ["models", "--json"]).output)
+    assert len(listed) == 99 and {"name", "noise", "sigma", "training", "source"} <= set(listed[0])
+    some = json.loads(CliRunner().invoke(cli, ["models", "uniform_2.0", "--json"]).output)
+    assert [m["name"] for m in some] == [
+        "levine-feizi-2021/cifar_uniform_2.0",
+        "levine-feizi-2021/cifar_uniform_2.0_stabilized",
+        "levine-feizi-2021/denoised/mse_retrain/cifar_uniform_2.0",
+    ]
