@@ -32,11 +32,26 @@ PAPER_RADII_TEXT = ",".join(f"{r:g}" for r in PAPER_RADII)
     "plot_path",
     type=click.Path(),
     default=None,
-    help="Write certified accuracy vs radius to this image file.",
+    help="Write certified accuracy vs radius to this file (.png, or .pdf/.svg for vector figures).",
+)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    help="Legend text of a run in the plot, RUN=TEXT (RUN: its name, or either part of folder/tag).",
+)
+@click.option(
+    "--dpi", type=click.IntRange(20, 1200), default=200, show_default=True, help="Resolution of a PNG plot."
 )
 @click.option("--no-envelope", is_flag=True, help="Leave out the best-over-runs row.")
 def report_cmd(
-    paths: tuple[str, ...], radii: list[float], fmt: str, plot_path: str | None, no_envelope: bool
+    paths: tuple[str, ...],
+    radii: list[float],
+    fmt: str,
+    plot_path: str | None,
+    labels: tuple[str, ...],
+    dpi: int,
+    no_envelope: bool,
 ) -> None:
     """Certified accuracy (%) at RADII, average certified radius and the envelope of the runs at PATHS
     (result tables, experiment folders, a sweep's folder of them, or reference result folders)."""
@@ -71,8 +86,18 @@ def report_cmd(
     else:
         print_table(table, "certified accuracy (%) by radius")
     if plot_path:
-        written = plot(runs, plot_path)
+        written = plot(runs, plot_path, labels=_labels(labels), dpi=dpi)
         err_console.print(f"wrote {written}", highlight=False)
+
+
+def _labels(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        run, sep, text = item.partition("=")
+        if not sep or not run or not text:
+            raise click.BadParameter(f"expected RUN=TEXT, got {item!r}", param_hint="--label")
+        out[run] = text
+    return out
 
 
 @click.command("sweep")

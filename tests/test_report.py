@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from smoothcore.errors import DataError
+from smoothcore.errors import ConfigError, DataError
 from smoothcore.report import Run, certified_accuracy_table, comparability_warnings
 from smoothcore.run_record import Certification
 
@@ -247,3 +247,44 @@ def test_report_prints_markdown_and_latex(tmp_path, fmt, first):
     result = CliRunner().invoke(cli, ["report", str(folder), "--radii", "0,0.5", "--format", fmt])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0] == first and "100.0" in result.output and "50.0" in result.output
+
+
+def test_plot_labels_runs_readably_and_writes_vector_or_png_at_the_dpi(tmp_path):
+    from smoothcore.report import plot, run_label
+
+    dssn = run(
+        "sweep_dssn_sigma0.5_stab/paper", [0, 1], [0, 1], [0.3, 0.6], noise={"name": "dssn", "sigma": 0.5}
+    )
+    box = run("u/box", [0, 1], [0, 1], [0.2, 0.1], noise={"name": "uniform", "sigma": 1.0}, certificate="box")
+    assert run_label(dssn) == "DSSN \N{GREEK SMALL LETTER SIGMA}=0.5, stability"
+    assert run_label(box) == "uniform \N{GREEK SMALL LETTER SIGMA}=1, box"
+    assert run_label(box, {"box": "ours"}) == "ours" and run_label(run("bare", [0], [0], [0.1])) == "bare"
+    svg = plot([dssn, box], tmp_path / "f.svg", labels={"u/box": "uniform + box"}).read_text()
+    assert "uniform + box" in svg and "best over runs" in svg
+    from PIL import Image
+
+    with Image.open(plot([dssn, box], tmp_path / "f.png", dpi=100)) as image:
+        assert image.size == (700, 450)
+    with pytest.raises(ConfigError, match="dpi"):
+        plot([dssn], tmp_path / "g.png", dpi=5)
+
+
+def test_report_takes_plot_labels_and_refuses_malformed_ones(tmp_path):
+    from click.testing import CliRunner
+
+    from smoothcore.cli import cli
+
+    folder = tmp_path / "ref"
+    folder.mkdir()
+    np.save(folder / "labels.npy", np.array([0, 1]))
+    np.save(folder / "radius_l1.npy", np.array([0.6, 0.2]))
+    np.save(folder / "predicted_labels.npy", np.array([0, 1]))
+    ok = CliRunner().invoke(
+        cli, ["report", str(folder), "--plot", str(tmp_path / "a.svg"), "--label", "ref=Mine"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "Mine" in (tmp_path / "a.svg").read_text()
+    bad = CliRunner().invoke(
+        cli, ["report", str(folder), "--plot", str(tmp_path / "b.svg"), "--label", "ref"]
+    )
+    assert bad.exit_code == 2 and "RUN=TEXT" in bad.output and not (tmp_path / "b.svg").exists()
