@@ -45,7 +45,7 @@ PAPER_RADII := 0.25,0.5,0.75,1,1.5,2,2.5,3,3.5,4
 paper: env data
 	@start=$$(date +%s); \
 	$(RUN) smoothcore sweep --recipe recipes/paper-fmnist.toml --radii $(PAPER_RADII) && \
-	$(RUN) smoothcore report results/paper-fmnist --radii $(PAPER_RADII) --plot results/paper-fmnist/certified_accuracy.png && \
+	$(RUN) smoothcore report checkpoints/paper-fmnist --radii $(PAPER_RADII) --plot checkpoints/paper-fmnist/certified_accuracy.png && \
 	echo "paper finished in $$(( $$(date +%s) - start )) s"
 
 lint: env
