@@ -10,12 +10,13 @@ import click
 from rich.table import Table
 
 from smoothcore.audit_search import AuditConfig
+from smoothcore.cli_config import ConfigCommand
 from smoothcore.cli_params import CommaList, default, device_option, option
 from smoothcore.cli_render import console, err_console, progress_bar
 from smoothcore.planning import CertifyConfig
 
 
-@click.command("audit")
+@click.command("audit", cls=ConfigCommand)
 @click.argument("run_dir", type=click.Path())
 @click.option(
     "--tag", default=None, help="Result table to audit (certify_<tag>.csv). Default: the folder's only one."

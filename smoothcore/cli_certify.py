@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from smoothcore.cli_config import ConfigCommand
 from smoothcore.cli_params import RADII, device_option, noise_options, option, parse_params
 from smoothcore.cli_render import err_console, print_table, progress_bar
 from smoothcore.engine import PRECISIONS
@@ -16,7 +17,7 @@ from smoothcore.errors import SmoothcoreError
 from smoothcore.planning import CertifyConfig
 
 
-@click.command("certify")
+@click.command("certify", cls=ConfigCommand)
 @click.argument("run_dir", type=click.Path())
 @click.option(
     "--noise", default=None, help="Noise to certify with. Default: the one the classifier was trained with."

@@ -7,6 +7,7 @@ import json
 
 import click
 
+from smoothcore.cli_config import ConfigCommand
 from smoothcore.cli_params import RADII, CommaList, parse_params
 from smoothcore.cli_render import err_console, print_table, progress_bar
 from smoothcore.report import PAPER_RADII
@@ -100,7 +101,7 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-@click.command("sweep")
+@click.command("sweep", cls=ConfigCommand)
 @click.option(
     "--recipe",
     type=click.Path(),

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from smoothcore.cli_config import ConfigCommand
 from smoothcore.cli_params import default, device_option, noise_options, option, parse_params, subset_options
 from smoothcore.cli_render import count, err_console, progress_bar
 from smoothcore.engine import PRECISIONS
@@ -15,7 +16,7 @@ from smoothcore.train import TrainConfig
 from smoothcore_denoisers.training import OBJECTIVES, DenoiserConfig
 
 
-@click.command("train-classifier")
+@click.command("train-classifier", cls=ConfigCommand)
 @option(TrainConfig, "dataset", "--dataset", help="Registered dataset name.")
 @click.option(
     "--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places)."
@@ -172,7 +173,7 @@ def _given(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-@click.command("train-denoiser")
+@click.command("train-denoiser", cls=ConfigCommand)
 @option(DenoiserConfig, "dataset", "--dataset")
 @click.option("--data-dir", type=click.Path(), default=None)
 @option(DenoiserConfig, "arch", "--arch", help="Registered denoiser (dncnn, dncnn-wide, memnet, ...).")
