@@ -3,8 +3,10 @@ defaults are :class:`~smoothcore.runner.CertifyConfig`'s."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,6 +17,38 @@ from smoothcore.cli_render import err_console, print_table, progress_bar
 from smoothcore.engine import PRECISIONS
 from smoothcore.errors import SmoothcoreError
 from smoothcore.planning import CertifyConfig
+
+
+def _recorded(run_dir: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """For --resume: the table's recorded settings for every option not given (on the command line or in a config
+    file), so that `certify RUN --resume [--tag T]` needs nothing else."""
+    from click.core import ParameterSource
+
+    from smoothcore.runner import recorded_config
+
+    ctx = click.get_current_context()
+    _, cfg = recorded_config(run_dir, opts["tag"])
+    given = {
+        name
+        for name in opts
+        if ctx.get_parameter_source("noise_param" if name == "noise_params" else name)
+        not in (ParameterSource.DEFAULT, None)
+    }
+    return {
+        name: value
+        for name, value in dataclasses.asdict(cfg).items()
+        if name in opts and name not in given and value is not None and name not in _LOCAL_OPTIONS
+    }
+
+
+_LOCAL_OPTIONS = {
+    "device",
+    "max_batch",
+    "data_dir",
+    "trust_checkpoint",
+    "compile",
+    "channels_last",
+}  # this machine's
 
 
 @click.command("certify", cls=ConfigCommand)
@@ -102,6 +136,8 @@ def certify_cmd(
 
     info = from_env()
     opts["noise_params"] = parse_params(opts.pop("noise_param")) or None  # None: the training's
+    if resume and checkpoint is None and (Path(run_dir) / "config.json").exists():
+        opts.update(_recorded(run_dir, opts))
     opts["device"] = device_for(opts["device"], info)
     if opts["max_batch"] != "auto":
         try:

@@ -170,9 +170,23 @@ def reopen(
     """The certification of ``certify_<tag>.csv`` in ``run_dir`` (``tag`` None: the folder's only table), planned
     again from its record as it ran: the same classifier, denoiser, noise and certificate. Refused when the
     classifier, the test data or the noise that its record names are not the ones that rebuild now."""
+    record, cfg = recorded_config(run_dir, tag, selection=False)
+    cfg = dataclasses.replace(
+        cfg, data_dir=data_dir, device=device, max_batch=max_batch, trust_checkpoint=trust_checkpoint
+    )
+    run = plan(run_dir, cfg)
+    _check_same_run(run, record)
+    return run
+
+
+def recorded_config(
+    run_dir: str | Path, tag: str | None = None, *, selection: bool = True
+) -> tuple[Certification, CertifyConfig]:
+    """The record of ``certify_<tag>.csv`` (``tag`` None: the folder's only table) and the configuration that
+    certifies it again as it ran: noise and certificate, and with ``selection`` also the images, the Monte-Carlo
+    settings, the precision and the early decisions (all that ``certify --resume`` needs)."""
     tag = choose_tag(run_dir, tag)
-    exp = Experiment(run_dir)
-    record_path = exp.path / f"certify_{tag}.json"
+    record_path = Experiment(run_dir).path / f"certify_{tag}.json"
     if not record_path.is_file():
         raise ExperimentError(
             f"certify_{tag}.csv has no parameters file {record_path.name}; cannot rebuild its noise"
@@ -182,12 +196,18 @@ def reopen(
         cfg = _config_of(record, tag)
     except (TypeError, ValueError, AttributeError) as exc:
         raise ExperimentError(f"certify_{tag}.json is damaged ({exc})") from None
-    cfg = dataclasses.replace(
-        cfg, data_dir=data_dir, device=device, max_batch=max_batch, trust_checkpoint=trust_checkpoint
-    )
-    run = plan(run_dir, cfg)
-    _check_same_run(run, record)
-    return run
+    if not selection:
+        return record, cfg
+    chosen = {
+        key: getattr(record, key)
+        for key in ("skip", "limit", "offset", "precision", "radii")
+        if getattr(record, key) is not None
+    }
+    if record.certificate_kind != "exact":  # an exact certificate records its draw count as n and no n0
+        chosen.update(
+            {key: getattr(record, key) for key in ("n0", "n", "alpha") if getattr(record, key) is not None}
+        )
+    return record, dataclasses.replace(cfg, **chosen)
 
 
 def _config_of(record: Certification, tag: str) -> CertifyConfig:

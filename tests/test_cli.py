@@ -558,3 +558,23 @@ def test_option_defaults_are_those_of_the_configurations_they_fill():
     for name in ("dataset", "model", "noise", "momentum", "weight_decay", "stability_weight", "eval_limit"):
         assert train[name] == getattr(TrainConfig(), name)
     assert [float(r) for r in report["radii"].split(",")] == list(PAPER_RADII)
+
+
+def test_certify_resume_needs_nothing_but_the_run_and_tag(run_copy):
+    from smoothcore.results import load_results
+    from smoothcore.run_record import Certification
+
+    first = ["certify", str(run_copy), "--noise", "ssn", "--sigma", "0.5", "--n0", "8", "--n", "40"]
+    first += ["--skip", "7", "--limit", "3", "--tag", "mc", "--alpha", "0.01"]
+    assert CliRunner().invoke(cli, first).exit_code == 0
+    more = CliRunner().invoke(cli, ["certify", str(run_copy), "--resume", "--tag", "mc", "--limit", "5"])
+    assert more.exit_code == 0, more.output
+    table = load_results(run_copy / "certify_mc.csv")
+    assert table["index"].tolist() == [0, 7, 14, 21, 28]
+    record = Certification.read(run_copy / "certify_mc.json")
+    assert (record.noise["name"], record.n0, record.n, record.alpha, record.limit) == ("ssn", 8, 40, 0.01, 5)
+    assert (
+        CliRunner().invoke(cli, ["certify", str(run_copy), "--limit", "2"]).exit_code == 0
+    )  # a second table
+    which = CliRunner().invoke(cli, ["certify", str(run_copy), "--resume"])
+    assert which.exit_code != 0 and "which one?" in which.output and "Traceback" not in which.output
