@@ -99,6 +99,8 @@ def train_classifier_cmd(**opts: Any) -> None:
 
     info = from_env()
     recipe = RECIPES.get((opts["dataset"], opts["model"]), {})
+    if opts["resume"] and (Path(opts["out"]) / "config.json").exists():
+        opts.update(_recorded_training(opts))
     cfg = TrainConfig(
         dataset=opts["dataset"],
         model=opts["model"],
@@ -166,6 +168,34 @@ def train_classifier_cmd(**opts: Any) -> None:
         console.print(f"nothing to train: {trainer.exp.checkpoint} is complete ({count(len(log), 'epoch')})")
     elif info.main:
         console.print(f"saved {trainer.exp.checkpoint} ({count(len(log), 'epoch')})", highlight=False)
+
+
+def _recorded_training(opts: dict[str, Any]) -> dict[str, Any]:
+    """For --resume: the run's recorded configuration for every option not given (on the command line or in a
+    config file), so that `train-classifier --resume --out DIR` needs nothing else."""
+    from click.core import ParameterSource
+
+    from smoothcore.experiment import Experiment
+
+    ctx = click.get_current_context()
+    recorded = Experiment(opts["out"]).config()
+    listed = {
+        "model_param": "model_params",
+        "noise_param": "noise_params",
+    }  # KEY=VALUE lists, recorded as mappings
+    out: dict[str, Any] = {}
+    for name in opts:
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None):
+            continue
+        key = listed.get(name, name)
+        if key in recorded and name not in (
+            "device",
+            "workers",
+            "trust_checkpoint",
+        ):  # this machine's choices
+            value = recorded[key]
+            out[name] = tuple(f"{k}={v}" for k, v in value.items()) if name in listed else value
+    return out
 
 
 def _given(value: Any, default: Any) -> Any:

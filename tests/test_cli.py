@@ -578,3 +578,13 @@ def test_certify_resume_needs_nothing_but_the_run_and_tag(run_copy):
     )  # a second table
     which = CliRunner().invoke(cli, ["certify", str(run_copy), "--resume"])
     assert which.exit_code != 0 and "which one?" in which.output and "Traceback" not in which.output
+
+
+def test_train_resume_needs_nothing_but_the_folder(tiny_idx_dir, tmp_path):
+    run = tmp_path / "run"
+    args = ["train-classifier", "--data-dir", tiny_idx_dir, "--noise", "ssn", "--sigma", 0.25, "--epochs", 1]
+    args += ["--batch-size", 16, "--lr", 0.03, "--eval-limit", 16, "--model-param", "width=8", "--out", run]
+    assert "(1 epoch)" in invoke(*args).output
+    out = invoke("train-classifier", "--resume", "--out", run).output
+    assert "nothing to train" in out and "changed configuration" not in out
+    fails("train-classifier", "--resume", "--out", run, "--lr", 0.1, match="lr: was 0.03, now 0.1")
