@@ -56,12 +56,11 @@ def report_cmd(
 ) -> None:
     """Certified accuracy (%) at RADII, average certified radius and the envelope of the runs at PATHS
     (result tables, experiment folders, a sweep's folder of them, or reference result folders)."""
+    from smoothcore.figures import check_plot_path, plot
     from smoothcore.report import (
         certified_accuracy_table,
-        check_plot_path,
         comparability_warnings,
         load_runs,
-        plot,
         to_latex,
         to_markdown,
     )

@@ -279,7 +279,9 @@ def run_sweep(
             continue
         if trained != "complete":
             Trainer(spec.train, spec.path).run(resume=trained == "partial", on_step=on_step)
-            _, certified = status(spec)  # a table certified before (re)training is checked against the new model
+            _, certified = status(
+                spec
+            )  # a table certified before (re)training is checked against the new model
         if certified != "complete":
             certify_experiment(
                 spec.path, spec.certify, resume=certified == "partial", on_progress=on_progress

@@ -250,7 +250,7 @@ def test_report_prints_markdown_and_latex(tmp_path, fmt, first):
 
 
 def test_plot_labels_runs_readably_and_writes_vector_or_png_at_the_dpi(tmp_path):
-    from smoothcore.report import plot, run_label
+    from smoothcore.figures import plot, run_label
 
     dssn = run(
         "sweep_dssn_sigma0.5_stab/paper", [0, 1], [0, 1], [0.3, 0.6], noise={"name": "dssn", "sigma": 0.5}
