@@ -34,6 +34,12 @@ def _recorded(run_dir: str, opts: dict[str, Any]) -> dict[str, Any]:
         if ctx.get_parameter_source("noise_param" if name == "noise_params" else name)
         not in (ParameterSource.DEFAULT, None)
     }
+    if given & {
+        "noise",
+        "sigma",
+        "lambd",
+    }:  # a noise or a scale given decides the scale (--sigma or --lambda)
+        given |= {"sigma", "lambd"}
     return {
         name: value
         for name, value in dataclasses.asdict(cfg).items()

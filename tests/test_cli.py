@@ -569,6 +569,16 @@ def test_certify_resume_needs_nothing_but_the_run_and_tag(run_copy):
     assert CliRunner().invoke(cli, first).exit_code == 0
     more = CliRunner().invoke(cli, ["certify", str(run_copy), "--resume", "--tag", "mc", "--limit", "5"])
     assert more.exit_code == 0, more.output
+    again = [
+        "certify",
+        str(run_copy),
+        "--resume",
+        "--tag",
+        "mc",
+        "--sigma",
+        "0.5",
+    ]  # a scale given: no lambda added
+    assert CliRunner().invoke(cli, again).exit_code == 0
     table = load_results(run_copy / "certify_mc.csv")
     assert table["index"].tolist() == [0, 7, 14, 21, 28]
     record = Certification.read(run_copy / "certify_mc.json")
