@@ -88,3 +88,17 @@ def test_the_readme_per_run_table_is_what_report_gives_for_the_committed_tables(
     for name, (_, row) in zip(RUNS, table.iterrows()):
         expected = [round(row[f"{r:g}"], 1) for r in radii] + [round(row["ACR"], 3)]
         assert readme[name] == expected, name
+
+
+def test_the_readme_envelope_is_the_best_run_of_each_noise_and_training():
+    from smoothcore.sweep import group_of
+
+    runs = load_runs([RESULTS / name / "certify_paper.csv" for name in RUNS])
+    radii = [0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 3.5, 4]
+    table = certified_accuracy_table(runs, radii, envelope=False)
+    table["group"] = [group_of(name) for name in RUNS]
+    readme = _readme_table("Best over sigma")
+    assert sorted(readme) == ["dssn, plain", "dssn, stab", "ssn, plain", "uniform, plain"]
+    for group, rows in table.groupby("group"):
+        expected = [round(rows[f"{r:g}"].max(), 1) for r in radii] + [round(rows["ACR"].max(), 3)]
+        assert readme[group] == expected, group
