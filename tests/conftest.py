@@ -124,3 +124,21 @@ def run_copy(trained_run, tmp_path) -> Path:
     dest = tmp_path / trained_run.name
     shutil.copytree(trained_run, dest)
     return dest
+
+
+def find_uv() -> str:
+    """The uv that `make` uses: on PATH, else the project's .tools/ (where `make env` bootstraps it), else
+    ~/.local/bin."""
+    import shutil
+
+    found = shutil.which("uv") or next(
+        (
+            str(p)
+            for p in (ROOT / ".tools" / "bin" / "uv", Path.home() / ".local" / "bin" / "uv")
+            if p.exists()
+        ),
+        None,
+    )
+    if found is None:
+        pytest.fail("uv is missing: `make env` installs it into .tools/")
+    return found

@@ -7,18 +7,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.conftest import find_uv
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _uv() -> str:
-    found = shutil.which("uv") or next(
-        (str(p) for p in (ROOT / ".tools/bin/uv", Path.home() / ".local/bin/uv") if p.exists()), None
-    )
-    if found is None:
-        pytest.fail("uv is missing: `make env` installs it into .tools/")
-    return found
 
 
 def test_make_env_keeps_a_plugin_the_user_installed(tmp_path):
@@ -30,7 +21,7 @@ def test_make_env_keeps_a_plugin_the_user_installed(tmp_path):
         shutil.copytree(
             ROOT / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
         )
-    uv = _uv()
+    uv = find_uv()
 
     def run(*cmd: str) -> str:
         done = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=600)

@@ -24,6 +24,7 @@ from smoothcore import hookimpl
 from smoothcore.testing import NoisePluginSuite
 from smoothcore_plugins.splitting import DerandomizedSplittingNoise
 from smoothcore_plugins.uniform import UniformNoise
+from tests.conftest import find_uv
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "smoothcore-pareto"
@@ -149,7 +150,7 @@ def test_a_kit_check_that_does_not_apply_is_reported_as_skipped_not_passed(cls, 
 def install(source: Path, target: Path) -> None:
     """Install ``source`` into the folder ``target`` without network access: uv with the environment's own
     setuptools (no build isolation, no dependencies)."""
-    uv = shutil.which("uv") or str(Path.home() / ".local" / "bin" / "uv")
+    uv = find_uv()
     cmd = [
         uv,
         "pip",
