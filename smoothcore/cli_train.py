@@ -102,35 +102,15 @@ def train_classifier_cmd(**opts: Any) -> None:
     if opts["resume"] and (Path(opts["out"]) / "config.json").exists():
         opts.update(_recorded_training(opts))
     cfg = TrainConfig(
-        dataset=opts["dataset"],
-        model=opts["model"],
-        noise=opts["noise"],
-        sigma=opts["sigma"],
-        lambd=opts["lambd"],
         noise_seed=_given(opts["noise_seed"], 0),
         **{  # given options, else the reference recipe for this dataset/model, else TrainConfig's defaults
             key: _given(opts[key], recipe.get(key, default(TrainConfig, key)))
             for key in ("epochs", "batch_size", "lr")
         },
-        momentum=opts["momentum"],
-        weight_decay=opts["weight_decay"],
-        stability=opts["stability"],
-        stability_weight=opts["stability_weight"],
-        seed=opts["seed"],
-        train_limit=opts["train_limit"],
-        eval_limit=opts["eval_limit"],
-        data_dir=opts["data_dir"],
-        denoiser=opts["denoiser"],
-        finetune=opts["finetune"],
-        precision=opts["precision"],
-        channels_last=opts["channels_last"],
+        **{key: opts[key] for key in _PASSED_THROUGH},  # the options that are TrainConfig fields as they are
         device=device_for(opts["device"], info),
-        workers=opts["workers"],
-        save_every=opts["save_every"],
-        save_every_steps=opts["save_every_steps"],
         model_params=parse_params(opts["model_param"]),
         noise_params=parse_params(opts["noise_param"]),
-        trust_checkpoint=opts["trust_checkpoint"],
     )
     trainer = Trainer(cfg, opts["out"])
     console = err_console
@@ -168,6 +148,23 @@ def train_classifier_cmd(**opts: Any) -> None:
         console.print(f"nothing to train: {trainer.exp.checkpoint} is complete ({count(len(log), 'epoch')})")
     elif info.main:
         console.print(f"saved {trainer.exp.checkpoint} ({count(len(log), 'epoch')})", highlight=False)
+
+
+_PASSED_THROUGH = (
+    *(
+        "dataset",
+        "model",
+        "noise",
+        "sigma",
+        "lambd",
+        "momentum",
+        "weight_decay",
+        "stability",
+        "stability_weight",
+    ),
+    *("seed", "train_limit", "eval_limit", "data_dir", "denoiser", "finetune", "precision", "channels_last"),
+    *("workers", "save_every", "save_every_steps", "trust_checkpoint"),
+)
 
 
 def _recorded_training(opts: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,16 @@ def run(name, labels, preds, radius, **recorded):
     )
 
 
+def reference_folder(tmp_path, radius, predicted):
+    """A result folder in the reference implementation's layout, two images labelled 0 and 1."""
+    folder = tmp_path / "ref"
+    folder.mkdir()
+    np.save(folder / "labels.npy", np.array([0, 1]))
+    np.save(folder / "radius_l1.npy", np.array(radius))
+    np.save(folder / "predicted_labels.npy", np.array(predicted))
+    return folder
+
+
 def test_certified_accuracy_counts_right_predictions_with_enough_radius():
     r = run("a", [0, 1, 2, 3], [0, 1, 2, -1], [0.5, 0.2, 0.0, np.nan])
     assert r.certified_accuracy([0.0, 0.2, 0.5, 0.6]).tolist() == [0.75, 0.5, 0.25, 0.0]
@@ -143,11 +153,7 @@ def test_runs_stopped_early_are_flagged_as_lower_bounds_away_from_their_radii():
 def test_load_runs_takes_one_path_as_well_as_a_list(tmp_path):
     from smoothcore.report import load_runs
 
-    folder = tmp_path / "ref"
-    folder.mkdir()
-    np.save(folder / "labels.npy", np.array([0, 1]))
-    np.save(folder / "radius_l1.npy", np.array([0.1, 0.2]))
-    np.save(folder / "predicted_labels.npy", np.array([0, 0]))
+    folder = reference_folder(tmp_path, [0.1, 0.2], [0, 0])
     assert [r.name for r in load_runs(str(folder))] == [r.name for r in load_runs([folder])] == ["ref"]
 
 
@@ -239,11 +245,7 @@ def test_report_prints_markdown_and_latex(tmp_path, fmt, first):
 
     from smoothcore.cli import cli
 
-    folder = tmp_path / "ref"
-    folder.mkdir()
-    np.save(folder / "labels.npy", np.array([0, 1]))
-    np.save(folder / "radius_l1.npy", np.array([0.6, 0.2]))
-    np.save(folder / "predicted_labels.npy", np.array([0, 1]))
+    folder = reference_folder(tmp_path, [0.6, 0.2], [0, 1])
     result = CliRunner().invoke(cli, ["report", str(folder), "--radii", "0,0.5", "--format", fmt])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0] == first and "100.0" in result.output and "50.0" in result.output
@@ -274,11 +276,7 @@ def test_report_takes_plot_labels_and_refuses_malformed_ones(tmp_path):
 
     from smoothcore.cli import cli
 
-    folder = tmp_path / "ref"
-    folder.mkdir()
-    np.save(folder / "labels.npy", np.array([0, 1]))
-    np.save(folder / "radius_l1.npy", np.array([0.6, 0.2]))
-    np.save(folder / "predicted_labels.npy", np.array([0, 1]))
+    folder = reference_folder(tmp_path, [0.6, 0.2], [0, 1])
     ok = CliRunner().invoke(
         cli, ["report", str(folder), "--plot", str(tmp_path / "a.svg"), "--label", "ref=Mine"]
     )
