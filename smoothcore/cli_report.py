@@ -122,8 +122,24 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
     default=None,
     help="Comma-separated sigmas (default the paper's 0.15,0.25,0.5,...,3.5).",
 )
-@click.option("--stability", type=click.Choice(["plain", "stab", "both"]), default=None, help="Default both.")
-@click.option("--epochs", type=int, default=None)
+@click.option(
+    "--stability",
+    type=click.Choice(["plain", "stab", "both"]),
+    default=None,
+    help="Plain and/or stability training. Default both.",
+)
+@click.option(
+    "--objectives",
+    type=CommaList(str, "objectives"),
+    default=None,
+    help="Training objectives as an axis instead of --stability (e.g. plain,stability,consistency,macer).",
+)
+@click.option(
+    "--objective-param",
+    multiple=True,
+    help="Parameter of one objective OBJECTIVE.KEY=VALUE (e.g. macer.draws=8).",
+)
+@click.option("--epochs", type=int, default=None, help="Training epochs of every run.")
 @click.option(
     "--train-option", multiple=True, help="Any training option KEY=VALUE (batch_size=64, device=cuda, ...)."
 )
@@ -145,6 +161,8 @@ def sweep_cmd(
     noises,
     sigmas,
     stability,
+    objectives,
+    objective_param,
     epochs,
     train_option,
     certify_option,
@@ -152,7 +170,7 @@ def sweep_cmd(
     dry_run,
     radii,
 ) -> None:
-    """Expand a grid of noises x sigmas x plain/stabilized into train and certify runs, run what is not complete
+    """Expand a grid of noises x sigmas x plain/stabilized (or --objectives) into train and certify runs, run what is not complete
     (resuming what was interrupted), and end with the report: one row per run and the best-over-sigma envelope of
     each noise (the paper's tables)."""
     from smoothcore.sweep import Sweep, expand, run_sweep, sweep_table
@@ -162,6 +180,22 @@ def sweep_cmd(
     for key, value in given.items():
         if value is not None:
             setattr(sweep, key, value)
+    if objectives:
+        if stability is not None:
+            raise click.UsageError(
+                "--stability and --objectives both given: stability is the objective 'stability'"
+            )
+        sweep.objectives = objectives
+    for key, value in parse_params(objective_param).items():
+        objective, dot, param = key.partition(".")
+        if not dot or not objective or not param:
+            raise click.BadParameter(
+                f"expected OBJECTIVE.KEY=VALUE, got {key}={value}", param_hint="'--objective-param'"
+            )
+        sweep.objective_params = {
+            **sweep.objective_params,
+            objective: {**sweep.objective_params.get(objective, {}), param: value},
+        }
     if noises:
         sweep.noises = noises
     if sigmas:

@@ -52,8 +52,25 @@ from smoothcore_denoisers.training import OBJECTIVES, DenoiserConfig
 )
 @option(TrainConfig, "weight_decay", "--weight-decay", type=float)
 @option(TrainConfig, "momentum", "--momentum", type=float)
-@click.option("--stability", is_flag=True, help="Stability training: CE + 6 KL between two noisy draws.")
-@option(TrainConfig, "stability_weight", "--stability-weight", type=float)
+@option(
+    TrainConfig,
+    "objective",
+    "--objective",
+    help="Registered training objective: plain, stability, consistency, macer, or a plugin's (smoothcore plugins).",
+)
+@click.option(
+    "--objective-param",
+    multiple=True,
+    help="Parameter of the objective KEY=VALUE (e.g. lbd=20, m=4; macer: draws=8, weight=4).",
+)
+@click.option("--stability", is_flag=True, help="Stability training (the same as --objective stability).")
+@option(
+    TrainConfig,
+    "stability_weight",
+    "--stability-weight",
+    type=float,
+    help="Weight of the KL term of stability training.",
+)
 @option(TrainConfig, "seed", "--seed", type=int, help="Seed for initialisation, data order and noise.")
 @subset_options(TrainConfig)
 @click.option(
@@ -111,10 +128,17 @@ def train_classifier_cmd(**opts: Any) -> None:
         device=device_for(opts["device"], info),
         model_params=parse_params(opts["model_param"]),
         noise_params=parse_params(opts["noise_param"]),
+        objective_params=parse_params(opts["objective_param"]),
     )
     trainer = Trainer(cfg, opts["out"])
     console = err_console
     noise = repr(trainer.noise) if trainer.noise is not None else "no noise (clean)"
+    if cfg.objective != "plain":
+        shown = ", ".join(
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in trainer.objective.params().items()
+        )
+        noise += f", objective {cfg.objective}" + (f" ({shown})" if shown else "")
     ranks = f" on {info.world} ranks" if info.active else ""
     if info.main:
         console.print(
@@ -159,6 +183,7 @@ _PASSED_THROUGH = (
         "lambd",
         "momentum",
         "weight_decay",
+        "objective",
         "stability",
         "stability_weight",
     ),
@@ -179,6 +204,7 @@ def _recorded_training(opts: dict[str, Any]) -> dict[str, Any]:
     listed = {
         "model_param": "model_params",
         "noise_param": "noise_params",
+        "objective_param": "objective_params",
     }  # KEY=VALUE lists, recorded as mappings
     out: dict[str, Any] = {}
     for name in opts:

@@ -71,5 +71,17 @@ def register_datasets(register: Any) -> None:
 
 
 @hookspec
+def register_training_objectives(register: Any) -> None:
+    """Register training objectives of the base classifier.
+
+    ``factory(*, noise, **params)`` returns a :class:`smoothcore.objectives.TrainingObjective` for training under
+    ``noise`` (a :class:`smoothcore.Noise`, or None for a clean classifier): its ``loss(forward, noisy, x, y)``
+    returns the loss summed over the batch and the logits of one noisy draw, drawing noise only through ``noisy``
+    (see :mod:`smoothcore.objectives`). ``train-classifier --objective NAME --objective-param KEY=VALUE`` builds it;
+    parameters the factory does not take are refused.
+    """
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add commands to the ``smoothcore`` click group."""

@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "smoothcore_plugins.classifiers",
     "smoothcore_plugins.datasets",
     "smoothcore_plugins.denoising",
+    "smoothcore_plugins.objectives",
 )
 
 KINDS: dict[str, str] = {
@@ -40,6 +41,7 @@ KINDS: dict[str, str] = {
     "classifier": "register_classifiers",
     "denoiser": "register_denoisers",
     "dataset": "register_datasets",
+    "objective": "register_training_objectives",
 }
 
 

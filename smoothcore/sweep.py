@@ -32,9 +32,13 @@ class Sweep:
     dataset: str = "cifar10"
     model: str = "wrn40"
     noises: list[str] = field(default_factory=lambda: ["uniform", "ssn", "dssn"])
-    sigmas: list[float] = field(default_factory=lambda: list(PAPER_SIGMAS))
+    sigmas: list[float] | dict[str, list[float]] = field(default_factory=lambda: list(PAPER_SIGMAS))
     # plain/stabilized training: one list for every noise, or a mapping noise -> list (e.g. stabilized for DSSN only)
     stability: list[bool] | dict[str, list[bool]] = field(default_factory=lambda: [False, True])
+    # training objectives (instead of stability): one list for every noise, or a mapping noise -> list; with
+    # ``objective_params`` per objective, e.g. {"macer": {"draws": 8}}
+    objectives: list[str] | dict[str, list[str]] | None = None
+    objective_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     out: str = "checkpoints/sweep"
     data_dir: str | None = None
     train: dict[str, Any] = field(
@@ -74,7 +78,6 @@ class Sweep:
     def check(self) -> None:
         """Validate the grid (a recipe's values arrive untyped): each problem names the key, what was given and what
         is allowed. ``stability`` also takes the CLI's words: "plain", "stab", "both" (alone or in a list)."""
-        import math
 
         from smoothcore.plugins import registry
 
@@ -98,19 +101,16 @@ class Sweep:
             raise ConfigError(
                 f"unknown noise {unknown[0]!r} in the sweep; available: {', '.join(sorted(known))}"
             )
-        if (
-            not isinstance(self.sigmas, list)
-            or not self.sigmas
-            or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-                for v in self.sigmas
-            )
-        ):
-            raise ConfigError(
-                f"sweep sigmas must be a non-empty list of positive numbers, got {self.sigmas!r}",
-                hint="e.g. [0.5, 1.0]",
-            )
-        self.sigmas = [float(v) for v in self.sigmas]
+        if isinstance(self.sigmas, dict):
+            if sorted(self.sigmas) != sorted(self.noises):
+                raise ConfigError(
+                    "sweep sigmas given per noise must name exactly the sweep's noises "
+                    f"({', '.join(self.noises)}), got {', '.join(sorted(self.sigmas))}",
+                    hint="e.g. sigmas = { dssn = [0.5, 2.0], ssn = [1.0] }",
+                )
+            self.sigmas = {n: _sigma_list(self.sigmas[n]) for n in self.noises}
+        else:
+            self.sigmas = _sigma_list(self.sigmas)
         if isinstance(self.stability, dict):
             missing = [n for n in self.noises if n not in self.stability]
             extra = sorted(set(self.stability) - set(self.noises))
@@ -133,6 +133,64 @@ class Sweep:
         for key in ("train", "certify"):
             if not isinstance(getattr(self, key), dict):
                 raise ConfigError(f"sweep {key} must be a mapping of options, got {getattr(self, key)!r}")
+        self._check_objectives(registry("objective").names())
+
+    def _check_objectives(self, known: list[str]) -> None:
+        if self.objectives is None:
+            return
+        if isinstance(self.objectives, str):
+            self.objectives = split_list(self.objectives, str, "objectives")
+        lists = self.objectives.values() if isinstance(self.objectives, dict) else [self.objectives]
+        if isinstance(self.objectives, dict) and sorted(self.objectives) != sorted(self.noises):
+            raise ConfigError(
+                "sweep objectives given per noise must name exactly the sweep's noises "
+                f"({', '.join(self.noises)}), got {', '.join(sorted(self.objectives))}"
+            )
+        for items in lists:
+            if not isinstance(items, list) or not items or not all(isinstance(o, str) for o in items):
+                raise ConfigError(
+                    f"sweep objectives must be a non-empty list of objective names, got {items!r}",
+                    hint='e.g. ["plain", "stability", "consistency", "macer"]',
+                )
+            unknown = [o for o in items if o not in known]
+            if unknown:
+                raise ConfigError(
+                    f"unknown objective {unknown[0]!r} in the sweep; available: {', '.join(known)}"
+                )
+        if not isinstance(self.objective_params, dict) or not all(
+            isinstance(v, dict) for v in self.objective_params.values()
+        ):
+            raise ConfigError(
+                f"sweep objective_params must map objective names to parameter mappings, got {self.objective_params!r}",
+                hint="e.g. objective_params = {macer = {draws = 8}}",
+            )
+
+    def trainings(self, noise: str) -> list[str]:
+        """The training objectives of ``noise``'s runs: ``objectives`` if given, else plain/stability from
+        ``stability``."""
+        if self.objectives is not None:
+            items = self.objectives[noise] if isinstance(self.objectives, dict) else self.objectives
+            return list(dict.fromkeys(items))
+        stab = self.stability[noise] if isinstance(self.stability, dict) else self.stability
+        return ["stability" if s else "plain" for s in stab]
+
+
+def _sigma_list(value: Any) -> list[float]:
+    import math
+
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            for v in value
+        )
+    ):
+        raise ConfigError(
+            f"sweep sigmas must be a non-empty list of positive numbers, got {value!r}",
+            hint="e.g. [0.5, 1.0], or per noise { dssn = [0.5, 2.0], ssn = [1.0] }",
+        )
+    return [float(v) for v in value]
 
 
 _STABILITY_WORDS = {"plain": [False], "stab": [True], "both": [False, True]}
@@ -174,8 +232,12 @@ def _radii_option(certify: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def run_name(noise: str, sigma: float, stability: bool) -> str:
-    return f"{noise}_sigma{sigma:g}_{'stab' if stability else 'plain'}"
+def run_name(noise: str, sigma: float, objective: str | bool) -> str:
+    """``{noise}_sigma{sigma}_{training}``: ``plain``, ``stab`` (stability training; also ``True``) or the
+    objective's name."""
+    if isinstance(objective, bool):
+        objective = "stability" if objective else "plain"
+    return f"{noise}_sigma{sigma:g}_{'stab' if objective == 'stability' else objective}"
 
 
 def expand(sweep: Sweep) -> list[RunSpec]:
@@ -195,10 +257,9 @@ def expand(sweep: Sweep) -> list[RunSpec]:
     recipe = RECIPES.get((sweep.dataset, sweep.model), {})
     specs = []
     for noise in sweep.noises:
-        trainings = sweep.stability[noise] if isinstance(sweep.stability, dict) else sweep.stability
-        for sigma in sweep.sigmas:
-            for stab in trainings:
-                name = run_name(noise, sigma, stab)
+        for sigma in sweep.sigmas[noise] if isinstance(sweep.sigmas, dict) else sweep.sigmas:
+            for objective in sweep.trainings(noise):
+                name = run_name(noise, sigma, objective)
                 train = TrainConfig(
                     **{
                         **recipe,
@@ -206,7 +267,9 @@ def expand(sweep: Sweep) -> list[RunSpec]:
                         "model": sweep.model,
                         "noise": noise,
                         "sigma": sigma,
-                        "stability": bool(stab),
+                        "stability": objective == "stability",
+                        **({} if sweep.objectives is None else {"objective": objective}),
+                        "objective_params": dict(sweep.objective_params.get(objective, {})),
                         "data_dir": sweep.data_dir,
                         **sweep.train,
                     }
@@ -291,7 +354,7 @@ def run_sweep(
 
 
 def group_of(name: str) -> str:
-    """The group of a run: its noise and training (plain or stab), over all sigmas."""
+    """The group of a run: its noise and training (plain, stab or the objective), over all sigmas."""
     noise, _, rest = name.partition("_sigma")
     return f"{noise}, {rest.rsplit('_', 1)[-1]}"
 

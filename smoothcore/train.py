@@ -1,4 +1,5 @@
-"""Training a base classifier under noise: noise augmentation or stability training (SPEC.md), SGD with
+"""Training a base classifier under noise with a training objective (noise augmentation, stability training
+(SPEC.md) or any registered one: smoothcore.objectives), SGD with
 Nesterov momentum and cosine annealing, into an experiment folder that can be resumed."""
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from smoothcore.checkpoints import load_file, sha256
@@ -28,6 +28,7 @@ from smoothcore.fileio import atomic_torch_save
 from smoothcore.loading import classifier_checkpoint, classifier_weights
 from smoothcore.models import MODEL_ARGUMENTS, build_classifier
 from smoothcore.noises import NOISE_ARGUMENTS
+from smoothcore.objectives import make_objective
 from smoothcore.trainer_base import EpochTrainer, OnEpoch, OnStep, TrainData, TrainState
 
 # The reference recipes (SPEC.md); anything else starts from the generic defaults of TrainConfig.
@@ -51,8 +52,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = True
-    stability: bool = False
-    stability_weight: float = 6.0
+    objective: str = "plain"  # a registered training objective (smoothcore.objectives)
+    objective_params: dict[str, Any] = field(default_factory=dict)
+    stability: bool = False  # the same as objective "stability" (kept: earlier runs recorded it)
+    stability_weight: float = 6.0  # stability's weight (objective parameter "weight")
     seed: int = 0
     train_limit: int | None = None
     eval_limit: int = 1000
@@ -73,7 +76,28 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def resolve_objective(self) -> None:
+        """``stability``/``stability_weight`` and ``objective``/``objective_params`` say the same thing: make them
+        agree (``--stability`` is ``--objective stability``; a run recorded before objectives existed resumes as
+        the objective it trained with)."""
+        if not isinstance(self.objective_params, dict):
+            raise ConfigError(f"objective_params must be a mapping, got {self.objective_params!r}")
+        if self.stability:
+            if self.objective not in ("plain", "stability"):
+                raise ConfigError(
+                    f"--stability and --objective {self.objective} both given: --stability is --objective stability",
+                    hint="give one of them",
+                )
+            self.objective = "stability"
+            self.objective_params = {"weight": self.stability_weight, **self.objective_params}
+        if self.objective == "stability":
+            self.stability = True
+            weight = self.objective_params.get("weight", self.stability_weight)
+            self.stability_weight = weight
+            self.objective_params = {**self.objective_params, "weight": weight}
+
     def validate(self) -> None:
+        self.resolve_objective()
         if self.noise == "none":  # a clean classifier: options of noisy training would be silently ignored
             given = [
                 opt
@@ -81,6 +105,7 @@ class TrainConfig:
                     ("--sigma", self.sigma is not None),
                     ("--lambda", self.lambd is not None),
                     ("--stability", self.stability),
+                    (f"--objective {self.objective}", self.objective not in ("plain", "stability")),
                     ("--noise-param", bool(self.noise_params)),
                 )
                 if on
@@ -113,23 +138,6 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a number {bounds}, got {v!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-
-
-def stability_loss(
-    logits_1: torch.Tensor,
-    logits_2: torch.Tensor,
-    labels: torch.Tensor,
-    weight: float,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """``CE(f(x~1), y) + weight * KL(f(x~1) || f(x~2))`` (SPEC.md), the KL of the two predictive categoricals,
-    averaged over the batch (``reduction="sum"``: summed)."""
-    ce = F.cross_entropy(logits_1, labels, reduction="sum")
-    kl = F.kl_div(
-        F.log_softmax(logits_2, dim=1), F.log_softmax(logits_1, dim=1), reduction="sum", log_target=True
-    )
-    total = ce + weight * kl
-    return total if reduction == "sum" else total / len(labels)
 
 
 @dataclass
@@ -180,6 +188,7 @@ class Trainer(EpochTrainer):
         if self.device.type == "cpu":
             keep_freed_memory()
         self.noise = None if cfg.noise == "none" else self.training_noise()  # none: a clean classifier
+        self.objective = make_objective(cfg.objective, noise=self.noise, **cfg.objective_params)
         c, h, _ = self.source.image_shape
         self.model = self.seeded(
             lambda: build_classifier(
@@ -371,7 +380,11 @@ class Trainer(EpochTrainer):
 
     def _checkpoint(self, state: ClassifierTrainState) -> dict[str, Any]:
         c, h, _ = self.source.image_shape
-        extra = {"epoch": state.epoch, "noise": self.noise.params() if self.noise is not None else None}
+        extra = {
+            "epoch": state.epoch,
+            "noise": self.noise.params() if self.noise is not None else None,
+            "objective": {"name": self.objective.name, **self.objective.params()},
+        }
         if self.cfg.denoiser is not None:
             extra["denoiser"] = {
                 "path": str(Path(self.cfg.denoiser).resolve()),
@@ -417,14 +430,10 @@ class Trainer(EpochTrainer):
         ranks gives the whole batch's mean; and the logits."""
         scale = self.dist.world / full
         with self._autocast():
-            logits = self._forward(model, self._noisy(x, rng, full))
-            if not self.cfg.stability:
-                return F.cross_entropy(logits, y, reduction="sum") * scale, logits
-            logits_2 = self._forward(model, self._noisy(x, rng, full))
-            loss = stability_loss(
-                logits.float(), logits_2.float(), y, self.cfg.stability_weight, reduction="sum"
+            loss, logits = self.objective.loss(
+                lambda z: self._forward(model, z), lambda z: self._noisy(z, rng, full), x, y
             )
-            return loss * scale, logits
+        return loss * scale, logits
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, data: TrainData) -> float:

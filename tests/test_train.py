@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import smoothcore
 from smoothcore import ConfigError, ExperimentError
 from smoothcore.checkpoints import load_file
-from smoothcore.train import TrainConfig, Trainer, stability_loss, train_classifier
+from smoothcore.train import TrainConfig, Trainer, train_classifier
+from smoothcore_plugins.objectives import stability_loss
 
 
 def tiny_config(data_dir, **overrides) -> TrainConfig:
