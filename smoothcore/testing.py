@@ -57,7 +57,9 @@ from smoothcore.certify import SmoothedClassifier
 from smoothcore.errors import ConfigError, DataError
 from smoothcore.noises import ExactNoise, Noise, make_noise
 
-__all__ = ["FirstPixelThreshold", "MeanThreshold", "NoisePluginSuite", "toy_images"]
+from smoothcore.testing_objectives import ObjectivePluginSuite
+
+__all__ = ["FirstPixelThreshold", "MeanThreshold", "NoisePluginSuite", "ObjectivePluginSuite", "toy_images"]
 
 
 class FirstPixelThreshold(nn.Module):
