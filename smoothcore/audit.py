@@ -40,7 +40,9 @@ Cost per image, in base-classifier evaluations: the base draws (all ``num_draws`
 (exact: ``budget``), each plus at most one round of candidates; and confirmations of ``num_draws`` or
 ``n_test`` draws (one per search for violations; for the smallest flip one if exact, at most six if
 Monte-Carlo). A gradient over ``n`` draws counts ``3 n``; a candidate all of whose noisy draws were already
-classified counts 1.
+classified counts 1. Each attack (:mod:`smoothcore.attacks`; ``attacks``) runs twice, inside the radius and
+beyond it, with ``attack_budget`` forward passes each (plus the round it stops in and its own shrinking); its
+flips are confirmed as the searches' are.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from smoothcore.attacks import AttackTarget, attacks_for
 from smoothcore.audit_search import (
     NORMS,
     SEARCH_FUNCTIONS,
@@ -178,6 +181,7 @@ class _ImageAuditor:
         self.oracle = Oracle(smoothed, x, claim.prediction, cfg, claim.index)
         self.exact = self.oracle.exact
         self.tests_done = 0
+        self.attacks = attacks_for(smoothed.noise, cfg.attacks) if cfg.attacks != () else []
 
     def rng(self, *keys: int) -> np.random.Generator:
         return np.random.default_rng([self.cfg.seed, self.claim.index, *keys])
@@ -258,11 +262,37 @@ class _ImageAuditor:
                 candidate = found.best if found.best_margin < 0 else None
             if candidate is not None:
                 self.record_violation(candidate, name, flips)
+        for attack in self.attacks:
+            if claim.violation or claim.steps == 0:
+                break
+            # inside the radius: exact noises up to it (the certificate's claim is inclusive), else strictly inside
+            max_norm = claim.steps / cfg.grid if claim.norm == "l1" else claim.radius
+            delta = self.run_attack(attack, max_norm)
+            if delta is not None and norm_of(delta, claim.norm, cfg.grid) <= claim.radius:
+                self.record_violation(delta, attack.name, flips)
         if cfg.tightness:
             self.tightness(flips)
         claim.forward_passes = oracle.forward
         claim.seconds = round(time.perf_counter() - t0, 4)
         return claim
+
+    def run_attack(self, attack: Any, max_norm: float | None) -> torch.Tensor | None:
+        """The attack's flip within ``max_norm`` (L1) as grid steps, or None. Its forward passes count in the audit's."""
+        target = AttackTarget(
+            self.smoothed, self.oracle.x, self.claim.prediction, index=self.claim.index, seed=self.cfg.seed
+        )
+        x_adv = attack.run(target, max_norm=max_norm, stop=self.cfg.attack_budget)
+        self.oracle.forward += target.forward
+        if x_adv is None:
+            return None
+        moved = (x_adv.detach().cpu().double() - self.oracle.x.detach().cpu().double()).reshape(
+            -1
+        ) * self.cfg.grid
+        # on the grid: whole steps; off it (Monte-Carlo noises on continuous images): towards the image
+        delta = (
+            torch.round(moved) if self.oracle.on_grid else torch.trunc(moved + torch.sign(moved) * 1e-4)
+        ).long()
+        return torch.minimum(torch.maximum(delta, -self.oracle.down), self.oracle.up)
 
     def record_violation(self, delta: torch.Tensor, search: str, flips: list) -> None:
         claim = self.claim
@@ -284,6 +314,10 @@ class _ImageAuditor:
         shrink the smallest flip found and confirm it."""
         cfg, oracle, claim = self.cfg, self.oracle, self.claim
         candidates = list(flips)
+        for attack in self.attacks:  # the attacks' smallest flips anywhere
+            delta = self.run_attack(attack, None)
+            if delta is not None and int(delta.abs().sum()) > 0:
+                candidates.append((delta, attack.name))
         if not candidates:
             # near the radius: the search that came closest to a flip inside it (random last on ties); in the
             # whole box: the gradient search, whose first move sends every pixel against the gradient
@@ -302,23 +336,27 @@ class _ImageAuditor:
                     break
         if not candidates:
             return
-        delta, name = min(candidates, key=lambda c: int(c[0].abs().sum()))
-        shrunk = shrink(oracle, delta, max(cfg.budget, 6 * oracle.cost(1)))
-        # the bisection stops at the edge on the search's draws, where a test on fresh draws cannot reject
-        # (Monte-Carlo), so the shrunk perturbation scaled up by 5% to 50% is tried before the original flip
-        grown = [
-            torch.minimum(torch.maximum((shrunk.double() * f).round().long(), -oracle.down), oracle.up)
-            for f in (1.05, 1.15, 1.3, 1.5)
-        ]
-        options = [shrunk, *[g for g in grown if g.abs().sum() < delta.abs().sum()], delta]
-        options = [o for j, o in enumerate(options) if not any(torch.equal(o, p) for p in options[:j])]
-        for j, option in enumerate(options):
-            if self.flips(option, j):
-                claim.smallest_flip = norm_of(option, claim.norm, cfg.grid)
-                claim.flip = self.as_image(option)
-                claim.flip_search = name
-                claim.tightness = claim.radius / claim.smallest_flip if claim.smallest_flip > 0 else math.inf
-                return
+        tried = 0
+        for delta, name in sorted(candidates, key=lambda c: int(c[0].abs().sum())):  # smallest first
+            shrunk = shrink(oracle, delta, max(cfg.budget, 6 * oracle.cost(1)))
+            # the bisection stops at the edge on the search's draws, where a test on fresh draws cannot reject
+            # (Monte-Carlo), so the shrunk perturbation scaled up by 5% to 50% is tried before the original flip
+            grown = [
+                torch.minimum(torch.maximum((shrunk.double() * f).round().long(), -oracle.down), oracle.up)
+                for f in (1.05, 1.15, 1.3, 1.5)
+            ]
+            options = [shrunk, *[g for g in grown if g.abs().sum() < delta.abs().sum()], delta]
+            options = [o for j, o in enumerate(options) if not any(torch.equal(o, p) for p in options[:j])]
+            for option in options:
+                tried += 1
+                if self.flips(option, tried):
+                    claim.smallest_flip = norm_of(option, claim.norm, cfg.grid)
+                    claim.flip = self.as_image(option)
+                    claim.flip_search = name
+                    claim.tightness = (
+                        claim.radius / claim.smallest_flip if claim.smallest_flip > 0 else math.inf
+                    )
+                    return
 
 
 # -- the public functions ------------------------------------------------------------------------------------
@@ -330,7 +368,13 @@ def statement(smoothed: SmoothedClassifier, cfg: AuditConfig, num_images: int) -
         n_test=cfg.n_test,
         alpha=cfg.alpha,
         classes=smoothed.num_classes,
-        tests=max(1, num_images * len(cfg.searches)),
+        tests=max(
+            1,
+            num_images
+            * (
+                len(cfg.searches) + len(attacks_for(smoothed.noise, cfg.attacks) if cfg.attacks != () else [])
+            ),
+        ),
     )
 
 
@@ -381,7 +425,10 @@ def audit_claims(
             certificate=certificate,
             label=labels[i],
         )
-        images.append(_ImageAuditor(smoothed, x[i : i + 1], claim, cfg, len(keep) * len(cfg.searches)).run())
+        tests = len(keep) * (
+            len(cfg.searches) + len(attacks_for(smoothed.noise, cfg.attacks) if cfg.attacks != () else [])
+        )
+        images.append(_ImageAuditor(smoothed, x[i : i + 1], claim, cfg, tests).run())
         if on_image is not None:
             on_image(images[-1])
     return AuditReport(images, statement(smoothed, cfg, len(keep)), cfg, bool(smoothed.noise.exact))
@@ -421,6 +468,7 @@ class ExperimentAudit:
     """The audit of one result table of an experiment folder, and where it was written."""
 
     report: AuditReport
+    attacks: list[Any]
     tag: str
     table: Path
     output: Path
@@ -488,4 +536,5 @@ def audit_experiment(
             "summary": report.summary(),
         },
     )
-    return ExperimentAudit(report, run.tag, run.table, output, run.smoothed.noise.name, certificate)
+    attacks = attacks_for(run.smoothed.noise, cfg.attacks) if cfg.attacks != () else []
+    return ExperimentAudit(report, attacks, run.tag, run.table, output, run.smoothed.noise.name, certificate)

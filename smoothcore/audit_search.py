@@ -46,7 +46,9 @@ class AuditConfig:
     it, and as many to shrink the smallest flip). ``grid``: perturbations are multiples of ``1 / grid`` per
     pixel. ``pool``: pixels the greedy search tries per step. ``grad_draws``: draws behind each gradient.
     Monte-Carlo: ``n_search`` draws for the search's estimates, ``n_test`` fresh draws per test, ``alpha`` the
-    family-wise level of the tests.
+    family-wise level of the tests. ``attacks``: the registered attacks (:mod:`smoothcore.attacks`) that also run,
+    inside the radius and beyond it, with ``attack_budget`` forward passes each (None: every one that applies to
+    the noise; an empty tuple: none).
     """
 
     searches: tuple[str, ...] = SEARCHES
@@ -59,6 +61,10 @@ class AuditConfig:
     n_search: int = 128
     n_test: int = 1000
     alpha: float = 0.01
+    attacks: tuple[str, ...] | None = (
+        None  # None: every registered attack that applies to the noise; (): none
+    )
+    attack_budget: int = 20_000  # forward passes per image and attack, inside the radius and beyond it
 
     def check(self) -> AuditConfig:
         searches = tuple(self.searches)
@@ -68,7 +74,9 @@ class AuditConfig:
                 f"searches must be a non-empty subset of {', '.join(SEARCHES)}, "
                 f"got {', '.join(searches) or '(none)'}"
             )
-        for name in ("budget", "grid", "pool", "grad_draws", "n_search", "n_test"):
+        if self.attacks is not None:
+            self.attacks = tuple(dict.fromkeys(self.attacks))
+        for name in ("budget", "grid", "pool", "grad_draws", "n_search", "n_test", "attack_budget"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"audit {name} must be a positive integer, got {value!r}")

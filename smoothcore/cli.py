@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from smoothcore.cli_attack import attack_cmd
 from smoothcore.cli_audit import audit_cmd
 from smoothcore.cli_certify import certify_cmd
 from smoothcore.cli_render import err_console, fail
@@ -115,6 +116,7 @@ for _command in (
     report_cmd,
     sweep_cmd,
     audit_cmd,
+    attack_cmd,
     fetch_data_cmd,
     models_cmd,
 ):

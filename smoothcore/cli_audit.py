@@ -38,6 +38,15 @@ from smoothcore.planning import CertifyConfig
     type=int,
     help="Base-classifier evaluations per image and search (the search beyond the radius: 1.5x).",
 )
+@click.option(
+    "--attacks",
+    type=CommaList(str, "attacks"),
+    default=None,
+    help="Attacks that also run (smoothcore plugins lists them); 'none' for none. Default: all that apply.",
+)
+@option(
+    AuditConfig, "attack_budget", "--attack-budget", type=int, help="Forward passes per image and attack."
+)
 @click.option("--no-tightness", is_flag=True, help="Skip the search beyond the radius for the smallest flip.")
 @option(
     AuditConfig, "n_search", "--n-search", type=int, help="Monte-Carlo: draws behind the search's estimates."
@@ -65,6 +74,8 @@ def audit_cmd(
     limit: int,
     searches: list[str],
     budget: int,
+    attacks: list[str] | None,
+    attack_budget: int,
     no_tightness: bool,
     n_search: int,
     n_test: int,
@@ -83,6 +94,8 @@ def audit_cmd(
     cfg = AuditConfig(
         searches=tuple(searches),
         budget=budget,
+        attacks=None if attacks is None else (() if attacks == ["none"] else tuple(attacks)),
+        attack_budget=attack_budget,
         tightness=not no_tightness,
         seed=seed,
         n_search=n_search,
@@ -110,6 +123,12 @@ def audit_cmd(
     rows = [
         ("images audited", str(summary["images"])),
         ("searches", ", ".join(cfg.searches) + f" (budget {cfg.budget} each)"),
+        (
+            "attacks",
+            ", ".join(a.name for a in result.attacks) + f" (budget {cfg.attack_budget} each)"
+            if result.attacks
+            else "none",
+        ),
         ("violations found", str(summary["violations"])),
         ("flips found (any size)", str(summary["flips_found"])),
         ("median tightness", _fmt(summary["median_tightness"])),

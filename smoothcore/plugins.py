@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "smoothcore_plugins.datasets",
     "smoothcore_plugins.denoising",
     "smoothcore_plugins.objectives",
+    "smoothcore_plugins.attacks",
 )
 
 KINDS: dict[str, str] = {
@@ -42,6 +43,7 @@ KINDS: dict[str, str] = {
     "denoiser": "register_denoisers",
     "dataset": "register_datasets",
     "objective": "register_training_objectives",
+    "attack": "register_attacks",
 }
 
 

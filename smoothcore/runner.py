@@ -149,7 +149,8 @@ def choose_tag(run_dir: str | Path, tag: str | None) -> str:
         return tag
     if not tags:
         raise ExperimentError(
-            f"{run_dir} has no result tables to audit", hint="certify it first: smoothcore certify RUN_DIR"
+            f"{run_dir} has no result tables (certify_<tag>.csv)",
+            hint="certify it first: smoothcore certify RUN_DIR",
         )
     if len(tags) > 1:
         raise ConfigError(

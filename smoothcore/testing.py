@@ -56,7 +56,6 @@ from smoothcore.audit import AuditConfig, audit
 from smoothcore.certify import SmoothedClassifier
 from smoothcore.errors import ConfigError, DataError
 from smoothcore.noises import ExactNoise, Noise, make_noise
-
 from smoothcore.testing_objectives import ObjectivePluginSuite
 
 __all__ = ["FirstPixelThreshold", "MeanThreshold", "NoisePluginSuite", "ObjectivePluginSuite", "toy_images"]

@@ -231,7 +231,8 @@ def test_the_audit_command_audits_a_trained_experiment(run_copy, fashion_dir):
     table = certified_copy(run_copy, fashion_dir)
     result = CliRunner().invoke(
         cli,
-        ["audit", str(run_copy), "--data-dir", str(fashion_dir), "--limit", "2", "--budget", "150"],
+        ["audit", str(run_copy), "--data-dir", str(fashion_dir), "--limit", "2", "--budget", "150"]
+        + ["--attack-budget", "2000"],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
@@ -245,9 +246,13 @@ def test_the_audit_command_audits_a_trained_experiment(run_copy, fashion_dir):
     assert not audited["violation"].any()
     assert (audited[["margin_random", "margin_greedy", "margin_gradient"]] >= 0).all().all()
     # the cost bound of smoothcore.audit: base draws, 3 searches + 1.5 beyond + 1 to shrink budgets, at most two
-    # draws-worth of candidates of overshoot in each of the 5 phases, and up to 4 recomputations over all draws
-    draws, budget = 220, 150
-    assert (audited["forward_passes"] <= draws + 5.5 * budget + 5 * 2 * draws + 4 * draws).all()
+    # draws-worth of candidates of overshoot in each of the 5 phases, and up to 4 recomputations over all draws;
+    # each of the 2 attacks twice (inside the radius, beyond it): its budget, one round over all draws of overshoot
+    # (3 per draw: a gradient) and its shrinking (20 draws-worth), and one more recomputation to confirm each
+    draws, budget, attack = 220, 150, 2000
+    searches = draws + 5.5 * budget + 5 * 2 * draws + 4 * draws
+    attacks = 2 * 2 * (attack + 3 * draws + 20 * draws + draws)
+    assert (audited["forward_passes"] <= searches + attacks).all()
     summary = json.loads((run_copy / "audit_dssn_sigma0.25.json").read_text())
     assert summary["summary"]["images"] == 2 and summary["config"]["budget"] == 150
 
@@ -263,7 +268,7 @@ def fails(*args, match: str) -> None:
 
 def test_the_audit_command_explains_what_it_cannot_do(run_copy, fashion_dir, tmp_path):
     fails("audit", tmp_path / "nothing", match="not an experiment folder")
-    fails("audit", run_copy, match="no result tables to audit.*smoothcore certify")
+    fails("audit", run_copy, match=r"no result tables \(certify_<tag>.csv\).*smoothcore certify")
     certified_copy(run_copy, fashion_dir)
     certified_copy(run_copy, fashion_dir, tag="again")
     fails("audit", run_copy, "--data-dir", fashion_dir, match="several result tables.*--tag")

@@ -1,0 +1,322 @@
+"""Built-in attacks on the smoothed classifier (smoothcore.attacks): an attack on DSSN's exact counts that uses the
+structure of its draws, and L1-APGD on the soft smoothed classifier for Monte-Carlo L1 noises."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from smoothcore.attacks import GRID, Attack, AttackTarget
+from smoothcore.hookspecs import hookimpl
+
+
+# -- DSSN: pixel moves ranked by the count margin they remove ---------------------------------------------------
+class DssnCounts(Attack):
+    """Greedy descent on DSSN's exact counts.
+
+    Moving pixel ``i`` one grid step from ``v`` to ``v + 1`` changes its noisy value in exactly one draw: the one
+    whose offset ``s = ((t_i + k) mod levels + 0.5) / 255`` has a cut between the two values, i.e.
+    ``(t_i + k) mod levels = v mod levels`` (and ``v - 1`` for a step down); a move of ``m`` steps changes the
+    ``m`` draws along that path. Each round evaluates every draw at the current point (exact counts, and each
+    draw's logit margin ``f_A - max_{c != A} f_c`` with its gradient with respect to the noisy image), picks the
+    target draws (those predicting ``A`` with the smallest margins, ``targets`` times as many as must change for
+    the counts to flip), and scores every pixel move (pixel, direction, number of steps) by the first-order drop
+    of the target draws' margins it causes per unit of L1, summed along its path of draws. The best moves are taken,
+    in order, until the round's quota of grid steps (``moves`` at first, then a third of the L1 used so far: a
+    geometric schedule) is spent; repeat until the exact counts flip. The flip is then shrunk (bisection on its
+    scale, then dropping pixels) on exact counts. ``restarts`` runs again with twice the targets and first quota.
+    """
+
+    def __init__(self, *, restarts: int = 2, moves: int = 16, targets: float = 1.5) -> None:
+        self.restarts, self.moves, self.targets = int(restarts), int(moves), float(targets)
+
+    def applies_to(self, noise: Any) -> bool:
+        return (
+            bool(getattr(noise, "exact", False)) and hasattr(noise, "levels") and hasattr(noise, "template")
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {"restarts": self.restarts, "moves": self.moves, "targets": self.targets}
+
+    def run(self, target: AttackTarget, *, max_norm: float | None, stop: int) -> torch.Tensor | None:
+        if not target.on_grid:
+            return None
+        x = target.x_steps
+        room = int(torch.maximum(GRID - x, x).sum())
+        cap = room if max_norm is None else min(room, math.floor(max_norm * GRID + 1e-6))
+        if cap <= 0:
+            return None
+        moves = self.moves or 16
+        best = None
+        for r in range(max(1, self.restarts)):
+            if target.forward >= stop:
+                break
+            delta = self._descend(target, cap, stop, moves=moves * 2**r, targets=self.targets * 2**r)
+            if delta is not None and (best is None or int(delta.abs().sum()) < int(best.abs().sum())):
+                best = delta
+                cap = int(best.abs().sum()) - 1  # a restart only helps if it finds a smaller flip
+                if cap <= 0:
+                    break
+        if best is None:
+            return None
+        return target.from_steps(
+            self._shrink(target, best, max(stop - target.forward, 20 * target.noise.num_draws))
+        )
+
+    def _descend(
+        self, target: AttackTarget, cap: int, stop: int, *, moves: int, targets: float
+    ) -> torch.Tensor | None:
+        noise, top = target.noise, target.top
+        levels, d = noise.levels, target.d
+        t = noise.template.cpu().long()
+        delta = torch.zeros(d, dtype=torch.long)
+        used = 0
+        while target.forward < stop:
+            v = target.x_steps + delta
+            draws = noise.draws(target.from_steps(delta), 0, levels)[0]
+            z = draws.detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = target.logits(z)
+                rivals = logits.detach().clone()
+                rivals[:, top] = -math.inf
+                margins = logits[:, top] - logits.gather(1, rivals.argmax(1, keepdim=True)).squeeze(1)
+                (grad,) = torch.autograd.grad(margins.sum(), z)
+            classes = logits.detach().argmax(1).cpu()
+            counts = torch.bincount(classes, minlength=target.num_classes)
+            rival_counts = counts + (torch.arange(len(counts)) < top).long()
+            rival_counts[top] = -1
+            margin = int(counts[top] - rival_counts.max())
+            if margin < 0:
+                return delta
+            if used >= cap:
+                return None
+            m = margins.detach().cpu()
+            is_a = classes == top
+            need = margin // 2 + 1
+            order = torch.argsort(torch.where(is_a, m, torch.full_like(m, math.inf)))
+            chosen = order[: max(1, min(int(is_a.sum()), math.ceil(targets * need)))]
+            weight = torch.zeros(levels)
+            weight[chosen] = 1.0
+            g = grad.detach().cpu().reshape(levels, d).double()
+            score, steps, sign = self._best_moves(noise, t, v, delta, g, weight.double(), cap - used)
+            if not bool(
+                (score > 0).any()
+            ):  # no move reaches the target draws: aim at every draw predicting A
+                score, steps, sign = self._best_moves(noise, t, v, delta, g, is_a.double(), cap - used)
+            if not bool((score > 0).any()):
+                return None
+            quota = max(moves, used // 3)  # grid steps this round: grows geometrically, like a line search
+            taken = 0
+            for i in torch.argsort(score, descending=True).tolist():
+                if score[i] <= 0 or taken >= quota or used >= cap:
+                    break
+                m_i = min(int(steps[i]), cap - used, quota - taken)
+                delta[i] += int(sign[i]) * m_i
+                used += m_i
+                taken += m_i
+        return None
+
+    @staticmethod
+    def _best_moves(noise, t, v, delta, g, weight, budget):
+        """Per pixel: the best move's score (margin drop of the target draws per grid step), its steps and sign."""
+        levels, d = noise.levels, len(v)
+        best_score = torch.full((d,), -math.inf, dtype=torch.float64)
+        best_steps = torch.zeros(d, dtype=torch.long)
+        best_sign = torch.zeros(d, dtype=torch.long)
+        for sign in (1, -1):
+            room = (GRID - v) if sign > 0 else v.clone()
+            room = torch.where(
+                delta * sign < 0, torch.zeros_like(room), room
+            )  # only away from the clean image
+            room = room.clamp(max=budget)
+            width = int(room.max())
+            if width <= 0:
+                continue
+            u = torch.arange(width).unsqueeze(1)  # (width, 1): the step taken
+            a = v.unsqueeze(0) + sign * u  # value before the step
+            j = (a if sign > 0 else a - 1) % levels  # the cut crossed: offset index j = (t + k) mod levels
+            k = (j - t.unsqueeze(0)) % levels  # the draw it belongs to
+            s = (j.double() + 0.5) / GRID
+            before = noise._split(a.double().div(GRID), s).double()
+            after = noise._split((a + sign).double().div(GRID), s).double()
+            gain = -(g.gather(0, k) * (after - before)) * weight[k]
+            valid = u < room.unsqueeze(0)
+            gain = torch.where(valid, gain, torch.zeros_like(gain))
+            per_step = torch.cumsum(gain, 0) / (u + 1).double()
+            per_step = torch.where(valid, per_step, torch.full_like(per_step, -math.inf))
+            score = per_step.max(0).values
+            # the longest move whose gain per step is within 10% of the pixel's best (ties: go further)
+            near = (per_step >= 0.9 * score.unsqueeze(0)) & valid & (score.unsqueeze(0) > 0)
+            arg = (
+                torch.where(near, u.expand_as(near), torch.full_like(near, -1, dtype=torch.long))
+                .max(0)
+                .values
+            )
+            arg = arg.clamp(min=0)
+            better = score > best_score
+            best_score = torch.where(better, score, best_score)
+            best_steps = torch.where(better, arg + 1, best_steps)
+            best_sign = torch.where(better, torch.full_like(best_sign, sign), best_sign)
+        return best_score, best_steps, best_sign
+
+    @staticmethod
+    def _shrink(target: AttackTarget, delta: torch.Tensor, budget: int) -> torch.Tensor:
+        from smoothcore.audit_search import AuditConfig, Oracle, shrink
+
+        oracle = Oracle(target.smoothed, target.x, target.top, AuditConfig(), target.index)
+        out = shrink(oracle, delta, budget)
+        target.forward += oracle.forward
+        return out
+
+
+# -- L1-APGD on the soft smoothed classifier -----------------------------------------------------------------------
+def project_l1_box(z: torch.Tensor, low: torch.Tensor, high: torch.Tensor, eps: float) -> torch.Tensor:
+    """The Euclidean projection of ``z`` onto ``{||delta||_1 <= eps, low <= delta <= high}`` (``low <= 0 <= high``):
+    ``sign(z) * clip(|z| - tau, 0, cap)`` with the threshold ``tau >= 0`` found by bisection."""
+    cap = torch.where(z > 0, high, -low)
+    mag = z.abs()
+
+    def total(tau: float) -> float:
+        return float((mag - tau).clamp(min=0).minimum(cap).sum())
+
+    if total(0.0) <= eps:
+        return torch.sign(z) * mag.minimum(cap)
+    lo, hi = 0.0, float(mag.max())
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if total(mid) > eps:
+            lo = mid
+        else:
+            hi = mid
+    return torch.sign(z) * (mag - hi).clamp(min=0).minimum(cap)
+
+
+class ApgdL1(Attack):
+    """L1-APGD (Croce & Hein, ICML 2021) on the soft smoothed classifier with expectation over noise draws (as
+    SmoothAdv does for L2): the loss is ``log p_A - max_{c != A} log p_c`` of the softmax averaged over ``draws``
+    fresh draws per step (the gradient taken through the noise as the identity); each step moves the
+    ``sparsity`` fraction of coordinates with the largest gradients (that can still move in the descent direction)
+    by a total of ``eta * eps``, with momentum 0.75, is projected onto the L1 ball of radius ``eps`` intersected
+    with the ``[0, 1]`` box, and halves ``eta`` at checkpoints without progress (restarting from the best point).
+    Differences from the paper: a fixed sparsity instead of its adaptive one, and no random restarts. The smallest
+    flip is searched over ``eps``: doubling from ``eps0`` until a flip, then ``bisections`` halvings. A point counts
+    as a flip when the top class of ``n_check`` fresh draws (exact noises: of all draws, on the 1/255 grid) is not
+    ``A``; it is verified afterwards."""
+
+    def __init__(
+        self,
+        *,
+        iterations: int = 20,
+        draws: int = 32,
+        sparsity: float = 0.05,
+        eps0: float = 0.5,
+        bisections: int = 3,
+        n_check: int = 256,
+    ) -> None:
+        self.iterations, self.draws, self.sparsity = int(iterations), int(draws), float(sparsity)
+        self.eps0, self.bisections, self.n_check = float(eps0), int(bisections), int(n_check)
+
+    def applies_to(self, noise: Any) -> bool:
+        return getattr(noise, "norm", None) == "l1"
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "iterations": self.iterations,
+            "draws": self.draws,
+            "sparsity": self.sparsity,
+            "eps0": self.eps0,
+            "bisections": self.bisections,
+            "n_check": self.n_check,
+        }
+
+    def run(self, target: AttackTarget, *, max_norm: float | None, stop: int) -> torch.Tensor | None:
+        x = target.x
+        room = float(torch.maximum(x, 1 - x).sum())
+        best, lo, hi = None, 0.0, None
+        eps = min(self.eps0, room) if max_norm is None else min(max_norm, room)
+        round_ = 0
+        while target.forward < stop and eps > 0:
+            found = self._apgd(target, eps, stop, round_)
+            round_ += 1
+            if found is not None:
+                best, hi = found, target.l1(found)
+                break
+            lo = eps
+            if max_norm is not None or eps >= room:
+                return None
+            eps = min(2 * eps, room)
+        if best is None:
+            return None
+        for _ in range(self.bisections):
+            if target.forward >= stop or hi - lo < 1.0 / GRID:
+                break
+            mid = (lo + hi) / 2
+            found = self._apgd(target, mid, stop, round_)
+            round_ += 1
+            if found is not None:
+                best, hi = found, min(target.l1(found), mid)
+            else:
+                lo = mid
+        return best
+
+    def _apgd(self, target: AttackTarget, eps: float, stop: int, round_: int) -> torch.Tensor | None:
+        x = target.x
+        low, high = -x, 1 - x
+        k = max(1, round(self.sparsity * target.d))
+        gen = target.generator(round_)
+        delta = torch.zeros_like(x)
+        previous = delta
+        best_delta, best_loss = delta, math.inf
+        eta, since = 1.0, 0
+        checkpoints = {max(1, round(self.iterations * f)) for f in (0.22, 0.41, 0.57, 0.7, 0.8, 0.87, 0.93)}
+        last_best = math.inf
+        for it in range(self.iterations):
+            if target.forward >= stop:
+                break
+            loss, grad = target.soft_margin(x + delta, self.draws, gen)
+            if loss < best_loss:
+                best_loss, best_delta = loss, delta
+            if it in checkpoints:
+                if best_loss >= last_best - 1e-6:
+                    eta /= 2
+                    delta, previous = best_delta, best_delta
+                last_best = best_loss
+            direction = -torch.sign(grad)
+            can_move = torch.where(direction > 0, high - delta, delta - low) > 1e-9
+            score = torch.where(can_move, grad.abs(), torch.full_like(grad, -1.0)).reshape(-1)
+            idx = torch.topk(score, k).indices
+            idx = idx[score[idx] > 0]
+            if not len(idx):
+                break
+            step = torch.zeros(target.d, dtype=x.dtype, device=x.device)
+            step[idx] = direction.reshape(-1)[idx] / len(idx)
+            z = project_l1_box(delta + eta * eps * step.reshape(x.shape), low, high, eps)
+            moved = project_l1_box(delta + 0.75 * (z - delta) + 0.25 * (delta - previous), low, high, eps)
+            previous, delta = delta, moved
+            since += 1
+        if target.forward < stop:
+            loss, _ = target.soft_margin(x + delta, self.draws, gen)
+            if loss < best_loss:
+                best_loss, best_delta = loss, delta
+        candidate = target.project_box(x + best_delta)
+        if target.l1(candidate) > eps + 1e-6:  # rounding to the grid can add a little: scale back inside
+            candidate = target.project_box(x + best_delta * (eps / max(target.l1(candidate), 1e-12)))
+        if best_loss < 0.5 and target.seems_to_flip(candidate, self.n_check):
+            return candidate
+        return None
+
+
+@hookimpl
+def register_attacks(register) -> None:
+    register(
+        "dssn-counts",
+        DssnCounts,
+        description="DSSN: greedy pixel moves ranked by the exact count margin they remove per unit L1, shrunk",
+    )
+    register(
+        "apgd-l1",
+        ApgdL1,
+        description="L1-APGD (Croce & Hein 2021) on the soft smoothed classifier, expectation over draws",
+    )

@@ -1,0 +1,384 @@
+"""Attacks on the smoothed classifier: the smallest L1 perturbations that change its prediction, each one verified.
+
+An attack is built by the factory a plugin registers through ``register_attacks`` (``factory(**params)``) and
+returns an :class:`Attack`. Given an :class:`AttackTarget` (one image, its smoothed prediction ``A``, and the
+smoothed classifier), ``run(target, max_norm=..., stop=...)`` returns the perturbed image ``x'`` with the smallest
+L1 distance to ``x`` that it found to change the prediction, or None. Attacks evaluate the base classifier only
+through the target, which counts every forward pass (``target.forward``) and stops them at ``stop``.
+
+No attack is believed: :func:`verify` decides whether ``x'`` really changes the smoothed prediction, as the
+auditor does:
+
+- **exact noises** (DSSN): the counts over every draw, recomputed from scratch for ``x'`` (which must be on the
+  1/255 grid, in ``[0, 1]``), predict another class: a deterministic fact;
+- **Monte-Carlo noises**: on ``n_test`` fresh draws, independent of the attack's, the one-sided Clopper-Pearson
+  upper bound on ``p_A(x')`` lies below the lower bound on ``p_c(x')`` for some ``c != A``, each bound at level
+  ``alpha / (C * tries)`` (``C`` classes, ``tries`` the candidates tested for this image), so the chance that an
+  image gets a flip reported although ``A`` is still the prediction at every candidate is at most ``alpha``.
+
+A verified flip of norm ``e`` shows the image is not robust at any radius ``>= e``: the empirical robust accuracy
+at radius ``r`` (correct, and no verified flip of norm ``<= r``) is an upper bound on the true robust accuracy, as
+the certified accuracy is a lower bound.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from smoothcore.errors import ConfigError
+from smoothcore.noises import is_quantised
+from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
+from smoothcore.streams import DrawStream
+
+GRID = 255
+
+
+class AttackTarget:
+    """One image under attack: ``x`` ``(1, *shape)``, the smoothed prediction ``top``, the smoothed classifier.
+    Every base-classifier evaluation goes through it and is counted in ``forward`` (a gradient over ``n`` draws
+    counts ``3 n``)."""
+
+    def __init__(self, smoothed: Any, x: torch.Tensor, top: int, *, index: int = 0, seed: int = 0) -> None:
+        self.smoothed, self.noise, self.engine = smoothed, smoothed.noise, smoothed.engine
+        self.device = self.engine.device
+        self.x = x.to(self.device)
+        self.shape = tuple(x.shape[1:])
+        self.d = x[0].numel()
+        self.top, self.index, self.seed = int(top), int(index), int(seed)
+        self.exact = bool(self.noise.exact)
+        self.num_classes = smoothed.num_classes
+        self.on_grid = is_quantised(x, GRID)
+        self.x_steps = (x.detach().cpu().double().reshape(-1) * GRID).round().long() if self.on_grid else None
+        self.forward = 0
+        self._key = 0
+
+    # images
+    def from_steps(self, delta: torch.Tensor) -> torch.Tensor:
+        """``x + delta / 255`` for integer grid steps ``delta`` (d,), with the dataset's arithmetic."""
+        assert self.x_steps is not None
+        steps = (self.x_steps + delta.cpu()).clamp(0, GRID)
+        return (steps.to(self.device).float() / GRID).reshape(1, *self.shape).to(self.x.dtype)
+
+    def project_box(self, x_adv: torch.Tensor) -> torch.Tensor:
+        """``x'`` clipped to ``[0, 1]`` and, for exact noises, rounded to the 1/255 grid they certify."""
+        x_adv = x_adv.clamp(0.0, 1.0)
+        if self.exact:
+            x_adv = (x_adv.double() * GRID).round().div(GRID).to(self.x.dtype)
+        return x_adv
+
+    def l1(self, x_adv: torch.Tensor) -> float:
+        """``||x' - x||_1``; between two images on the 1/255 grid, counted in whole grid steps."""
+        moved = x_adv.detach().cpu().double().reshape(-1)
+        if self.x_steps is not None and is_quantised(x_adv, GRID):
+            return float(((moved * GRID).round().long() - self.x_steps).abs().sum()) / GRID
+        return float((moved - self.x.detach().cpu().double().reshape(-1)).abs().sum())
+
+    # the base classifier, counted
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits of noisy images ``z`` (with autograd when ``z`` requires it), in chunks of ``max_batch``."""
+        step = self.engine.max_batch
+        with self.engine.evaluating():
+            parts = [self.engine.model(z[i : i + step]).float() for i in range(0, len(z), step)]
+        self.forward += len(z) * (3 if z.requires_grad else 1)
+        return torch.cat(parts)
+
+    def counts(self, x_adv: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """Counts ``(C,)`` at ``x'``: over every draw (exact noises) or ``n`` fresh draws (each call its own)."""
+        if self.exact:
+            counts, _ = self.engine.exact_counts(self.noise, x_adv)
+            self.forward += self.noise.num_draws
+        else:
+            self._key += 1
+            stream = DrawStream(self.seed, self.index, 3, self._key)
+            counts = self.engine.sampled_counts(self.noise, x_adv, int(n or 256), [stream])
+            self.forward += int(n or 256)
+        return counts.cpu()[0]
+
+    def seems_to_flip(self, x_adv: torch.Tensor, n: int = 256) -> bool:
+        """The attack's own check: the top class of the counts at ``x'`` (exact, or ``n`` fresh draws) is not
+        ``A``. Exact noises: this is the verdict itself; Monte-Carlo: a point estimate, verified later."""
+        return int(self.counts(x_adv, n).argmax()) != self.top
+
+    def soft_margin(
+        self, x_adv: torch.Tensor, draws: int, generator: torch.Generator
+    ) -> tuple[float, torch.Tensor]:
+        """The soft smoothed classifier's log-margin ``log p_A - max_{c != A} log p_c`` (``p``: softmax averaged over
+        ``draws`` noisy draws) at ``x'`` and its gradient with respect to ``x'``, through the noise as the identity
+        (straight-through: splitting noise is piecewise constant in ``x``)."""
+        xv = x_adv.detach().clone().requires_grad_(True)
+        with torch.no_grad():
+            z = self.noise.sample(xv.detach().expand(draws, *self.shape), generator)
+        with torch.enable_grad():
+            logits = self.logits(z + (xv - xv.detach()))
+            p = torch.softmax(logits, dim=1).mean(0)
+            logp = torch.log(p.clamp_min(1e-12))
+            others = torch.cat([logp[: self.top], logp[self.top + 1 :]])
+            margin = logp[self.top] - others.max()
+            (grad,) = torch.autograd.grad(margin, xv)
+        return float(margin.detach()), grad.detach()
+
+    def generator(self, *keys: int) -> torch.Generator:
+        state = np.random.SeedSequence([self.seed, self.index, 4, *keys]).generate_state(2, np.uint32)
+        g = torch.Generator(device=self.device)
+        g.manual_seed((int(state[0]) << 31) ^ int(state[1]))
+        return g
+
+
+class Attack(ABC):
+    """An attack on the smoothed classifier (see the module docstring). ``name`` is set by the registry."""
+
+    name: str = ""
+
+    def applies_to(self, noise: Any) -> bool:
+        """Whether the attack can run under ``noise`` (default: every noise)."""
+        return True
+
+    @abstractmethod
+    def run(self, target: AttackTarget, *, max_norm: float | None, stop: int) -> torch.Tensor | None:
+        """The perturbed image ``x'`` (shaped like ``target.x``, in ``[0, 1]``; for exact noises on the 1/255
+        grid), with ``||x' - x||_1 <= max_norm`` when given, that the attack found to change the prediction and
+        that is the smallest it found; None if none. Stop once ``target.forward >= stop``."""
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+
+def make_attack(name: str, **params: Any) -> Attack:
+    from smoothcore.errors import PluginError
+    from smoothcore.plugins import registry
+
+    entry = registry("attack").get(name)
+    attack = entry.build(**params)
+    if not isinstance(attack, Attack):
+        raise PluginError(
+            f"plugin {entry.plugin!r}: attack {name!r} built a {type(attack).__name__}, not an Attack"
+        )
+    attack.name = name
+    return attack
+
+
+def attacks_for(noise: Any, names: Sequence[str] | None = None) -> list[Attack]:
+    """The attacks ``names`` (default: every registered attack that applies to ``noise``); a named attack that
+    does not apply is a ConfigError."""
+    from smoothcore.plugins import registry
+
+    if names is None:
+        return [a for a in (make_attack(n) for n in registry("attack").names()) if a.applies_to(noise)]
+    out = []
+    for name in names:
+        attack = make_attack(name)
+        if not attack.applies_to(noise):
+            raise ConfigError(f"attack {name!r} does not apply to noise {noise.name!r}")
+        out.append(attack)
+    return out
+
+
+# -- verification ------------------------------------------------------------------------------------------------
+@dataclass
+class Verdict:
+    flips: bool
+    rival: int
+    evidence: str
+
+
+def verify(
+    target: AttackTarget,
+    x_adv: torch.Tensor,
+    *,
+    n_test: int = 1000,
+    alpha: float = 0.01,
+    tries: int = 1,
+    key: int = 0,
+) -> Verdict:
+    """Does ``x'`` change the smoothed prediction? (The module docstring says how each noise decides.)"""
+    smoothed, top = target.smoothed, target.top
+    x_adv = x_adv.to(target.device)
+    if float(x_adv.min()) < 0.0 or float(x_adv.max()) > 1.0:
+        return Verdict(False, -1, "outside [0, 1]")
+    if target.exact:
+        if not is_quantised(x_adv, GRID):
+            return Verdict(False, -1, "not on the 1/255 grid")
+        counts, _ = smoothed.engine.exact_counts(smoothed.noise, x_adv)
+        target.forward += smoothed.noise.num_draws
+        counts = counts.cpu()[0]
+        cls = int(counts.argmax())
+        return Verdict(
+            cls != top, cls, f"exact counts over all {smoothed.noise.num_draws} draws predict {cls}"
+        )
+    stream = DrawStream(target.seed, target.index, 5, key)
+    counts = smoothed.engine.sampled_counts(smoothed.noise, x_adv, n_test, [stream]).cpu()[0]
+    target.forward += n_test
+    classes = len(counts)
+    level = alpha / (classes * max(1, tries))  # one-sided level of each bound
+    upper_a = float(clopper_pearson_upper(int(counts[top]), n_test, 2 * level))
+    others = [c for c in range(classes) if c != top]
+    lowers = np.asarray(
+        clopper_pearson_lower(counts[others].numpy(), n_test, 2 * level), dtype=np.float64
+    ).reshape(-1)
+    j = int(lowers.argmax())
+    rival = others[j]
+    evidence = (
+        f"n={n_test}: k_A={int(counts[top])} (upper {upper_a:.4f}) vs k_{rival}={int(counts[rival])} "
+        f"(lower {lowers[j]:.4f}), level {level:.3g} per bound"
+    )
+    return Verdict(bool(lowers[j] > upper_a), rival, evidence)
+
+
+# -- one image, every attack ---------------------------------------------------------------------------------------
+@dataclass
+class AttackConfig:
+    """``attacks``: names (default: every registered attack that applies to the noise). ``budget``: forward passes
+    per image and attack. Monte-Carlo verification: ``n_test`` fresh draws per candidate, family-wise ``alpha`` per
+    image. ``seed`` keys every stream."""
+
+    attacks: tuple[str, ...] | None = None
+    budget: int = 20_000
+    n_test: int = 1000
+    alpha: float = 0.01
+    seed: int = 0
+
+    def check(self) -> AttackConfig:
+        for name in ("budget", "n_test"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"attack {name} must be a positive integer, got {value!r}")
+        if not 0.0 < float(self.alpha) < 0.5:
+            raise ConfigError(f"attack alpha must be in (0, 0.5), got {self.alpha!r}")
+        if self.attacks is not None:
+            self.attacks = tuple(dict.fromkeys(self.attacks))
+            if not self.attacks:
+                raise ConfigError("attacks is an empty list")
+        return self
+
+
+SCALES = (
+    1.0,
+    1.1,
+    1.25,
+    1.5,
+)  # a Monte-Carlo candidate found at the edge is tried scaled up before it is given up
+
+
+@dataclass
+class ImageAttack:
+    """The attack of one image: the smallest verified flip (NaN: none), the attack that found it, its evidence, the
+    forward passes and seconds spent, and the flipping image ``x_adv`` itself."""
+
+    index: int
+    label: int
+    prediction: int
+    radius: float
+    flip_norm: float = math.nan
+    attack: str = ""
+    flip_class: int = -1
+    evidence: str = ""
+    forward_passes: int = 0
+    seconds: float = 0.0
+    per_attack: dict[str, float] = field(default_factory=dict)
+    x_adv: torch.Tensor | None = field(default=None, repr=False)
+
+    def row(self) -> dict[str, Any]:
+        row = {k: getattr(self, k) for k in ("index", "label", "prediction", "radius", "flip_norm", "attack")}
+        row.update(flip_class=self.flip_class, forward_passes=self.forward_passes, seconds=self.seconds)
+        row.update({f"flip_{name}": v for name, v in self.per_attack.items()})
+        row["evidence"] = self.evidence
+        return row
+
+
+def verified_flip(
+    target: AttackTarget, x_adv: torch.Tensor, cfg: AttackConfig, *, key: int, tries: int
+) -> tuple[torch.Tensor, Verdict] | None:
+    """``x'`` itself if verified, else (Monte-Carlo) the same perturbation scaled up by 10% to 50%."""
+    delta = x_adv - target.x
+    candidates = [target.project_box(target.x + s * delta) for s in (SCALES if not target.exact else (1.0,))]
+    for j, candidate in enumerate(candidates):
+        verdict = verify(target, candidate, n_test=cfg.n_test, alpha=cfg.alpha, tries=tries, key=key * 16 + j)
+        if verdict.flips:
+            return candidate, verdict
+    return None
+
+
+def attack_image(
+    smoothed: Any,
+    x: torch.Tensor,
+    prediction: int,
+    *,
+    attacks: Sequence[Attack],
+    cfg: AttackConfig,
+    index: int = 0,
+    label: int = -1,
+    radius: float = math.nan,
+    max_norm: float | None = None,
+) -> ImageAttack:
+    """Run every attack on one image (``x`` ``(1, *shape)``, smoothed prediction ``prediction``) and keep the
+    smallest verified flip (within ``max_norm`` when given)."""
+    t0 = time.perf_counter()
+    target = AttackTarget(smoothed, x, prediction, index=index, seed=cfg.seed)
+    tries = len(attacks) * (1 if target.exact else len(SCALES))
+    out = ImageAttack(index, label, prediction, radius)
+    for a, attack in enumerate(attacks):
+        x_adv = attack.run(target, max_norm=max_norm, stop=target.forward + cfg.budget)
+        norm = math.nan
+        if x_adv is not None:
+            found = verified_flip(target, x_adv, cfg, key=a, tries=tries)
+            if found is not None:
+                candidate, verdict = found
+                norm = target.l1(candidate)
+                if max_norm is not None and norm > max_norm + 1e-9:
+                    norm = math.nan
+                elif not norm >= out.flip_norm:  # smaller, or the first
+                    out.flip_norm, out.attack, out.flip_class = norm, attack.name, verdict.rival
+                    out.evidence, out.x_adv = verdict.evidence, candidate.detach().cpu()
+        out.per_attack[attack.name] = norm
+    out.forward_passes = target.forward
+    out.seconds = round(time.perf_counter() - t0, 4)
+    return out
+
+
+def attack_images(
+    smoothed: Any,
+    x: torch.Tensor,
+    prediction: Sequence[int],
+    *,
+    labels: Sequence[int] | None = None,
+    radius: Sequence[float] | None = None,
+    indices: Sequence[int] | None = None,
+    config: AttackConfig | None = None,
+    on_image: Callable[[ImageAttack], None] | None = None,
+) -> list[ImageAttack]:
+    """Attack every image of ``x`` whose smoothed prediction is not an abstention; one :class:`ImageAttack` each."""
+    cfg = (config or AttackConfig()).check()
+    smoothed.noise.check_input(x)
+    attacks = attacks_for(smoothed.noise, cfg.attacks)
+    if not attacks:
+        raise ConfigError(f"no registered attack applies to noise {smoothed.noise.name!r}")
+    n = len(x)
+    labels = [-1] * n if labels is None else [int(v) for v in labels]
+    radius = [math.nan] * n if radius is None else [float(r) for r in radius]
+    indices = list(range(n)) if indices is None else [int(i) for i in indices]
+    out = []
+    for i in range(n):
+        if int(prediction[i]) < 0:
+            continue
+        result = attack_image(
+            smoothed,
+            x[i : i + 1],
+            int(prediction[i]),
+            attacks=attacks,
+            cfg=cfg,
+            index=indices[i],
+            label=labels[i],
+            radius=radius[i],
+        )
+        out.append(result)
+        if on_image is not None:
+            on_image(result)
+    return out

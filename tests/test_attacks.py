@@ -1,0 +1,230 @@
+"""Attacks on the smoothed classifier: each finds the true smallest flip of toy classifiers where it can be computed,
+no flip is reported that verification does not confirm, the audit catches inflated radii with them, and the
+command line writes the per-image table and the certified-versus-empirical table."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from smoothcore import hookimpl, plugins
+from smoothcore.attack_run import robustness_table
+from smoothcore.attacks import (
+    Attack,
+    AttackConfig,
+    AttackTarget,
+    attack_image,
+    attack_images,
+    make_attack,
+    verify,
+)
+from smoothcore.audit import audit_claims
+from smoothcore.audit_search import AuditConfig
+from smoothcore.certify import SmoothedClassifier
+from smoothcore.noises import make_noise
+from smoothcore.testing import FirstPixelThreshold, MeanThreshold
+from smoothcore_plugins.attacks import project_l1_box
+
+SHAPE = (1, 4, 4)
+
+
+def image(first: int, rest: int = 128) -> torch.Tensor:
+    x = torch.full((1, *SHAPE), rest / 255.0)
+    x.view(-1)[0] = first / 255.0
+    return x
+
+
+def dssn_first_pixel() -> SmoothedClassifier:
+    return SmoothedClassifier(FirstPixelThreshold(), make_noise("dssn", sigma=0.5, dim=16), 2)
+
+
+def true_smallest_flip(smoothed: SmoothedClassifier, first: int) -> float:
+    """Brute force over the first pixel's 256 grey levels (the toy reads nothing else): the nearest level whose
+    exact counts predict another class."""
+    levels = torch.stack([image(v)[0] for v in range(256)])
+    counts, _ = smoothed.engine.exact_counts(smoothed.noise, levels)
+    pred = counts.argmax(1)
+    flips = [abs(v - first) for v in range(256) if pred[v] != pred[first]]
+    return min(flips) / 255.0
+
+
+# -- DSSN: the exact structure ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("first", [180, 230, 40])
+def test_dssn_counts_finds_the_true_smallest_flip_of_a_one_pixel_classifier(first):
+    smoothed = dssn_first_pixel()
+    truth = true_smallest_flip(smoothed, first)
+    x = image(first)
+    top = int(smoothed.predict(x).prediction[0])
+    result = attack_image(
+        smoothed, x, top, attacks=[make_attack("dssn-counts")], cfg=AttackConfig(budget=20_000)
+    )
+    assert result.attack == "dssn-counts"
+    assert result.flip_norm == pytest.approx(truth, abs=1e-9)
+    assert result.x_adv is not None and (result.x_adv * 255 - (result.x_adv * 255).round()).abs().max() < 1e-4
+
+
+def test_the_dssn_certificate_of_the_one_pixel_classifier_is_one_step_short_of_the_flip():
+    """At grey level 230 the counts are 230 (class 1) vs 211 of 441: radius floor((230 - 211 - 1) / 2) / 255 = 9/255,
+    and the attack flips at 10/255: the certificate is as tight as its integer rounding allows."""
+    smoothed = dssn_first_pixel()
+    x = image(230)
+    cert = smoothed.certify(x)
+    assert float(cert.radius[0]) == pytest.approx(9 / 255)
+    result = attack_image(smoothed, x, 1, attacks=[make_attack("dssn-counts")], cfg=AttackConfig())
+    assert result.flip_norm == pytest.approx(10 / 255)
+
+
+def test_dssn_counts_respects_max_norm():
+    smoothed = dssn_first_pixel()
+    x = image(180)  # flips at 41/255
+    target = AttackTarget(smoothed, x, 0)
+    assert make_attack("dssn-counts").run(target, max_norm=40 / 255, stop=20_000) is None
+    found = make_attack("dssn-counts").run(AttackTarget(smoothed, x, 0), max_norm=41 / 255, stop=20_000)
+    assert found is not None and float((found - x).abs().sum()) == pytest.approx(41 / 255)
+
+
+# -- Monte-Carlo noise: L1-APGD -----------------------------------------------------------------------------------
+def test_apgd_finds_the_smallest_flip_of_a_mean_threshold_under_uniform_noise():
+    """Under symmetric noise the smoothed mean-threshold classifier flips exactly when the pixel sum crosses d/2, so
+    the smallest L1 flip is |sum(x) - 8|. The verified flip cannot be smaller (the test on fresh draws must reject
+    p_A >= 1/2) and should not be much larger."""
+    smoothed = SmoothedClassifier(MeanThreshold(), make_noise("uniform", sigma=0.5, dim=16), 2)
+    x = image(60, 60)
+    truth = abs(float(x.sum()) - 8.0)
+    result = attack_image(smoothed, x, 0, attacks=[make_attack("apgd-l1")], cfg=AttackConfig(budget=30_000))
+    assert math.isfinite(result.flip_norm)
+    assert truth - 1e-6 <= result.flip_norm <= 1.25 * truth
+    assert result.evidence.startswith("n=1000")
+
+
+def test_project_l1_box_is_the_projection():
+    torch.manual_seed(0)
+    z = torch.randn(50)
+    low, high = -torch.rand(50), torch.rand(50)
+    p = project_l1_box(z, low, high, 2.0)
+    assert float(p.abs().sum()) <= 2.0 + 1e-6 and bool(((p >= low - 1e-9) & (p <= high + 1e-9)).all())
+    # no point of the set is closer: compare with random feasible points
+    for _ in range(200):
+        q = project_l1_box(torch.randn(50) * 3, low, high, 2.0)
+        assert float((z - p).norm()) <= float((z - q).norm()) + 1e-6
+    inside = torch.zeros(50)
+    inside[0] = 0.5 * float(high[0])
+    assert torch.equal(project_l1_box(inside, low, high, 2.0), inside)
+
+
+# -- nothing unverified is reported ---------------------------------------------------------------------------
+class Liar(Attack):
+    """Claims a flip at a perturbation that changes nothing (or, off the grid, cannot be certified)."""
+
+    def __init__(self, *, offgrid: bool = False):
+        self.offgrid = offgrid
+
+    def run(self, target, *, max_norm, stop):
+        x = target.x.clone()
+        x.view(-1)[5] = x.view(-1)[5] + (0.3 / 255 if self.offgrid else 3 / 255)
+        return x
+
+
+@pytest.mark.parametrize("offgrid", [False, True])
+def test_claimed_flips_that_do_not_verify_are_not_reported(offgrid):
+    smoothed = dssn_first_pixel()
+    result = attack_image(smoothed, image(180), 0, attacks=[Liar(offgrid=offgrid)], cfg=AttackConfig())
+    assert math.isnan(result.flip_norm) and result.attack == ""
+    verdict = verify(
+        AttackTarget(smoothed, image(180), 0),
+        Liar(offgrid=offgrid).run(AttackTarget(smoothed, image(180), 0), max_norm=None, stop=0),
+    )
+    assert not verdict.flips
+    assert ("grid" in verdict.evidence) == offgrid
+
+
+def test_a_monte_carlo_liar_is_refused_by_the_test_on_fresh_draws():
+    smoothed = SmoothedClassifier(MeanThreshold(), make_noise("uniform", sigma=0.5, dim=16), 2)
+    result = attack_image(smoothed, image(60, 60), 0, attacks=[Liar()], cfg=AttackConfig())
+    assert math.isnan(result.flip_norm)
+
+
+def test_attacks_are_plugins():
+    @hookimpl
+    def register_attacks(register):
+        register("liar", Liar)
+
+    saved = plugins.snapshot()
+    try:
+        plugins.use_plugins(types.SimpleNamespace(__name__="liar_plugin", register_attacks=register_attacks))
+        assert {"apgd-l1", "dssn-counts", "liar"} <= set(plugins.registry("attack").names())
+        smoothed = dssn_first_pixel()
+        results = attack_images(smoothed, image(180), [0], config=AttackConfig(attacks=("liar",)))
+        assert math.isnan(results[0].flip_norm)
+    finally:
+        plugins.restore(saved)
+    assert not make_attack("apgd-l1").applies_to(make_noise("gaussian", sigma=0.5, dim=4))
+    assert not make_attack("dssn-counts").applies_to(make_noise("ssn", sigma=0.5, dim=4))
+
+
+# -- the audit uses the attacks ----------------------------------------------------------------------------------
+def test_the_audit_catches_radii_inflated_to_one_and_a_half_times_the_smallest_flip():
+    smoothed = dssn_first_pixel()
+    levels = [180, 40, 120]
+    x = torch.cat([image(v) for v in levels])
+    flips = [true_smallest_flip(smoothed, v) for v in levels]
+    pred = smoothed.predict(x).prediction
+    cfg = AuditConfig(searches=("random",), budget=50, tightness=False)
+    report = audit_claims(smoothed, x, pred, [1.5 * f for f in flips], config=cfg)
+    assert [im.violation for im in report.images] == [True, True, True]
+    assert {im.violation_search for im in report.images} <= {"apgd-l1", "dssn-counts"}
+    for name in ("apgd-l1", "dssn-counts"):  # each attack alone catches them
+        alone = AuditConfig(searches=("random",), budget=50, tightness=False, attacks=(name,))
+        report = audit_claims(smoothed, x, pred, [1.5 * f for f in flips], config=alone)
+        assert [im.violation_search for im in report.images] == [name] * 3
+    sound = smoothed.certify(x)
+    report = audit_claims(smoothed, x, sound.prediction, sound.radius, config=cfg)
+    assert not report.violations
+    without = audit_claims(
+        smoothed, x, pred, [1.5 * f for f in flips], config=AuditConfig(**{**cfg.__dict__, "attacks": ()})
+    )
+    assert len(without.violations) < 3  # the searches alone miss some: the attacks add power
+
+
+# -- experiment folders and tables ----------------------------------------------------------------------------
+def test_robustness_table_counts_by_hand():
+    certified = pd.DataFrame(
+        {
+            "index": [0, 1, 2, 3],
+            "label": [1, 1, 0, 2],
+            "prediction": [1, 1, 1, -1],
+            "radius": [0.6, 0.2, 0.9, math.nan],
+        }
+    )
+    attacked = pd.DataFrame({"index": [0, 1], "flip_norm": [2.0, math.nan]})
+    table = robustness_table(certified, attacked, [0.25, 0.5, 2.0])
+    # images 0..1 considered (the attack covered index <= 1): both correct
+    assert table["certified"].tolist() == [50.0, 50.0, 0.0]
+    assert table["empirical"].tolist() == [100.0, 100.0, 50.0]
+    assert table["gap"].tolist() == [50.0, 50.0, 50.0]
+
+
+def test_attack_command_writes_the_table_and_prints_certified_vs_empirical(run_copy):
+    trained_run = run_copy
+    from smoothcore.cli import cli
+
+    none = CliRunner().invoke(cli, ["attack", str(trained_run)])
+    assert none.exit_code != 0 and "certify it first" in none.output
+    certified = CliRunner().invoke(cli, ["certify", str(trained_run), "--limit", "5", "--skip", "50"])
+    assert certified.exit_code == 0, certified.output
+    result = CliRunner().invoke(
+        cli, ["attack", str(trained_run), "--limit", "3", "--budget", "3000", "--radii", "0.1,0.5"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "certified vs empirical" in result.output
+    tables = list(trained_run.glob("attack_*.csv"))
+    frame = pd.read_csv(tables[0])
+    assert {"index", "flip_norm", "attack", "forward_passes", "evidence"} <= set(frame.columns)
+    assert (frame["forward_passes"] > 0).all()
+    bad = CliRunner().invoke(cli, ["attack", str(trained_run), "--attacks", "nope"])
+    assert bad.exit_code != 0 and "unknown attack 'nope'" in bad.output
