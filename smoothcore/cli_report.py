@@ -61,6 +61,7 @@ def report_cmd(
         certified_accuracy_table,
         comparability_warnings,
         load_runs,
+        robustness_rows,
         to_latex,
         to_markdown,
     )
@@ -85,6 +86,15 @@ def report_cmd(
         )
     else:
         print_table(table, "certified accuracy (%) by radius")
+    robust = robustness_rows(runs, radii)
+    if len(robust) and fmt in ("table", "markdown", "latex"):
+        title = "certified (lower bound) vs empirical robust accuracy (upper bound: no verified flip), %"
+        if fmt == "markdown":
+            click.echo("\n" + to_markdown(robust), nl=False)
+        elif fmt == "latex":
+            click.echo("\n" + to_latex(robust, caption=title), nl=False)
+        else:
+            print_table(robust, title)
     if plot_path:
         written = plot(runs, plot_path, labels=_labels(labels), dpi=dpi)
         err_console.print(f"wrote {written}", highlight=False)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from smoothcore.errors import ConfigError
-from smoothcore.report import Run, envelopes
+from smoothcore.report import Run, envelopes, robustness_rows
 
 _NOISE_LABELS = {
     "dssn": "DSSN",
@@ -70,7 +70,7 @@ def plot(
 ) -> Path:
     """Certified accuracy against radius, one curve per run (a colour family per noise, darker for larger sigma; a
     line style per training) over the envelope, drawn as a wide light band beneath the curves so that it hides
-    none of them; written to ``path`` (PNG at ``dpi``, or vector PDF/SVG). ``labels`` renames runs in the legend."""
+    none of them; a run with an attack table also gets its empirical robust accuracy, dotted in its colour; written to ``path`` (PNG at ``dpi``, or vector PDF/SVG). ``labels`` renames runs in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,6 +84,12 @@ def plot(
         or max([float(np.nanmax(np.where(r.correct, r.radius, 0.0), initial=0.0)) for r in runs] + [0.5])
         * 1.05
     )
+    flips = np.concatenate(
+        [r.attack["flip_norm"].to_numpy(dtype=float) for r in runs if r.attack is not None] or [np.zeros(0)]
+    )
+    flips = flips[np.isfinite(flips)]
+    if max_radius is None and len(flips):  # far enough to show where most verified flips lie (at most 10x)
+        top = max(top, min(float(np.quantile(flips, 0.9)) * 1.05, 10 * top))
     grid = np.linspace(0.0, top, 400)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     norms = sorted({r.norm for r in runs})
@@ -94,8 +100,22 @@ def plot(
         ax.plot(
             grid, run.certified_accuracy(grid) * 100, label=run_label(run, labels), linewidth=1.4, **style
         )
+        if run.attack is not None and run.index is not None:  # the attack's upper bound, same colour, dotted
+            single = Run(
+                run.name, run.label, run.prediction, run.radius, run.norm, index=run.index, attack=run.attack
+            )
+            rows = robustness_rows([single], list(grid))
+            empirical = rows[rows["bound"] == "empirical"].iloc[0, 3:].to_numpy(dtype=float)
+            ax.plot(
+                grid,
+                empirical,
+                color=style.get("color"),
+                linestyle=":",
+                linewidth=1.6,
+                label=f"{run_label(run, labels)}: empirical (attack, {int(rows['images'].iloc[0])} images)",
+            )
     ax.set_xlabel(f"{'/'.join(n.upper() for n in norms)} radius")
-    ax.set_ylabel("certified accuracy (%)")
+    ax.set_ylabel("certified accuracy (%)" if not len(flips) else "certified / empirical robust accuracy (%)")
     ax.set_xlim(0, top)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)

@@ -40,6 +40,7 @@ class Run:
     index: np.ndarray | None = None
     manifest: dict[str, Any] = field(default_factory=dict)  # of the experiment folder holding the table
     problems: list[str] = field(default_factory=list)  # what was wrong with the table it was read from
+    attack: pd.DataFrame | None = None  # attack_<tag>.csv beside the table (smoothcore attack), if any
 
     def __post_init__(self) -> None:  # tensors (as certify returns them), lists or arrays alike
         self.label = _array(self.label, np.int64, "label")
@@ -180,6 +181,17 @@ def _table_run(path: Path, name: str | None = None) -> Run:
     run_name = name or f"{path.parent.name}/{path.stem.removeprefix('certify_')}"
     manifest_path = path.parent / "manifest.json"
     manifest = read_json(manifest_path) if manifest_path.is_file() else {}
+    attack_path = path.with_name("attack_" + path.name.removeprefix("certify_"))
+    attack = None
+    if attack_path.is_file():
+        try:
+            attack = pd.read_csv(attack_path)
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+            problems.append(f"{attack_path.name} is not readable ({exc}): left out")
+        else:
+            if not {"index", "flip_norm"} <= set(attack.columns) or not len(attack):
+                problems.append(f"{attack_path.name} has no index/flip_norm rows: left out")
+                attack = None
     return Run(
         run_name,
         table["label"].to_numpy(np.int64),
@@ -190,6 +202,7 @@ def _table_run(path: Path, name: str | None = None) -> Run:
         table["index"].to_numpy(np.int64),
         manifest if isinstance(manifest, dict) else {},
         problems,
+        attack,
     )
 
 
@@ -296,7 +309,7 @@ def to_latex(table: pd.DataFrame, *, digits: int = 1, caption: str | None = None
     )
 
 
-_TEXT = {"run", "norm"}
+_TEXT = {"run", "norm", "bound"}
 
 
 def _cell(value, col: str, digits: int) -> str:
@@ -427,3 +440,30 @@ def envelopes(runs: list[Run], radii) -> dict[str, np.ndarray]:
     for run in runs:
         by_norm.setdefault(run.norm, []).append(run.certified_accuracy(radii))
     return {norm: np.max(curves, axis=0) for norm, curves in sorted(by_norm.items()) if len(curves) > 1}
+
+
+def robustness_rows(runs: list[Run], radii) -> pd.DataFrame:
+    """For every run with an attack table: certified accuracy (a lower bound on robust accuracy), empirical robust
+    accuracy (an upper bound: correct and no verified flip within the radius) and their gap, in percent, over the
+    images the attack considered (:func:`smoothcore.attack_run.robustness_table`)."""
+    from smoothcore.attack_run import robustness_table
+
+    rows = []
+    for run in runs:
+        if run.attack is None or run.index is None:
+            continue
+        certified = pd.DataFrame(
+            {"index": run.index, "label": run.label, "prediction": run.prediction, "radius": run.radius}
+        )
+        table = robustness_table(certified, run.attack, radii)
+        images = int((certified["index"] <= int(run.attack["index"].max())).sum())
+        for bound, column in (("certified", "certified"), ("empirical", "empirical"), ("gap", "gap")):
+            rows.append(
+                {
+                    "run": run.name,
+                    "bound": bound,
+                    "images": images,
+                    **{_col(r): v for r, v in zip(radii, table[column])},
+                }
+            )
+    return pd.DataFrame(rows)

@@ -228,3 +228,31 @@ def test_attack_command_writes_the_table_and_prints_certified_vs_empirical(run_c
     assert (frame["forward_passes"] > 0).all()
     bad = CliRunner().invoke(cli, ["attack", str(trained_run), "--attacks", "nope"])
     assert bad.exit_code != 0 and "unknown attack 'nope'" in bad.output
+
+
+def test_report_shows_certified_next_to_empirical_and_plots_both(run_copy):
+    from smoothcore.cli import cli
+    from smoothcore.report import load_runs, robustness_rows
+
+    assert CliRunner().invoke(cli, ["certify", str(run_copy), "--limit", "4", "--skip", "50"]).exit_code == 0
+    attacked = CliRunner().invoke(
+        cli, ["attack", str(run_copy), "--budget", "2000", "--attacks", "dssn-counts"]
+    )
+    assert attacked.exit_code == 0, attacked.output
+    result = CliRunner().invoke(
+        cli, ["report", str(run_copy), "--radii", "0.1,1", "--plot", str(run_copy / "p.svg")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "empirical robust accuracy" in result.output
+    rows = robustness_rows(load_runs([run_copy]), [0.1, 1.0])
+    assert rows["bound"].tolist() == ["certified", "empirical", "gap"]
+    # the upper bound is never below the lower bound, and the gap is their difference
+    assert (rows.iloc[1, 3:].to_numpy(float) >= rows.iloc[0, 3:].to_numpy(float)).all()
+    assert rows.iloc[2, 3:].to_numpy(float) == pytest.approx(
+        rows.iloc[1, 3:].to_numpy(float) - rows.iloc[0, 3:].to_numpy(float)
+    )
+    assert "empirical (attack" in (run_copy / "p.svg").read_text()
+    markdown = CliRunner().invoke(cli, ["report", str(run_copy), "--radii", "0.1,1", "--format", "markdown"])
+    assert markdown.exit_code == 0, markdown.output
+    assert "| fmnist-dssn/dssn_sigma0.25 | certified |" in markdown.output
+    assert "| fmnist-dssn/dssn_sigma0.25 | empirical |" in markdown.output
