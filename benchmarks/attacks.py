@@ -8,7 +8,7 @@ image, and report the median smallest verified flip of each. Then the audit with
 to 1.5x the smallest flip the attacks found (it must flag them) and (4) the sound radii of every certificate that
 applies (it must flag none).
 
-    uv run python -m benchmarks.attacks [--images 10] [--audit-budget 2500] [--no-write]
+    uv run python -m benchmarks.attacks [--images 10] [--audit-budget 4000] [--no-write]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def median(values) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10)
-    parser.add_argument("--audit-budget", type=int, default=2500)
+    parser.add_argument("--audit-budget", type=int, default=4000)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--no-write", action="store_true")

@@ -16,21 +16,25 @@ from smoothcore.hookspecs import hookimpl
 class DssnCounts(Attack):
     """Greedy descent on DSSN's exact counts.
 
+    Each round classifies every draw once (the exact counts), and differentiates only the target draws' margins.
     Moving pixel ``i`` one grid step from ``v`` to ``v + 1`` changes its noisy value in exactly one draw: the one
     whose offset ``s = ((t_i + k) mod levels + 0.5) / 255`` has a cut between the two values, i.e.
     ``(t_i + k) mod levels = v mod levels`` (and ``v - 1`` for a step down); a move of ``m`` steps changes the
     ``m`` draws along that path. Each round evaluates every draw at the current point (exact counts, and each
     draw's logit margin ``f_A - max_{c != A} f_c`` with its gradient with respect to the noisy image), picks the
     target draws (those predicting ``A`` with the smallest margins, ``targets`` times as many as must change for
-    the counts to flip), and scores every pixel move (pixel, direction, number of steps) by the first-order drop
+    the counts to flip, at most ``max_targets``), and scores every pixel move (pixel, direction, number of steps) by the first-order drop
     of the target draws' margins it causes per unit of L1, summed along its path of draws. The best moves are taken,
-    in order, until the round's quota of grid steps (``moves`` at first, then a third of the L1 used so far: a
+    in order, until the round's quota of grid steps (``moves`` at first, then half the L1 used so far: a
     geometric schedule) is spent; repeat until the exact counts flip. The flip is then shrunk (bisection on its
     scale, then dropping pixels) on exact counts. ``restarts`` runs again with twice the targets and first quota.
     """
 
-    def __init__(self, *, restarts: int = 2, moves: int = 16, targets: float = 1.5) -> None:
+    def __init__(
+        self, *, restarts: int = 2, moves: int = 64, targets: float = 1.5, max_targets: int = 128
+    ) -> None:
         self.restarts, self.moves, self.targets = int(restarts), int(moves), float(targets)
+        self.max_targets = int(max_targets)
 
     def applies_to(self, noise: Any) -> bool:
         return (
@@ -38,7 +42,12 @@ class DssnCounts(Attack):
         )
 
     def params(self) -> dict[str, Any]:
-        return {"restarts": self.restarts, "moves": self.moves, "targets": self.targets}
+        return {
+            "restarts": self.restarts,
+            "moves": self.moves,
+            "targets": self.targets,
+            "max_targets": self.max_targets,
+        }
 
     def run(self, target: AttackTarget, *, max_norm: float | None, stop: int) -> torch.Tensor | None:
         if not target.on_grid:
@@ -48,7 +57,7 @@ class DssnCounts(Attack):
         cap = room if max_norm is None else min(room, math.floor(max_norm * GRID + 1e-6))
         if cap <= 0:
             return None
-        moves = self.moves or 16
+        moves = self.moves
         best = None
         for r in range(max(1, self.restarts)):
             if target.forward >= stop:
@@ -76,14 +85,9 @@ class DssnCounts(Attack):
         while target.forward < stop:
             v = target.x_steps + delta
             draws = noise.draws(target.from_steps(delta), 0, levels)[0]
-            z = draws.detach().requires_grad_(True)
-            with torch.enable_grad():
-                logits = target.logits(z)
-                rivals = logits.detach().clone()
-                rivals[:, top] = -math.inf
-                margins = logits[:, top] - logits.gather(1, rivals.argmax(1, keepdim=True)).squeeze(1)
-                (grad,) = torch.autograd.grad(margins.sum(), z)
-            classes = logits.detach().argmax(1).cpu()
+            with torch.no_grad():  # every draw, once: the exact counts and each draw's margin
+                logits = target.logits(draws)
+            classes = logits.argmax(1).cpu()
             counts = torch.bincount(classes, minlength=target.num_classes)
             rival_counts = counts + (torch.arange(len(counts)) < top).long()
             rival_counts[top] = -1
@@ -92,22 +96,25 @@ class DssnCounts(Attack):
                 return delta
             if used >= cap:
                 return None
-            m = margins.detach().cpu()
+            rivals = logits.clone()
+            rivals[:, top] = -math.inf
+            m = (logits[:, top] - rivals.max(1).values).cpu()
             is_a = classes == top
             need = margin // 2 + 1
             order = torch.argsort(torch.where(is_a, m, torch.full_like(m, math.inf)))
-            chosen = order[: max(1, min(int(is_a.sum()), math.ceil(targets * need)))]
+            chosen = order[: max(1, min(int(is_a.sum()), math.ceil(targets * need), self.max_targets))]
             weight = torch.zeros(levels)
             weight[chosen] = 1.0
-            g = grad.detach().cpu().reshape(levels, d).double()
+            g = torch.zeros(levels, d, dtype=torch.float64)
+            g[chosen] = self._margin_gradients(target, draws[chosen.to(draws.device)])
             score, steps, sign = self._best_moves(noise, t, v, delta, g, weight.double(), cap - used)
-            if not bool(
-                (score > 0).any()
-            ):  # no move reaches the target draws: aim at every draw predicting A
+            if not bool((score > 0).any()):  # no move reaches the targets: aim at every draw predicting A
+                rest = torch.nonzero(is_a & (weight == 0)).flatten()
+                g[rest] = self._margin_gradients(target, draws[rest.to(draws.device)])
                 score, steps, sign = self._best_moves(noise, t, v, delta, g, is_a.double(), cap - used)
             if not bool((score > 0).any()):
                 return None
-            quota = max(moves, used // 3)  # grid steps this round: grows geometrically, like a line search
+            quota = max(moves, used // 2)  # grid steps this round: grows geometrically, like a line search
             taken = 0
             for i in torch.argsort(score, descending=True).tolist():
                 if score[i] <= 0 or taken >= quota or used >= cap:
@@ -117,6 +124,21 @@ class DssnCounts(Attack):
                 used += m_i
                 taken += m_i
         return None
+
+    @staticmethod
+    def _margin_gradients(target: AttackTarget, draws: torch.Tensor) -> torch.Tensor:
+        """Gradients ``(len(draws), d)`` of each draw's logit margin ``f_A - max_{c != A} f_c`` with respect to the
+        noisy image (float64, on the CPU)."""
+        if not len(draws):
+            return torch.zeros(0, target.d, dtype=torch.float64)
+        z = draws.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = target.logits(z)
+            rivals = logits.detach().clone()
+            rivals[:, target.top] = -math.inf
+            margins = logits[:, target.top] - logits.gather(1, rivals.argmax(1, keepdim=True)).squeeze(1)
+            (grad,) = torch.autograd.grad(margins.sum(), z)
+        return grad.detach().cpu().reshape(len(draws), -1).double()
 
     @staticmethod
     def _best_moves(noise, t, v, delta, g, weight, budget):
@@ -209,9 +231,9 @@ class ApgdL1(Attack):
         self,
         *,
         iterations: int = 20,
-        draws: int = 32,
+        draws: int = 16,
         sparsity: float = 0.05,
-        eps0: float = 0.5,
+        eps0: float = 1.0,
         bisections: int = 3,
         n_check: int = 256,
     ) -> None:
@@ -264,7 +286,7 @@ class ApgdL1(Attack):
     def _apgd(self, target: AttackTarget, eps: float, stop: int, round_: int) -> torch.Tensor | None:
         x = target.x
         low, high = -x, 1 - x
-        k = max(1, round(self.sparsity * target.d))
+        k = max(min(target.d, 16), round(self.sparsity * target.d))
         gen = target.generator(round_)
         delta = torch.zeros_like(x)
         previous = delta

@@ -12,11 +12,8 @@ Public API (names are fixed)::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from smoothcore.certify import CertifyResult, PredictResult, SmoothedClassifier, certify_counts
 from smoothcore.errors import (
     CheckpointError,
     ConfigError,
@@ -27,10 +24,45 @@ from smoothcore.errors import (
     UnknownNameError,
 )
 from smoothcore.hookspecs import hookimpl
-from smoothcore.loading import load_classifier
-from smoothcore.models import stack
-from smoothcore.noises import ExactNoise, Noise
-from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
+
+if TYPE_CHECKING:
+    import torch
+
+    from smoothcore.certify import CertifyResult, PredictResult, SmoothedClassifier, certify_counts
+    from smoothcore.loading import load_classifier
+    from smoothcore.models import stack
+    from smoothcore.noises import ExactNoise, Noise
+    from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
+
+# imported on first use (PEP 562), so that `import smoothcore` (and the command line's --help) loads no torch
+_LAZY = {
+    "CertifyResult": "smoothcore.certify",
+    "PredictResult": "smoothcore.certify",
+    "SmoothedClassifier": "smoothcore.certify",
+    "certify_counts": "smoothcore.certify",
+    "load_classifier": "smoothcore.loading",
+    "stack": "smoothcore.models",
+    "ExactNoise": "smoothcore.noises",
+    "Noise": "smoothcore.noises",
+    "clopper_pearson_lower": "smoothcore.stats",
+    "clopper_pearson_upper": "smoothcore.stats",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'smoothcore' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from smoothcore.configs import AttackConfig
 from smoothcore.errors import ConfigError
 from smoothcore.noises import is_quantised
 from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
@@ -233,32 +234,6 @@ def verify(
 
 
 # -- one image, every attack ---------------------------------------------------------------------------------------
-@dataclass
-class AttackConfig:
-    """``attacks``: names (default: every registered attack that applies to the noise). ``budget``: forward passes
-    per image and attack. Monte-Carlo verification: ``n_test`` fresh draws per candidate, family-wise ``alpha`` per
-    image. ``seed`` keys every stream."""
-
-    attacks: tuple[str, ...] | None = None
-    budget: int = 20_000
-    n_test: int = 1000
-    alpha: float = 0.01
-    seed: int = 0
-
-    def check(self) -> AttackConfig:
-        for name in ("budget", "n_test"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"attack {name} must be a positive integer, got {value!r}")
-        if not 0.0 < float(self.alpha) < 0.5:
-            raise ConfigError(f"attack alpha must be in (0, 0.5), got {self.alpha!r}")
-        if self.attacks is not None:
-            self.attacks = tuple(dict.fromkeys(self.attacks))
-            if not self.attacks:
-                raise ConfigError("attacks is an empty list")
-        return self
-
-
 SCALES = (
     1.0,
     1.1,

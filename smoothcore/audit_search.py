@@ -28,66 +28,16 @@ import numpy as np
 import torch
 
 from smoothcore.certify import SmoothedClassifier
+from smoothcore.configs import SEARCHES, AuditConfig  # noqa: F401  (re-exported)
 from smoothcore.errors import ConfigError
 from smoothcore.noises import is_quantised
 
-SEARCHES = ("random", "greedy", "gradient")
 NORMS = ("l1", "l2", "linf")
 CHUNK_ELEMENTS = 1 << 24  # at most this many noisy pixel values are held at once per evaluation
 CACHE_ENTRIES = 1 << 18  # classes of noisy draws remembered per image
 
 
 # -- configuration and results -------------------------------------------------------------------------------
-@dataclass
-class AuditConfig:
-    """How hard to search.
-
-    ``budget``: base-classifier evaluations per image and search inside the radius (1.5 times as many beyond
-    it, and as many to shrink the smallest flip). ``grid``: perturbations are multiples of ``1 / grid`` per
-    pixel. ``pool``: pixels the greedy search tries per step. ``grad_draws``: draws behind each gradient.
-    Monte-Carlo: ``n_search`` draws for the search's estimates, ``n_test`` fresh draws per test, ``alpha`` the
-    family-wise level of the tests. ``attacks``: the registered attacks (:mod:`smoothcore.attacks`) that also run,
-    inside the radius and beyond it, with ``attack_budget`` forward passes each (None: every one that applies to
-    the noise; an empty tuple: none).
-    """
-
-    searches: tuple[str, ...] = SEARCHES
-    budget: int = 300
-    tightness: bool = True
-    seed: int = 0
-    grid: int = 255
-    pool: int = 12
-    grad_draws: int = 16
-    n_search: int = 128
-    n_test: int = 1000
-    alpha: float = 0.01
-    attacks: tuple[str, ...] | None = (
-        None  # None: every registered attack that applies to the noise; (): none
-    )
-    attack_budget: int = 20_000  # forward passes per image and attack, inside the radius and beyond it
-
-    def check(self) -> AuditConfig:
-        searches = tuple(self.searches)
-        unknown = [s for s in searches if s not in SEARCHES]
-        if not searches or unknown:
-            raise ConfigError(
-                f"searches must be a non-empty subset of {', '.join(SEARCHES)}, "
-                f"got {', '.join(searches) or '(none)'}"
-            )
-        if self.attacks is not None:
-            self.attacks = tuple(dict.fromkeys(self.attacks))
-        for name in ("budget", "grid", "pool", "grad_draws", "n_search", "n_test", "attack_budget"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"audit {name} must be a positive integer, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ConfigError(f"audit seed must be an integer in [0, 2**63), got {self.seed!r}")
-        if not 0.0 < float(self.alpha) < 0.5:
-            raise ConfigError(f"audit alpha must be in (0, 0.5), got {self.alpha!r}")
-        self.searches = tuple(dict.fromkeys(searches))
-        return self
-
-
 # -- helpers -------------------------------------------------------------------------------------------------
 def norm_of(delta: torch.Tensor, norm: str, grid: int) -> float:
     """Norm of a perturbation given in grid steps."""

@@ -11,21 +11,25 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-import torch
-
 from smoothcore.errors import ConfigError
+
+
+def _is_bool(value: Any) -> bool:
+    """A Python or numpy bool (numpy is not imported for it: a numpy bool's type is numpy.bool_/numpy.bool)."""
+    return isinstance(value, bool) or (
+        type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")
+    )
 
 
 def is_int(value: Any) -> bool:
     """An integer (Python or numpy), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, numbers.Integral) and not _is_bool(value)
 
 
 def _as_list(value: Any, what: str) -> list:
     if isinstance(value, (str, bytes)) or isinstance(value, numbers.Number):
         raise ConfigError(f"{what} must be a list of numbers, got {value!r}", hint=f"e.g. {what}=[0.5, 1.0]")
-    if isinstance(value, torch.Tensor):
+    if type(value).__module__.startswith("torch"):  # a tensor (torch is imported only by whoever made it)
         return value.detach().cpu().reshape(-1).tolist()
     try:
         return list(value)
@@ -37,8 +41,7 @@ def check_radii(radii: Any) -> list[float]:
     """A non-empty list of finite, non-negative radii, as floats."""
     values = _as_list(radii, "radii")
     if not values or any(
-        not isinstance(r, numbers.Real) or isinstance(r, (bool, np.bool_)) or not math.isfinite(r) or r < 0
-        for r in values
+        not isinstance(r, numbers.Real) or _is_bool(r) or not math.isfinite(r) or r < 0 for r in values
     ):
         raise ConfigError(f"radii must be a non-empty list of finite, non-negative numbers, got {radii!r}")
     return [float(r) for r in values]

@@ -40,11 +40,13 @@ class SmoothcoreGroup(click.Group):
         components().manager.hook.register_commands(cli=self)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        self._safe_load()
+        if _third_party_plugins():  # only they can add commands (loading plugins imports torch: not for --help)
+            self._safe_load()
         return super().list_commands(ctx)
 
     def get_command(self, ctx: click.Context, name: str):
-        self._safe_load()
+        if name not in self.commands:
+            self._safe_load()
         return super().get_command(ctx, name)
 
     def _safe_load(self) -> None:
@@ -60,12 +62,29 @@ class SmoothcoreGroup(click.Group):
             fail(exc)
         except KeyboardInterrupt:
             interrupted(ctx.invoked_subcommand)
+        except Exception:
+            # an interrupt that landed inside an import can surface as another error (a half-imported module):
+            # once a signal arrived, whatever follows is its consequence
+            if _SIGNALLED[0] is not None:
+                interrupted(ctx.invoked_subcommand)
+            raise
         except OSError as exc:  # the file system refused: read-only, full, a file where a folder should be
             fail(
                 SmoothcoreError(
                     os_error_text(exc), hint="check that the path exists, is writable and has room"
                 )
             )
+
+
+def _third_party_plugins() -> bool:
+    """Whether an installed (and allowed: SMOOTHCORE_LOAD_PLUGINS) plugin package could add commands."""
+    import importlib.metadata
+
+    from smoothcore.plugins import ENTRY_POINT_GROUP, _allowed_entry_points
+
+    allowed = _allowed_entry_points()
+    names = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return bool(names if allowed is None else names & allowed)
 
 
 RESUME_HINTS = {
@@ -94,7 +113,8 @@ _SIGNALLED: list[int | None] = [None]
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM (a scheduler preempting the job) ends the run as Ctrl-C does: finished work is kept."""
+    """Ctrl-C, or SIGTERM (a scheduler preempting the job), ends the run: finished work is kept. The signal is
+    remembered, so that an error it causes (an import cut in half) is reported as the interruption it is."""
     _SIGNALLED[0] = signum
     raise KeyboardInterrupt
 
@@ -126,8 +146,15 @@ for _command in (
 def main() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGINT, _terminate)
     try:
         cli(prog_name="smoothcore")
+    except KeyboardInterrupt:  # between the group's own handling and the end (e.g. while a command is looked up)
+        interrupted(None)
+    except Exception:
+        if _SIGNALLED[0] is not None:
+            interrupted(None)
+        raise
     finally:
         try:
             sys.stdout.flush()

@@ -8,11 +8,10 @@ import math
 import click
 from rich.table import Table
 
-from smoothcore.attacks import AttackConfig
 from smoothcore.cli_config import ConfigCommand
 from smoothcore.cli_params import RADII, CommaList, device_option, option
 from smoothcore.cli_render import console, err_console, progress_bar
-from smoothcore.planning import CertifyConfig
+from smoothcore.configs import AttackConfig, CertifyConfig
 
 
 @click.command("attack", cls=ConfigCommand)

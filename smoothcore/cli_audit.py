@@ -9,11 +9,10 @@ import sys
 import click
 from rich.table import Table
 
-from smoothcore.audit_search import AuditConfig
 from smoothcore.cli_config import ConfigCommand
 from smoothcore.cli_params import CommaList, default, device_option, option
 from smoothcore.cli_render import console, err_console, progress_bar
-from smoothcore.planning import CertifyConfig
+from smoothcore.configs import AuditConfig, CertifyConfig
 
 
 @click.command("audit", cls=ConfigCommand)

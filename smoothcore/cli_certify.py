@@ -14,9 +14,9 @@ import click
 from smoothcore.cli_config import ConfigCommand
 from smoothcore.cli_params import RADII, device_option, noise_options, option, parse_params
 from smoothcore.cli_render import err_console, print_table, progress_bar
-from smoothcore.engine import PRECISIONS
+from smoothcore.configs import PRECISION_NAMES as PRECISIONS
+from smoothcore.configs import CertifyConfig
 from smoothcore.errors import SmoothcoreError
-from smoothcore.planning import CertifyConfig
 
 
 def _recorded(run_dir: str, opts: dict[str, Any]) -> dict[str, Any]:

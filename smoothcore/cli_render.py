@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -18,6 +17,9 @@ from rich.progress import (
 from rich.table import Table
 
 from smoothcore.errors import SmoothcoreError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def console(stderr: bool = False) -> Console:

@@ -10,7 +10,7 @@ import click
 from smoothcore.cli_config import ConfigCommand
 from smoothcore.cli_params import RADII, CommaList, parse_params
 from smoothcore.cli_render import err_console, print_table, progress_bar
-from smoothcore.report import PAPER_RADII
+from smoothcore.configs import PAPER_RADII
 
 PAPER_RADII_TEXT = ",".join(f"{r:g}" for r in PAPER_RADII)
 

@@ -11,9 +11,9 @@ import click
 from smoothcore.cli_config import ConfigCommand
 from smoothcore.cli_params import default, device_option, noise_options, option, parse_params, subset_options
 from smoothcore.cli_render import count, err_console, progress_bar
-from smoothcore.engine import PRECISIONS
-from smoothcore.train import TrainConfig
-from smoothcore_denoisers.training import OBJECTIVES, DenoiserConfig
+from smoothcore.configs import PRECISION_NAMES as PRECISIONS
+from smoothcore.configs import TrainConfig
+from smoothcore_denoisers.config import OBJECTIVES, DenoiserConfig
 
 
 @click.command("train-classifier", cls=ConfigCommand)

@@ -18,61 +18,15 @@ from torch.utils.data import Dataset
 from smoothcore.certificates import Certificate, default_certificate, resolve_certificate
 from smoothcore.certify import SmoothedClassifier
 from smoothcore.checkpoints import sha256
-from smoothcore.checks import check_params, check_radii
+from smoothcore.configs import CertifyConfig
 from smoothcore.data import DatasetSource, get_dataset, subset_indices
 from smoothcore.devices import resolve_device
 from smoothcore.errors import ConfigError, ExperimentError, SmoothcoreError, UnknownNameError
 from smoothcore.experiment import Experiment
 from smoothcore.loading import check_compatible, load_classifier
 from smoothcore.models import stack
-from smoothcore.noises import NOISE_ARGUMENTS, Noise, make_noise
+from smoothcore.noises import Noise, make_noise
 from smoothcore.run_record import Certification
-
-
-@dataclass
-class CertifyConfig:
-    """What a certification is asked to do (``None``: the experiment's own, or the default). The command line's
-    ``smoothcore certify`` options take their defaults from here."""
-
-    noise: str | None = None  # default: the noise the classifier was trained with
-    sigma: float | None = None
-    lambd: float | None = None
-    noise_seed: int | None = None
-    noise_params: dict[str, Any] | None = None  # a noise's further parameters; None: the training's
-    certificate: str | None = None
-    n0: int = 64
-    n: int = 100_000
-    alpha: float = 0.001
-    skip: int = 1
-    limit: int | None = None
-    offset: int = 0
-    max_batch: int | str = 1024  # or "auto"
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    device: str = "auto"  # cuda when available, else cpu
-    data_dir: str | None = None
-    dataset: str | None = None
-    denoiser: str | None = None
-    tag: str | None = None
-    trust_checkpoint: bool = False
-    radii: list[float] | None = None  # early decisions at these radii
-
-    def validate(self) -> None:
-        """The options that need no model or data, checked before anything is loaded (a sweep checks them before
-        its first run trains)."""
-        from smoothcore.engine import PRECISIONS, check_batch
-
-        SmoothedClassifier._check_mc(self.n0, self.n, self.alpha)
-        if self.noise_params is not None:
-            check_params("noise_params", self.noise_params, NOISE_ARGUMENTS)
-        subset_indices(0, self.skip, self.limit, self.offset)
-        if self.max_batch != "auto":
-            check_batch(self.max_batch, "max_batch")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.radii is not None:
-            self.radii = check_radii(self.radii)  # the Python API's check; recorded as a JSON list of floats
 
 
 @dataclass

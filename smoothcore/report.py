@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 
 from smoothcore.checks import check_radii
+from smoothcore.configs import PAPER_RADII
 from smoothcore.errors import DataError
 from smoothcore.fileio import read_json
 from smoothcore.results import read_valid
 from smoothcore.run_record import Certification
 
-PAPER_RADII = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 ENVELOPE = "envelope (best run)"
 
 

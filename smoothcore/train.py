@@ -5,8 +5,6 @@ Nesterov momentum and cosine annealing, into an experiment folder that can be re
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,127 +15,18 @@ import torch
 from torch import nn
 
 from smoothcore.checkpoints import load_file, sha256
-from smoothcore.checks import check_params
+from smoothcore.configs import RECIPES, TrainConfig  # noqa: F401  (re-exported: smoothcore.train.TrainConfig)
 from smoothcore.data import batches
 from smoothcore.denoise import load_frozen_denoiser
 from smoothcore.distributed import DistInfo, all_reduce_sum, barrier, shard_apply
 from smoothcore.engine import PRECISIONS, keep_freed_memory
-from smoothcore.errors import CheckpointError, ConfigError, ExperimentError
+from smoothcore.errors import CheckpointError, ExperimentError
 from smoothcore.experiment import releases_experiment_lock
 from smoothcore.fileio import atomic_torch_save
 from smoothcore.loading import classifier_checkpoint, classifier_weights
-from smoothcore.models import MODEL_ARGUMENTS, build_classifier
-from smoothcore.noises import NOISE_ARGUMENTS
+from smoothcore.models import build_classifier
 from smoothcore.objectives import make_objective
 from smoothcore.trainer_base import EpochTrainer, OnEpoch, OnStep, TrainData, TrainState
-
-# The reference recipes (SPEC.md); anything else starts from the generic defaults of TrainConfig.
-RECIPES: dict[tuple[str, str], dict[str, Any]] = {
-    ("cifar10", "wrn40"): {"epochs": 120, "batch_size": 64, "lr": 0.1},
-    ("imagenet", "resnet50"): {"epochs": 30, "batch_size": 256, "lr": 0.1},
-}
-
-
-@dataclass
-class TrainConfig:
-    dataset: str = "fashion-mnist"
-    model: str = "cnn"
-    noise: str = "dssn"
-    sigma: float | None = None
-    lambd: float | None = None
-    noise_seed: int = 0
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = True
-    objective: str = "plain"  # a registered training objective (smoothcore.objectives)
-    objective_params: dict[str, Any] = field(default_factory=dict)
-    stability: bool = False  # the same as objective "stability" (kept: earlier runs recorded it)
-    stability_weight: float = 6.0  # stability's weight (objective parameter "weight")
-    seed: int = 0
-    train_limit: int | None = None
-    eval_limit: int = 1000
-    data_dir: str | None = None
-    denoiser: str | None = None
-    denoiser_sha256: str | None = None
-    finetune: str | None = None
-    precision: str = "fp32"
-    channels_last: bool = False
-    device: str = "auto"  # cuda when available, else cpu
-    workers: int = 0
-    save_every: int = 1
-    save_every_steps: int | None = None
-    trust_checkpoint: bool = False
-    model_params: dict[str, Any] = field(default_factory=dict)
-    noise_params: dict[str, Any] = field(default_factory=dict)  # a noise's further parameters (plugins')
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def resolve_objective(self) -> None:
-        """``stability``/``stability_weight`` and ``objective``/``objective_params`` say the same thing: make them
-        agree (``--stability`` is ``--objective stability``; a run recorded before objectives existed resumes as
-        the objective it trained with)."""
-        if not isinstance(self.objective_params, dict):
-            raise ConfigError(f"objective_params must be a mapping, got {self.objective_params!r}")
-        if self.stability:
-            if self.objective not in ("plain", "stability"):
-                raise ConfigError(
-                    f"--stability and --objective {self.objective} both given: --stability is --objective stability",
-                    hint="give one of them",
-                )
-            self.objective = "stability"
-            self.objective_params = {"weight": self.stability_weight, **self.objective_params}
-        if self.objective == "stability":
-            self.stability = True
-            weight = self.objective_params.get("weight", self.stability_weight)
-            self.stability_weight = weight
-            self.objective_params = {**self.objective_params, "weight": weight}
-
-    def validate(self) -> None:
-        self.resolve_objective()
-        if self.noise == "none":  # a clean classifier: options of noisy training would be silently ignored
-            given = [
-                opt
-                for opt, on in (
-                    ("--sigma", self.sigma is not None),
-                    ("--lambda", self.lambd is not None),
-                    ("--stability", self.stability),
-                    (f"--objective {self.objective}", self.objective not in ("plain", "stability")),
-                    ("--noise-param", bool(self.noise_params)),
-                )
-                if on
-            ]
-            if given:
-                raise ConfigError(
-                    f"{', '.join(given)} given with --noise none: a clean classifier is trained without noise",
-                    hint="drop them, or name the noise to train under",
-                )
-        check_params("noise_params", self.noise_params, NOISE_ARGUMENTS)
-        check_params("model_params", self.model_params, MODEL_ARGUMENTS)
-        for name in ("epochs", "batch_size", "eval_limit", "save_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        if self.train_limit is not None and (not isinstance(self.train_limit, int) or self.train_limit < 1):
-            raise ConfigError(f"train_limit must be a positive integer, got {self.train_limit!r}")
-        for name, high in (("lr", 10.0), ("weight_decay", 1.0), ("momentum", 1.0), ("stability_weight", 1e6)):
-            v = getattr(self, name)
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, (int, float))
-                or not math.isfinite(v)
-                or v < 0
-                or v > high
-                or (name == "lr" and v == 0)
-                or (name == "momentum" and v == 1)
-            ):
-                bounds = {"lr": "in (0, 10]", "momentum": "in [0, 1)"}.get(name, f"in [0, {high:g}]")
-                raise ConfigError(f"{name} must be a number {bounds}, got {v!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
