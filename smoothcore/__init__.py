@@ -23,12 +23,12 @@ from smoothcore.errors import (
     SmoothcoreError,
     UnknownNameError,
 )
-from smoothcore.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     import torch
 
     from smoothcore.certify import CertifyResult, PredictResult, SmoothedClassifier, certify_counts
+    from smoothcore.hookspecs import hookimpl
     from smoothcore.loading import load_classifier
     from smoothcore.models import stack
     from smoothcore.noises import ExactNoise, Noise
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 # imported on first use (PEP 562), so that `import smoothcore` (and the command line's --help) loads no torch
 _LAZY = {
+    "hookimpl": "smoothcore.hookspecs",
     "CertifyResult": "smoothcore.certify",
     "PredictResult": "smoothcore.certify",
     "SmoothedClassifier": "smoothcore.certify",

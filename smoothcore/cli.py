@@ -40,7 +40,9 @@ class SmoothcoreGroup(click.Group):
         components().manager.hook.register_commands(cli=self)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        if _third_party_plugins():  # only they can add commands (loading plugins imports torch: not for --help)
+        if (
+            _third_party_plugins()
+        ):  # only they can add commands (loading plugins imports torch: not for --help)
             self._safe_load()
         return super().list_commands(ctx)
 
@@ -149,7 +151,9 @@ def main() -> None:
         signal.signal(signal.SIGINT, _terminate)
     try:
         cli(prog_name="smoothcore")
-    except KeyboardInterrupt:  # between the group's own handling and the end (e.g. while a command is looked up)
+    except (
+        KeyboardInterrupt
+    ):  # between the group's own handling and the end (e.g. while a command is looked up)
         interrupted(None)
     except Exception:
         if _SIGNALLED[0] is not None:

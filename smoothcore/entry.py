@@ -19,7 +19,9 @@ def main() -> None:
         signal.signal(signal.SIGINT, _early_interrupt)
     from smoothcore.cli import main as run
 
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on the commands handle it (cli.interrupted)
+    signal.signal(
+        signal.SIGINT, signal.default_int_handler
+    )  # from here on the commands handle it (cli.interrupted)
     run()
 
 

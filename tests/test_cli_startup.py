@@ -1,0 +1,71 @@
+"""The command line starts fast: --help of the group and of every command imports neither torch nor pandas, scipy or
+numpy; and Ctrl-C at any moment, imports included, ends in one line with status 130."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+HEAVY = ("torch", "pandas", "scipy", "numpy")
+
+
+def test_help_of_every_command_imports_no_heavy_package():
+    code = f"""
+import sys
+from click.testing import CliRunner
+from smoothcore.cli import cli
+commands = sorted(cli.commands)
+assert len(commands) >= 10, commands
+for args in [["--help"], *[[c, "--help"] for c in commands]]:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, (args, result.output)
+    assert "Usage:" in result.output
+loaded = [m for m in {HEAVY!r} if m in sys.modules]
+assert not loaded, loaded
+print("ok", len(commands))
+"""
+    env = {**os.environ, "SMOOTHCORE_LOAD_PLUGINS": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok")
+
+
+def test_a_known_command_does_not_load_plugins_but_an_unknown_one_does():
+    code = """
+import sys
+from click.testing import CliRunner
+from smoothcore.cli import cli
+result = CliRunner().invoke(cli, ["nope"])
+assert result.exit_code != 0 and "No such command" in result.output, result.output
+print("torch" in sys.modules)
+"""
+    env = {**os.environ, "SMOOTHCORE_LOAD_PLUGINS": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"  # looking for a plugin's command loads the plugins
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
+def test_ctrl_c_at_any_moment_ends_in_one_line(delay):
+    env = {**os.environ, "SMOOTHCORE_LOAD_PLUGINS": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from smoothcore.entry import main; main()", "plugins"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:  # it finished before the signal came: nothing to interrupt
+        pytest.skip(f"the command ended within {delay} s")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Interrupted"), err
