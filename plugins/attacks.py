@@ -27,7 +27,7 @@ class DssnCounts(Attack):
     of the target draws' margins it causes per unit of L1, summed along its path of draws. The best moves are taken,
     in order, until the round's quota of grid steps (``moves`` at first, then half the L1 used so far: a
     geometric schedule) is spent; repeat until the exact counts flip. The flip is then shrunk (bisection on its
-    scale, then dropping pixels) on exact counts. ``restarts`` runs again with twice the targets and first quota.
+    scale, then dropping pixels, then halving each pixel's move while it still flips) on exact counts. ``restarts`` runs again with twice the targets and first quota.
     """
 
     def __init__(
@@ -188,7 +188,17 @@ class DssnCounts(Attack):
         from smoothcore.audit_search import AuditConfig, Oracle, shrink
 
         oracle = Oracle(target.smoothed, target.x, target.top, AuditConfig(), target.index)
-        out = shrink(oracle, delta, budget)
+        stop = oracle.spent + budget
+        out = shrink(oracle, delta, budget // 2)
+        # then each moved pixel in turn, largest first: halve its move while the counts still flip (a candidate
+        # costs only the draws it changes)
+        for i in sorted(torch.nonzero(out).flatten().tolist(), key=lambda j: -abs(int(out[j]))):
+            while out[i] != 0 and oracle.spent < stop:
+                trial = out.clone()
+                trial[i] = int(trial[i] / 2)
+                if int(oracle.margins(trial.unsqueeze(0))[0]) >= 0:
+                    break
+                out = trial
         target.forward += oracle.forward
         return out
 
@@ -230,11 +240,11 @@ class ApgdL1(Attack):
     def __init__(
         self,
         *,
-        iterations: int = 20,
+        iterations: int = 30,
         draws: int = 16,
         sparsity: float = 0.05,
         eps0: float = 1.0,
-        bisections: int = 3,
+        bisections: int = 8,
         n_check: int = 256,
     ) -> None:
         self.iterations, self.draws, self.sparsity = int(iterations), int(draws), float(sparsity)
@@ -262,6 +272,9 @@ class ApgdL1(Attack):
         while target.forward < stop and eps > 0:
             found = self._apgd(target, eps, stop, round_)
             round_ += 1
+            if found is None and max_norm is not None and target.forward < stop:  # within a radius: once more
+                found = self._apgd(target, eps, stop, round_)
+                round_ += 1
             if found is not None:
                 best, hi = found, target.l1(found)
                 break
