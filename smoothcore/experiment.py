@@ -141,12 +141,18 @@ class Experiment:
         if self.exists():
             if resume:
                 old = self.config()
-                diff = config_diff(old, config)
+                # more epochs than recorded extends the run (--resume --epochs N); anything else must match
+                before, after = old.get("epochs"), config.get("epochs")
+                extends = isinstance(before, int) and isinstance(after, int) and after > before
+                diff = config_diff({**old, "epochs": after} if extends else old, config)
                 if diff:
                     raise ExperimentError(
                         f"--resume with a changed configuration in {self.path}: " + "; ".join(diff),
-                        hint="rerun with the original options, or start a new --out folder",
+                        hint="rerun with the original options (more --epochs extends a run), or start a new --out "
+                        "folder",
                     )
+                if extends:
+                    atomic_write_json(self.path / CONFIG, config)
                 return self.train_state.is_file()
             if not overwrite:
                 raise ExperimentError(

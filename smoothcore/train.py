@@ -5,6 +5,7 @@ Nesterov momentum and cosine annealing, into an experiment folder that can be re
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from smoothcore.data import batches
 from smoothcore.denoise import load_frozen_denoiser
 from smoothcore.distributed import DistInfo, all_reduce_sum, barrier, shard_apply
 from smoothcore.engine import PRECISIONS, keep_freed_memory
-from smoothcore.errors import CheckpointError, ExperimentError
+from smoothcore.errors import CheckpointError, ConfigError, ExperimentError
 from smoothcore.experiment import releases_experiment_lock
 from smoothcore.fileio import atomic_torch_save
 from smoothcore.loading import classifier_checkpoint, classifier_weights
@@ -164,6 +165,14 @@ class Trainer(EpochTrainer):
             scaler=torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16"),
             device=self.device,
         )
+
+    def restore(self, state: ClassifierTrainState, saved: dict[str, Any]) -> None:
+        """The saved state; a run resumed with more ``epochs`` than it was planned for (``--resume --epochs N``)
+        continues on the cosine schedule of an N-epoch run, from the step it reached (see :func:`extend_cosine`)."""
+        planned = state.scheduler.T_max
+        super().restore(state, saved)
+        if state.scheduler.T_max != planned:
+            extend_cosine(state.scheduler, planned)
 
     def _record_data(self, data: TrainData, resuming: bool) -> None:
         """The training data's fingerprint and the noise in the manifest; a resume must read the same data."""
@@ -335,6 +344,24 @@ class Trainer(EpochTrainer):
             with self._autocast():
                 correct += (self._forward(model, self._noisy(x, rng)).argmax(1) == y).sum()
         return float(correct) / max(len(data.eval_idx), 1)
+
+
+def extend_cosine(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, total_steps: int) -> None:
+    """Re-plan a cosine schedule for ``total_steps`` in all, at the step it has reached: the learning rate becomes
+    the one the longer schedule has at that step, and it anneals to ``eta_min`` at ``total_steps``. (A run of 2 epochs
+    extended to 4 is therefore not a 4-epoch run: its first 2 epochs annealed towards 0, and the extension goes on at
+    half the initial rate, as the 4-epoch schedule is at its middle.)"""
+    if total_steps < scheduler.last_epoch:
+        raise ConfigError(
+            f"cannot shorten a run to {total_steps} steps: it has done {scheduler.last_epoch}",
+            hint="--epochs may only grow on --resume",
+        )
+    scheduler.T_max = total_steps
+    t = scheduler.last_epoch
+    eta_min = scheduler.eta_min
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = eta_min + (base - eta_min) * (1 + math.cos(math.pi * t / total_steps)) / 2
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 def train_classifier(cfg: TrainConfig, out: str | Path, **kwargs: Any) -> pd.DataFrame:

@@ -334,3 +334,30 @@ def test_a_training_state_restores_everything_it_saves():
     assert torch.equal(step(resumed), step(trained))
     assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), trained.model.parameters()))
     assert resumed.optimizer.param_groups[0]["lr"] == trained.optimizer.param_groups[0]["lr"] == 0.025
+
+
+def test_resume_with_more_epochs_extends_a_finished_run_on_the_longer_cosine(tiny_idx_dir, tmp_path):
+    """2 epochs, then --resume with epochs=4: two more epochs, the configuration records 4, and the learning rate
+    continues as a 4-epoch cosine schedule would at its middle (so it is not a 4-epoch run: see extend_cosine)."""
+    import math
+
+    train_classifier(tiny_config(tiny_idx_dir, epochs=2), tmp_path / "run")
+    log = Trainer(tiny_config(tiny_idx_dir, epochs=4), tmp_path / "run").run(resume=True)
+    assert log["epoch"].tolist() == [1, 2, 3, 4]
+    import json
+
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 4
+    steps = 64 // 16  # tiny_idx_dir: 64 training images, batch 16
+    lr0 = 0.05
+    # the last step of epoch 3 on a 4-epoch cosine, and 0 at the end
+    assert log["lr"].iloc[2] == pytest.approx(
+        lr0 * (1 + math.cos(math.pi * 3 * steps / (4 * steps))) / 2, rel=1e-6
+    )
+    assert log["lr"].iloc[3] == pytest.approx(0.0, abs=1e-12)
+    assert log["lr"].iloc[1] == pytest.approx(
+        0.0, abs=1e-12
+    )  # the first 2 epochs annealed to 0 on their own plan
+    straight = train_classifier(tiny_config(tiny_idx_dir, epochs=4), tmp_path / "straight")
+    assert straight["lr"].iloc[1] == pytest.approx(lr0 / 2)  # why an extension is not a 4-epoch run
+    with pytest.raises(ExperimentError, match="epochs: was 4, now 3"):
+        Trainer(tiny_config(tiny_idx_dir, epochs=3), tmp_path / "run").run(resume=True)
