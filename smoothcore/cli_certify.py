@@ -102,10 +102,14 @@ _LOCAL_OPTIONS = {
     type=click.Choice(list(PRECISIONS)),
     help="Autocast precision; the certificate is for the classifier as evaluated.",
 )
-@click.option("--channels-last", is_flag=True)
+@click.option(
+    "--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on GPUs)."
+)
 @device_option(CertifyConfig)
 @click.option("--dataset", default=None, help="Dataset (default: the experiment's).")
-@click.option("--data-dir", type=click.Path(), default=None)
+@click.option(
+    "--data-dir", type=click.Path(), default=None, help="Where the test set lives (default: the training's)."
+)
 @click.option("--denoiser", type=click.Path(), default=None, help="Certify classifier(denoiser(x)).")
 @click.option(
     "--checkpoint",

@@ -117,9 +117,11 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
     default=None,
     help="JSON/TOML recipe file (keys of smoothcore.sweep.Sweep).",
 )
-@click.option("--dataset", default=None)
-@click.option("--data-dir", type=click.Path(), default=None)
-@click.option("--model", default=None)
+@click.option("--dataset", default=None, help="Registered dataset (default: the recipe's, else cifar10).")
+@click.option(
+    "--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places)."
+)
+@click.option("--model", default=None, help="Registered classifier (default: the recipe's, else wrn40).")
 @click.option(
     "--noises",
     type=CommaList(str, "noises"),

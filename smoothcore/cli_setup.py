@@ -52,14 +52,17 @@ def plugins_cmd(as_json: bool) -> None:
 @click.command("fetch-data")
 @click.argument("dataset", type=click.Choice(sorted(DOWNLOADABLE)))
 @click.option(
+    "--data-dir",
     "--root",
+    "data_dir",
     type=click.Path(),
     default=None,
-    help="Download into this folder (default: ./data/cifar_10, ./data/fashion-mnist or ./data/mnist).",
+    help="Download into this folder (default: ./data/cifar_10, ./data/fashion-mnist or ./data/mnist); --root is "
+    "the old name.",
 )
-def fetch_data_cmd(dataset: str, root: str | None) -> None:
+def fetch_data_cmd(dataset: str, data_dir: str | None) -> None:
     """Download DATASET with torchvision's downloader (needs a network; never required)."""
-    folder = fetch(dataset, root)
+    folder = fetch(dataset, data_dir)
     click.echo(f"{dataset} is ready in {folder} (found there by default, or give --data-dir {folder})")
 
 

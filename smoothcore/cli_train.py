@@ -50,8 +50,8 @@ from smoothcore_denoisers.config import OBJECTIVES, DenoiserConfig
     default=None,
     help=f"Initial learning rate (cosine annealed). Default {default(TrainConfig, 'lr')}.",
 )
-@option(TrainConfig, "weight_decay", "--weight-decay", type=float)
-@option(TrainConfig, "momentum", "--momentum", type=float)
+@option(TrainConfig, "weight_decay", "--weight-decay", type=float, help="SGD weight decay.")
+@option(TrainConfig, "momentum", "--momentum", type=float, help="SGD momentum (Nesterov).")
 @option(
     TrainConfig,
     "objective",
@@ -90,7 +90,13 @@ from smoothcore_denoisers.config import OBJECTIVES, DenoiserConfig
     is_flag=True,
     help="Allow loading legacy pickled --finetune/--denoiser files (can run code).",
 )
-@option(TrainConfig, "precision", "--precision", type=click.Choice(list(PRECISIONS)))
+@option(
+    TrainConfig,
+    "precision",
+    "--precision",
+    type=click.Choice(list(PRECISIONS)),
+    help="fp32, or autocast bf16/fp16 (fp16 with a gradient scaler).",
+)
 @click.option(
     "--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on GPUs)."
 )
@@ -227,25 +233,33 @@ def _given(value: Any, default: Any) -> Any:
 
 
 @click.command("train-denoiser", cls=ConfigCommand)
-@option(DenoiserConfig, "dataset", "--dataset")
-@click.option("--data-dir", type=click.Path(), default=None)
+@option(DenoiserConfig, "dataset", "--dataset", help="Registered dataset name.")
+@click.option(
+    "--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places)."
+)
 @option(DenoiserConfig, "arch", "--arch", help="Registered denoiser (dncnn, dncnn-wide, memnet, ...).")
 @click.option(
     "--arch-param", multiple=True, help="Architecture parameter KEY=VALUE (e.g. depth=8, channels=32)."
 )
 @option(DenoiserConfig, "noise", "--noise", help="Any registered noise.")
 @noise_options
-@option(DenoiserConfig, "objective", "--objective", type=click.Choice(OBJECTIVES))
+@option(
+    DenoiserConfig,
+    "objective",
+    "--objective",
+    type=click.Choice(OBJECTIVES),
+    help="mse (to clean images), or stability/classification through a frozen --classifier.",
+)
 @click.option(
     "--classifier",
     type=click.Path(),
     default=None,
     help="Frozen classifier for the stability/classification objectives.",
 )
-@option(DenoiserConfig, "epochs", "--epochs", type=int)
-@option(DenoiserConfig, "batch_size", "--batch-size", type=int)
-@option(DenoiserConfig, "lr", "--lr", type=float)
-@option(DenoiserConfig, "optimizer", "--optimizer", type=click.Choice(["adam", "sgd"]))
+@option(DenoiserConfig, "epochs", "--epochs", type=int, help="Training epochs.")
+@option(DenoiserConfig, "batch_size", "--batch-size", type=int, help="Images per step.")
+@option(DenoiserConfig, "lr", "--lr", type=float, help="Initial learning rate (step decay).")
+@option(DenoiserConfig, "optimizer", "--optimizer", type=click.Choice(["adam", "sgd"]), help="Optimiser.")
 @option(
     DenoiserConfig,
     "lr_step",
@@ -253,22 +267,22 @@ def _given(value: Any, default: Any) -> Any:
     type=int,
     help="Multiply the learning rate by --lr-gamma every N epochs.",
 )
-@option(DenoiserConfig, "lr_gamma", "--lr-gamma", type=float)
+@option(DenoiserConfig, "lr_gamma", "--lr-gamma", type=float, help="Factor of each learning-rate step.")
 @click.option(
     "--sgd-after", type=int, default=None, help="Continue with SGD (momentum 0.9) from this epoch on."
 )
 @option(DenoiserConfig, "sgd_lr", "--sgd-lr", type=float, help="Learning rate of SGD after --sgd-after.")
-@option(DenoiserConfig, "weight_decay", "--weight-decay", type=float)
+@option(DenoiserConfig, "weight_decay", "--weight-decay", type=float, help="Weight decay.")
 @click.option(
     "--trust-checkpoint", is_flag=True, help="Allow loading a legacy pickled --classifier (can run code)."
 )
-@option(DenoiserConfig, "seed", "--seed", type=int)
+@option(DenoiserConfig, "seed", "--seed", type=int, help="Seed for initialisation, data order and noise.")
 @subset_options(DenoiserConfig)
 @device_option(DenoiserConfig)
-@option(DenoiserConfig, "workers", "--workers", type=int)
-@click.option("--out", type=click.Path(), required=True)
-@click.option("--overwrite", is_flag=True)
-@click.option("--resume", is_flag=True)
+@option(DenoiserConfig, "workers", "--workers", type=int, help="Data-loading processes (folder datasets).")
+@click.option("--out", type=click.Path(), required=True, help="Experiment folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing experiment in --out.")
+@click.option("--resume", is_flag=True, help="Continue the experiment in --out from its last save.")
 def train_denoiser_cmd(
     arch_param: tuple[str, ...], out: str, overwrite: bool, resume: bool, **opts: Any
 ) -> None:

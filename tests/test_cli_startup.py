@@ -69,3 +69,17 @@ def test_ctrl_c_at_any_moment_ends_in_one_line(delay):
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Interrupted"), err
+
+
+def test_every_option_of_every_command_has_help():
+    import click
+
+    from smoothcore.cli import cli
+
+    missing = [
+        f"{name} {param.opts[0]}"
+        for name, command in sorted(cli.commands.items())
+        for param in command.params
+        if isinstance(param, click.Option) and param.name != "help" and not param.help
+    ]
+    assert not missing, missing

@@ -52,7 +52,7 @@ class Offline:
 def test_fetch_cifar10_downloads_both_splits_and_checks_them_with_our_loader(tmp_path, monkeypatch):
     monkeypatch.setattr(tvd, "CIFAR10", FakeCIFAR10)
     FakeCIFAR10.calls.clear()
-    result = CliRunner().invoke(cli, ["fetch-data", "cifar10", "--root", str(tmp_path / "c")])
+    result = CliRunner().invoke(cli, ["fetch-data", "cifar10", "--data-dir", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
     assert [train for _, train in FakeCIFAR10.calls] == [True, False]
     folder = tmp_path / "c" / "cifar-10-batches-py"
