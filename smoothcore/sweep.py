@@ -64,16 +64,45 @@ class Sweep:
             data = read_json(path)
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe is a mapping of Sweep fields")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        return cls.from_mapping(data, str(path))
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], where: str = "the recipe") -> Sweep:
+        """A sweep from a recipe's keys. Besides the Sweep fields, the recipe takes the options of the commands it
+        runs, spelled as on their command lines (``epochs``, ``batch-size``, ``n``, ``max-batch``, ...): a
+        train-classifier option goes to ``train``, a certify option to ``certify``, one of both (``device``,
+        ``precision``, ...) to both; ``[train]`` and ``[certify]`` tables take the same spellings."""
+        from smoothcore.configs import CertifyConfig, TrainConfig
+
+        def norm(key: str) -> str:
+            return {"lambda": "lambd"}.get(key, key.replace("-", "_"))
+
+        own = {f.name for f in dataclasses.fields(cls)}
+        train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+        cert_keys = {f.name for f in dataclasses.fields(CertifyConfig)}
+        fields: dict[str, Any] = {"train": {}, "certify": {}}
+        unknown = []
+        for key, value in data.items():
+            name = norm(key)
+            if name in ("train", "certify"):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{where}: sweep {name} must be a mapping of options, got {value!r}")
+                fields[name].update({norm(k): v for k, v in value.items()})
+            elif name in own:
+                fields[name] = value
+            elif (name in train_keys or name in cert_keys) and name not in _AXES:
+                if name in train_keys:
+                    fields["train"][name] = value
+                if name in cert_keys:
+                    fields["certify"][name] = value
+            else:
+                unknown.append(key)
         if unknown:
             raise ConfigError(
-                f"{path}: unknown recipe keys {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                f"{where}: unknown recipe keys {', '.join(sorted(unknown))}; known: the sweep's "
+                f"({', '.join(sorted(own))}) and the options of train-classifier and certify"
             )
-        for key in ("train", "certify"):
-            if not isinstance(data.get(key, {}), dict):
-                raise ConfigError(f"{path}: sweep {key} must be a mapping of options, got {data[key]!r}")
-        return cls(**data)
+        return cls(**fields)
 
     def check(self) -> None:
         """Validate the grid (a recipe's values arrive untyped): each problem names the key, what was given and what
@@ -173,6 +202,9 @@ class Sweep:
             return list(dict.fromkeys(items))
         stab = self.stability[noise] if isinstance(self.stability, dict) else self.stability
         return ["stability" if s else "plain" for s in stab]
+
+
+_AXES = {"noise", "sigma", "lambd", "stability", "objective"}  # what the sweep's grid sets per run
 
 
 def _sigma_list(value: Any) -> list[float]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
+from smoothcore import ConfigError
 from smoothcore.cli import cli
 from smoothcore.sweep import PAPER_SIGMAS, Sweep, expand
 from tests.plugins.test_datasets import write_cifar_fixture
@@ -143,3 +145,23 @@ def test_cli_options_are_checked_by_the_dry_run(tmp_path):
     assert result.exit_code == 0 and "sweep of 2 runs" in result.output
     specs = expand(Sweep(noises=["dssn"], sigmas=[0.5], stability=["plain"], certify={"radii": "0.5,1"}))
     assert specs[0].certify.radii == [0.5, 1.0]
+
+
+def test_recipes_take_the_commands_option_names_at_the_top_level(tmp_path):
+    """`epochs`, `batch-size`, `n`, `max-batch` as on the command lines; an option of both commands goes to both."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        'dataset = "fashion-mnist"\nmodel = "cnn"\nnoises = ["dssn"]\nsigmas = [0.5]\nstability = "plain"\n'
+        'epochs = 3\nbatch-size = 32\nn = 5000\nmax-batch = 256\ndevice = "cpu"\n[train]\nweight-decay = 0.001\n'
+    )
+    spec = expand(Sweep.from_file(recipe))[0]
+    assert (spec.train.epochs, spec.train.batch_size, spec.train.weight_decay, spec.train.device) == (
+        3,
+        32,
+        0.001,
+        "cpu",
+    )
+    assert (spec.certify.n, spec.certify.max_batch, spec.certify.device) == (5000, 256, "cpu")
+    recipe.write_text('noises = ["dssn"]\nepoch = 3\n')
+    with pytest.raises(ConfigError, match="unknown recipe keys epoch"):
+        Sweep.from_file(recipe)
