@@ -233,7 +233,7 @@ class ApgdL1(Attack):
     by a total of ``eta * eps``, with momentum 0.75, is projected onto the L1 ball of radius ``eps`` intersected
     with the ``[0, 1]`` box, and halves ``eta`` at checkpoints without progress (restarting from the best point).
     Differences from the paper: a fixed sparsity instead of its adaptive one, and no random restarts. The smallest
-    flip is searched over ``eps``: doubling from ``eps0`` until a flip, then ``bisections`` halvings. A point counts
+    flip is searched over ``eps``: doubling from ``eps0`` until a flip, then ``bisections`` halvings, then it is scaled down along its direction. A point counts
     as a flip when the top class of ``n_check`` fresh draws (exact noises: of all draws, on the 1/255 grid) is not
     ``A``; it is verified afterwards."""
 
@@ -272,7 +272,9 @@ class ApgdL1(Attack):
         while target.forward < stop and eps > 0:
             found = self._apgd(target, eps, stop, round_)
             round_ += 1
-            if found is None and max_norm is not None and target.forward < stop:  # within a radius: once more
+            for _ in range(2 if max_norm is not None else 0):  # within a radius: twice more
+                if found is not None or target.forward >= stop:
+                    break
                 found = self._apgd(target, eps, stop, round_)
                 round_ += 1
             if found is not None:
@@ -294,7 +296,22 @@ class ApgdL1(Attack):
                 best, hi = found, min(target.l1(found), mid)
             else:
                 lo = mid
-        return best
+        return self._along_ray(target, best, stop)
+
+    def _along_ray(self, target: AttackTarget, x_adv: torch.Tensor, stop: int) -> torch.Tensor:
+        """The flip scaled down along its own direction while it still flips (bisection on the scale, 6 steps of
+        ``n_check`` draws each): APGD spends its whole ball, a smaller multiple of the same step often suffices."""
+        delta = x_adv - target.x
+        lo, hi = 0.0, 1.0
+        for _ in range(6):
+            if target.forward >= stop:
+                break
+            mid = (lo + hi) / 2
+            if target.seems_to_flip(target.project_box(target.x + mid * delta), self.n_check):
+                hi = mid
+            else:
+                lo = mid
+        return target.project_box(target.x + hi * delta) if hi < 1.0 else x_adv
 
     def _apgd(self, target: AttackTarget, eps: float, stop: int, round_: int) -> torch.Tensor | None:
         x = target.x
