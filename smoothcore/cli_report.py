@@ -18,7 +18,11 @@ PAPER_RADII_TEXT = ",".join(f"{r:g}" for r in PAPER_RADII)
 @click.command("report")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option(
-    "--radii", type=RADII, default=PAPER_RADII_TEXT, show_default=True, help="Comma-separated radii."
+    "--radii",
+    type=RADII,
+    default=None,
+    help="Comma-separated radii. Default: as certify's summary, 0 to past the largest radius in steps of 0.1, 0.25 "
+    "or 0.5 (by that radius).",
 )
 @click.option(
     "--format",
@@ -60,6 +64,7 @@ def report_cmd(
     from smoothcore.report import (
         certified_accuracy_table,
         comparability_warnings,
+        default_radii,
         load_runs,
         robustness_rows,
         to_latex,
@@ -69,6 +74,8 @@ def report_cmd(
     if plot_path:
         plot_path = str(check_plot_path(plot_path))  # before the table: a bad path fails first, loses nothing
     runs = load_runs(paths)
+    if radii is None:  # the rule certify's summary uses, over every run shown
+        radii = max((default_radii(r) for r in runs), key=len, default=list(PAPER_RADII))
     table = certified_accuracy_table(runs, radii, envelope=not no_envelope)
     for warning in comparability_warnings(runs):
         err_console.print(f"[yellow]Warning:[/] {warning}", highlight=False)
