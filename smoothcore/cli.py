@@ -64,18 +64,18 @@ class SmoothcoreGroup(click.Group):
             fail(exc)
         except KeyboardInterrupt:
             interrupted(ctx.invoked_subcommand)
-        except Exception:
-            # an interrupt that landed inside an import can surface as another error (a half-imported module):
-            # once a signal arrived, whatever follows is its consequence
-            if _SIGNALLED[0] is not None:
-                interrupted(ctx.invoked_subcommand)
-            raise
         except OSError as exc:  # the file system refused: read-only, full, a file where a folder should be
             fail(
                 SmoothcoreError(
                     os_error_text(exc), hint="check that the path exists, is writable and has room"
                 )
             )
+        except Exception:
+            # an interrupt that landed inside an import can surface as another error (a half-imported module):
+            # once a signal arrived, whatever follows is its consequence
+            if _SIGNALLED[0] is not None:
+                interrupted(ctx.invoked_subcommand)
+            raise
 
 
 def _third_party_plugins() -> bool:

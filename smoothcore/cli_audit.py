@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from smoothcore.cli_config import ConfigCommand
-from smoothcore.cli_params import CommaList, default, device_option, option
+from smoothcore.cli_params import MAX_BATCH, CommaList, default, device_option, option
 from smoothcore.cli_render import console, err_console, progress_bar
 from smoothcore.configs import AuditConfig, CertifyConfig
 
@@ -63,7 +63,13 @@ from smoothcore.configs import AuditConfig, CertifyConfig
     "--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places)."
 )
 @device_option(CertifyConfig)
-@option(CertifyConfig, "max_batch", "--max-batch", type=int, help="Most noisy images per forward pass.")
+@option(
+    CertifyConfig,
+    "max_batch",
+    "--max-batch",
+    type=MAX_BATCH,
+    help="Most noisy images per forward pass, or 'auto' (sized to the GPU's free memory).",
+)
 @click.option(
     "--trust-checkpoint", is_flag=True, help="Allow loading legacy pickled checkpoints (can run code)."
 )

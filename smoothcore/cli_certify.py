@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from smoothcore.cli_config import ConfigCommand
-from smoothcore.cli_params import RADII, device_option, noise_options, option, parse_params
+from smoothcore.cli_params import MAX_BATCH, RADII, device_option, noise_options, option, parse_params
 from smoothcore.cli_render import err_console, print_table, progress_bar
 from smoothcore.configs import PRECISION_NAMES as PRECISIONS
 from smoothcore.configs import CertifyConfig
@@ -89,7 +89,7 @@ _LOCAL_OPTIONS = {
     CertifyConfig,
     "max_batch",
     "--max-batch",
-    type=str,
+    type=MAX_BATCH,
     help="Most noisy images per forward pass, or 'auto' (sized to the GPU's free memory).",
 )
 @click.option(
@@ -149,13 +149,7 @@ def certify_cmd(
     if resume and checkpoint is None and (Path(run_dir) / "config.json").exists():
         opts.update(_recorded(run_dir, opts))
     opts["device"] = device_for(opts["device"], info)
-    if opts["max_batch"] != "auto":
-        try:
-            opts["max_batch"] = int(opts["max_batch"])
-        except ValueError:
-            raise click.BadParameter(
-                f"--max-batch must be a positive integer or 'auto', got {opts['max_batch']!r}"
-            ) from None
+    opts["max_batch"] = MAX_BATCH.convert(opts["max_batch"], None, None)  # a recorded value too
     made = False
     if checkpoint is not None:
         opts["dataset"], made = adopt_checkpoint(

@@ -35,6 +35,26 @@ class CommaList(click.ParamType):
 RADII = CommaList(float, "radii")
 
 
+class MaxBatch(click.ParamType):
+    """``--max-batch``: a positive integer, or ``auto`` (sized to the GPU's free memory; 1024 on the CPU)."""
+
+    name = "auto|int"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        try:
+            number = int(str(value))
+        except ValueError:
+            number = 0
+        if number < 1:
+            self.fail(f"must be a positive integer or 'auto', got {value!r}", param, ctx)
+        return number
+
+
+MAX_BATCH = MaxBatch()
+
+
 def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     """``KEY=VALUE`` options as a mapping; values read as booleans (true/false), integers, numbers, else text."""
     out: dict[str, Any] = {}
@@ -92,7 +112,8 @@ def noise_options(f: Callable) -> Callable:
         "--sigma",
         type=float,
         default=None,
-        help="Noise standard deviation (uniform family: lambda = sigma*sqrt(3)).",
+        help="Noise standard deviation (uniform family: lambda = sigma*sqrt(3)). Required for training under noise "
+        "(or --lambda); certify: default the training's.",
     )(f)
 
 

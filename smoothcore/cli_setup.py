@@ -28,7 +28,9 @@ def plugins_cmd(as_json: bool) -> None:
         click.echo(json.dumps({"plugins": rows, "components": details}, indent=2))
         return
     table = Table(title="smoothcore plugins")
-    table.add_column("plugin")
+    table.add_column(
+        "plugin", no_wrap=True, min_width=max(len(row["plugin"]) for row in rows) if rows else None
+    )
     columns = (*KINDS, "command") if any(row["command"] for row in rows) else tuple(KINDS)
     for kind in columns:
         table.add_column(kind + "s")
