@@ -56,9 +56,10 @@ def attack_experiment(
     trust_checkpoint: bool = False,
     on_image: Callable[[ImageAttack], None] | None = None,
 ) -> ExperimentAttack:
-    """Attack the first ``limit`` images of ``certify_<tag>.csv`` that the smoothed classifier gets right (the others
-    are not robust at any radius) with the classifier, denoiser and noise the certification used; write
-    ``attack_<tag>.csv`` (one row per attacked image) and ``attack_<tag>.json`` (configuration, summary)."""
+    """Attack the images among the first ``limit`` of ``certify_<tag>.csv`` that the smoothed classifier gets right
+    (the others are not robust at any radius) with the classifier, denoiser and noise the certification used; write
+    ``attack_<tag>.csv`` (one row per image considered; ``attacked`` False for the wrong or abstaining ones) and
+    ``attack_<tag>.json`` (configuration, summary)."""
     from smoothcore.data import fetch
     from smoothcore.fileio import atomic_write, atomic_write_json
     from smoothcore.results import load_results
@@ -90,7 +91,23 @@ def attack_experiment(
         on_image=on_image,
     )
     output = attack_table_path(run.table)
-    frame = pd.DataFrame([im.row() for im in images])
+    frame = pd.DataFrame([{**im.row(), "attacked": True} for im in images])
+    # the images considered but not attacked (wrong or abstaining: not robust at any radius) are listed too, so
+    # that the table says which images its accuracies are over
+    skipped = head[~head["index"].isin(rows["index"])]
+    if len(skipped):
+        rest = pd.DataFrame(
+            {
+                "index": skipped["index"].astype(int),
+                "label": skipped["label"].astype(int),
+                "prediction": skipped["prediction"].astype(int),
+                "radius": skipped["radius"].astype(float),
+                "flip_norm": math.nan,
+                "attack": "",
+                "attacked": False,
+            }
+        )
+        frame = pd.concat([frame, rest], ignore_index=True).sort_values("index", kind="stable")
     atomic_write(output, lambda f: frame.to_csv(f, index=False), mode="w")
     atomic_write_json(
         output.with_suffix(".json"),
@@ -123,8 +140,8 @@ def summary(images: Sequence[ImageAttack]) -> dict[str, Any]:
 
 
 def robustness_table(certified: pd.DataFrame, attacked: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame:
-    """Per radius, over the images the attack considered (the first rows of the certification table, as many as
-    ``attacked`` covers): certified accuracy (correct and certified to at least the radius: a lower bound on the
+    """Per radius, over the images the attack considered (the rows of the certification table up to the last image
+    ``attacked`` lists): certified accuracy (correct and certified to at least the radius: a lower bound on the
     robust accuracy), empirical robust accuracy (correct and no verified flip of norm ``<= r``: an upper bound) and
     the gap between them, in percent."""
     if not len(attacked):

@@ -225,7 +225,10 @@ def test_attack_command_writes_the_table_and_prints_certified_vs_empirical(run_c
     tables = list(trained_run.glob("attack_*.csv"))
     frame = pd.read_csv(tables[0])
     assert {"index", "flip_norm", "attack", "forward_passes", "evidence"} <= set(frame.columns)
-    assert (frame["forward_passes"] > 0).all()
+    attacked = frame[frame["attacked"]]
+    assert len(attacked) and (attacked["forward_passes"] > 0).all()
+    # the wrong or abstaining images among the first 3 are listed, not attacked
+    assert len(frame) == 3 and frame.loc[~frame["attacked"], "flip_norm"].isna().all()
     bad = CliRunner().invoke(cli, ["attack", str(trained_run), "--attacks", "nope"])
     assert bad.exit_code != 0 and "unknown attack 'nope'" in bad.output
 
