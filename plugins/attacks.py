@@ -286,7 +286,9 @@ class ApgdL1(Attack):
             eps = min(2 * eps, room)
         if best is None:
             return None
-        if max_norm is not None:  # within a given ball (the audit): the strongest flip found, not the smallest
+        if (
+            max_norm is not None
+        ):  # within a given ball (the audit): the strongest flip found, not the smallest
             return best
         for _ in range(self.bisections):
             if target.forward >= stop or hi - lo < 1.0 / GRID:
