@@ -310,14 +310,11 @@ class _ImageAuditor:
 
     def tightness(self, flips: list[tuple[torch.Tensor, str]]) -> None:
         """Search beyond the radius (unless a violation already flips) with the search that came closest
-        inside it, at an L1 cap of twice the radius (half the budget) and then in the whole box (the budget),
-        shrink the smallest flip found and confirm it."""
+        inside it, at an L1 cap of twice the radius (half the budget) and then in the whole box (the budget), and
+        with every attack; shrink each flip found, smallest first, and keep the first that a confirmation
+        verifies (the shrunk flip, it grown by 5% to 50%, the flip itself: smallest first)."""
         cfg, oracle, claim = self.cfg, self.oracle, self.claim
         candidates = list(flips)
-        for attack in self.attacks:  # the attacks' smallest flips anywhere
-            delta = self.run_attack(attack, None)
-            if delta is not None and int(delta.abs().sum()) > 0:
-                candidates.append((delta, attack.name))
         if not candidates:
             # near the radius: the search that came closest to a flip inside it (random last on ties); in the
             # whole box: the gradient search, whose first move sends every pixel against the gradient
@@ -334,6 +331,10 @@ class _ImageAuditor:
                 if flip is not None:
                     candidates.append((flip, name))
                     break
+        for attack in self.attacks:  # the attacks' smallest flips anywhere
+            delta = self.run_attack(attack, None)
+            if delta is not None and int(delta.abs().sum()) > 0:
+                candidates.append((delta, attack.name))
         if not candidates:
             return
         tried = 0
@@ -345,7 +346,8 @@ class _ImageAuditor:
                 torch.minimum(torch.maximum((shrunk.double() * f).round().long(), -oracle.down), oracle.up)
                 for f in (1.05, 1.15, 1.3, 1.5)
             ]
-            options = [shrunk, *[g for g in grown if g.abs().sum() < delta.abs().sum()], delta]
+            # smallest first: an attack's flip is often already at the edge, so its grown versions come before it
+            options = sorted([shrunk, *grown, delta], key=lambda o: int(o.abs().sum()))
             options = [o for j, o in enumerate(options) if not any(torch.equal(o, p) for p in options[:j])]
             for option in options:
                 tried += 1
