@@ -33,9 +33,9 @@ def run_label(run: Run, labels: dict[str, str] | None = None) -> str:
     text = _NOISE_LABELS.get(noise["name"], noise["name"])
     if noise.get("sigma") is not None:
         text += f" \N{GREEK SMALL LETTER SIGMA}={noise['sigma']:g}"
-    folder = run.name.split("/")[0]
-    if "stab" in folder.split("_"):
-        text += ", stability"
+    training = _training(run)
+    if training != "plain":
+        text += f", {training}"
     certificate = run.certification.certificate
     if certificate and certificate not in ("exact", "standard"):
         text += f", {certificate}"
@@ -55,9 +55,20 @@ def _styles(runs: list[Run]) -> list[dict[str, Any]]:
         rank = sigmas.index((run.certification.noise or {}).get("sigma") or 0.0)
         shade = 0.45 + 0.5 * (rank / max(len(sigmas) - 1, 1))
         cmap = matplotlib.colormaps[_NOISE_COLOURS[noises.index(noise) % len(_NOISE_COLOURS)]]
-        stab = "stab" in run.name.split("/")[0].split("_")
-        styles.append({"color": cmap(shade), "linestyle": "--" if stab else "-"})
+        styles.append({"color": cmap(shade), "linestyle": _LINES.get(_training(run), "-.")})
     return styles
+
+
+_LINES = {"plain": "-", "stability": "--", "consistency": ":", "macer": "-."}
+
+
+def _training(run: Run) -> str:
+    """The training of a run from its folder's name (a sweep's ``{noise}_sigma{s}_{training}``): ``stab`` is
+    stability training, a known objective's name is that objective, anything else plain."""
+    last = run.name.split("/")[0].rsplit("_", 1)[-1]
+    if last == "stab":
+        return "stability"
+    return last if last in _LINES else "plain"
 
 
 def plot(
