@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from smoothcore.cli_config import ConfigCommand
-from smoothcore.cli_params import MAX_BATCH, RADII, CommaList, device_option, option
+from smoothcore.cli_params import RADII, CommaList, option, reopen_options
 from smoothcore.cli_render import console, err_console, progress_bar
 from smoothcore.configs import AttackConfig, CertifyConfig
 
@@ -51,20 +51,7 @@ from smoothcore.configs import AttackConfig, CertifyConfig
     show_default=True,
     help="Radii of the certified-versus-empirical table.",
 )
-@click.option(
-    "--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places)."
-)
-@device_option(CertifyConfig)
-@option(
-    CertifyConfig,
-    "max_batch",
-    "--max-batch",
-    type=MAX_BATCH,
-    help="Most noisy images per forward pass, or 'auto' (sized to the GPU's free memory).",
-)
-@click.option(
-    "--trust-checkpoint", is_flag=True, help="Allow loading legacy pickled checkpoints (can run code)."
-)
+@reopen_options(CertifyConfig)
 def attack_cmd(
     run_dir,
     tag,

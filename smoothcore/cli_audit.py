@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from smoothcore.cli_config import ConfigCommand
-from smoothcore.cli_params import MAX_BATCH, CommaList, default, device_option, option
+from smoothcore.cli_params import CommaList, default, option, reopen_options
 from smoothcore.cli_render import console, err_console, progress_bar
 from smoothcore.configs import AuditConfig, CertifyConfig
 
@@ -59,20 +59,7 @@ from smoothcore.configs import AuditConfig, CertifyConfig
     help="Monte-Carlo: probability that the audit reports any violation of sound certificates.",
 )
 @option(AuditConfig, "seed", "--seed", type=int, help="Seed of the searches and tests.")
-@click.option(
-    "--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places)."
-)
-@device_option(CertifyConfig)
-@option(
-    CertifyConfig,
-    "max_batch",
-    "--max-batch",
-    type=MAX_BATCH,
-    help="Most noisy images per forward pass, or 'auto' (sized to the GPU's free memory).",
-)
-@click.option(
-    "--trust-checkpoint", is_flag=True, help="Allow loading legacy pickled checkpoints (can run code)."
-)
+@reopen_options(CertifyConfig)
 def audit_cmd(
     run_dir: str,
     tag: str | None,

@@ -12,7 +12,15 @@ from typing import Any
 import click
 
 from smoothcore.cli_config import ConfigCommand
-from smoothcore.cli_params import MAX_BATCH, RADII, device_option, noise_options, option, parse_params
+from smoothcore.cli_params import (
+    MAX_BATCH,
+    RADII,
+    device_option,
+    max_batch_option,
+    noise_options,
+    option,
+    parse_params,
+)
 from smoothcore.cli_render import err_console, print_table, progress_bar
 from smoothcore.configs import PRECISION_NAMES as PRECISIONS
 from smoothcore.configs import CertifyConfig
@@ -85,13 +93,7 @@ _LOCAL_OPTIONS = {
     help="Certify every k-th test image (the reference's --dataset-skip).",
 )
 @click.option("--limit", type=int, default=None, help="Certify at most N images.")
-@option(
-    CertifyConfig,
-    "max_batch",
-    "--max-batch",
-    type=MAX_BATCH,
-    help="Most noisy images per forward pass, or 'auto' (sized to the GPU's free memory).",
-)
+@max_batch_option(CertifyConfig)
 @click.option(
     "--compile", is_flag=True, help="torch.compile the model (GPU users; first batches are slower)."
 )

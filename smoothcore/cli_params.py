@@ -136,3 +136,36 @@ def subset_options(config: type) -> Callable[[Callable], Callable]:
         )(f)
 
     return add
+
+
+def max_batch_option(config: type) -> Callable:
+    """--max-batch (``auto`` or a positive integer), its default ``config``'s."""
+    return option(
+        config,
+        "max_batch",
+        "--max-batch",
+        type=MAX_BATCH,
+        help="Most noisy images per forward pass, or 'auto' (sized to the GPU's free memory).",
+    )
+
+
+def reopen_options(config: type) -> Callable[[Callable], Callable]:
+    """The options of the commands that reopen a finished certification (audit, attack): --data-dir, --device,
+    --max-batch and --trust-checkpoint (defaults from ``config``)."""
+
+    def add(f: Callable) -> Callable:
+        f = click.option(
+            "--trust-checkpoint",
+            is_flag=True,
+            help="Allow loading legacy pickled checkpoints (can run code).",
+        )(f)
+        f = max_batch_option(config)(f)
+        f = device_option(config)(f)
+        return click.option(
+            "--data-dir",
+            type=click.Path(),
+            default=None,
+            help="Where the dataset lives (else its default places).",
+        )(f)
+
+    return add
