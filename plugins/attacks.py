@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from smoothcore.attacks import GRID, Attack, AttackTarget
+from smoothcore.audit_search import margin_of
 from smoothcore.hookspecs import hookimpl
 
 
@@ -89,9 +90,7 @@ class DssnCounts(Attack):
                 logits = target.logits(draws)
             classes = logits.argmax(1).cpu()
             counts = torch.bincount(classes, minlength=target.num_classes)
-            rival_counts = counts + (torch.arange(len(counts)) < top).long()
-            rival_counts[top] = -1
-            margin = int(counts[top] - rival_counts.max())
+            margin = int(margin_of(counts.unsqueeze(0), top)[0])
             if margin < 0:
                 return delta
             if used >= cap:

@@ -30,13 +30,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from smoothcore.configs import AttackConfig
 from smoothcore.errors import ConfigError
 from smoothcore.noises import is_quantised
-from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
+from smoothcore.stats import rival_test
 from smoothcore.streams import DrawStream
 
 GRID = 255
@@ -127,10 +126,10 @@ class AttackTarget:
         return float(margin.detach()), grad.detach()
 
     def generator(self, *keys: int) -> torch.Generator:
-        state = np.random.SeedSequence([self.seed, self.index, 4, *keys]).generate_state(2, np.uint32)
-        g = torch.Generator(device=self.device)
-        g.manual_seed((int(state[0]) << 31) ^ int(state[1]))
-        return g
+        """A generator of the attack's own draws, keyed by the seed, the image and ``keys``."""
+        from smoothcore.audit_search import generator
+
+        return generator(self.device, self.seed, self.index, 4, *keys)
 
 
 class Attack(ABC):
@@ -207,30 +206,15 @@ def verify(
     if target.exact:
         if not is_quantised(x_adv, GRID):
             return Verdict(False, -1, "not on the 1/255 grid")
-        counts, _ = smoothed.engine.exact_counts(smoothed.noise, x_adv)
-        target.forward += smoothed.noise.num_draws
-        counts = counts.cpu()[0]
-        cls = int(counts.argmax())
+        cls = int(target.counts(x_adv).argmax())
         return Verdict(
             cls != top, cls, f"exact counts over all {smoothed.noise.num_draws} draws predict {cls}"
         )
     stream = DrawStream(target.seed, target.index, 5, key)
     counts = smoothed.engine.sampled_counts(smoothed.noise, x_adv, n_test, [stream]).cpu()[0]
     target.forward += n_test
-    classes = len(counts)
-    level = alpha / (classes * max(1, tries))  # one-sided level of each bound
-    upper_a = float(clopper_pearson_upper(int(counts[top]), n_test, 2 * level))
-    others = [c for c in range(classes) if c != top]
-    lowers = np.asarray(
-        clopper_pearson_lower(counts[others].numpy(), n_test, 2 * level), dtype=np.float64
-    ).reshape(-1)
-    j = int(lowers.argmax())
-    rival = others[j]
-    evidence = (
-        f"n={n_test}: k_A={int(counts[top])} (upper {upper_a:.4f}) vs k_{rival}={int(counts[rival])} "
-        f"(lower {lowers[j]:.4f}), level {level:.3g} per bound"
-    )
-    return Verdict(bool(lowers[j] > upper_a), rival, evidence)
+    level = alpha / (len(counts) * max(1, tries))  # one-sided level of each bound
+    return Verdict(*rival_test(counts.numpy(), top, level))
 
 
 # -- one image, every attack ---------------------------------------------------------------------------------------

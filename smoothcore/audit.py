@@ -74,7 +74,7 @@ from smoothcore.audit_search import (
 from smoothcore.certificates import ABSTAIN
 from smoothcore.certify import SmoothedClassifier
 from smoothcore.errors import ConfigError, DataError, ExperimentError
-from smoothcore.stats import clopper_pearson_lower, clopper_pearson_upper
+from smoothcore.stats import rival_test
 from smoothcore.streams import DrawStream
 
 EXACT_STATEMENT = (
@@ -176,12 +176,13 @@ class _ImageAuditor:
         claim: ImageAudit,
         cfg: AuditConfig,
         tests_total: int,
+        attacks: list[Any],
     ) -> None:
         self.smoothed, self.claim, self.cfg, self.tests_total = smoothed, claim, cfg, tests_total
         self.oracle = Oracle(smoothed, x, claim.prediction, cfg, claim.index)
         self.exact = self.oracle.exact
         self.tests_done = 0
-        self.attacks = attacks_for(smoothed.noise, cfg.attacks) if cfg.attacks != () else []
+        self.attacks = attacks
 
     def rng(self, *keys: int) -> np.random.Generator:
         return np.random.default_rng([self.cfg.seed, self.claim.index, *keys])
@@ -218,19 +219,8 @@ class _ImageAuditor:
             self.tests_done += 1
             key = self.tests_done
         counts = self.fresh_counts(delta, key)
-        top, n, classes = self.claim.prediction, self.cfg.n_test, len(counts)
-        level = self.cfg.alpha / (classes * (tests or self.tests_total))  # one-sided level of each bound
-        upper_a = float(clopper_pearson_upper(int(counts[top]), n, 2 * level))
-        others = [c for c in range(classes) if c != top]
-        lowers = np.asarray(clopper_pearson_lower(counts[others].numpy(), n, 2 * level), dtype=np.float64)
-        lowers = lowers.reshape(-1)
-        j = int(lowers.argmax())
-        rival = others[j]
-        evidence = (
-            f"n={n}: k_A={int(counts[top])} (upper {upper_a:.4f}) vs k_{rival}={int(counts[rival])} "
-            f"(lower {lowers[j]:.4f}), level {level:.3g} per bound"
-        )
-        return bool(lowers[j] > upper_a), rival, evidence
+        level = self.cfg.alpha / (len(counts) * (tests or self.tests_total))  # one-sided level of each bound
+        return rival_test(counts.numpy(), self.claim.prediction, level)
 
     def flips(self, delta: torch.Tensor, key: int) -> bool:
         """Exact: the prediction recomputed over all draws is not ``A``. Monte-Carlo: the test of the module
@@ -362,7 +352,12 @@ class _ImageAuditor:
 
 
 # -- the public functions ------------------------------------------------------------------------------------
-def statement(smoothed: SmoothedClassifier, cfg: AuditConfig, num_images: int) -> str:
+def audit_attacks(noise: Any, cfg: AuditConfig) -> list[Any]:
+    """The attacks an audit runs: ``cfg.attacks`` (None: every one that applies to ``noise``; empty: none)."""
+    return attacks_for(noise, cfg.attacks) if cfg.attacks != () else []
+
+
+def statement(smoothed: SmoothedClassifier, cfg: AuditConfig, num_images: int, num_attacks: int = 0) -> str:
     """The sentence that defines a violation for this audit (printed by the CLI, stored with the results)."""
     if smoothed.noise.exact:
         return EXACT_STATEMENT.format(grid=cfg.grid)
@@ -370,13 +365,7 @@ def statement(smoothed: SmoothedClassifier, cfg: AuditConfig, num_images: int) -
         n_test=cfg.n_test,
         alpha=cfg.alpha,
         classes=smoothed.num_classes,
-        tests=max(
-            1,
-            num_images
-            * (
-                len(cfg.searches) + len(attacks_for(smoothed.noise, cfg.attacks) if cfg.attacks != () else [])
-            ),
-        ),
+        tests=max(1, num_images * (len(cfg.searches) + num_attacks)),
     )
 
 
@@ -417,6 +406,7 @@ def audit_claims(
     keep = [
         i for i in range(len(x)) if prediction[i] != ABSTAIN and math.isfinite(radius[i]) and radius[i] >= 0
     ]
+    attacks = audit_attacks(smoothed.noise, cfg)
     images = []
     for i in keep:
         claim = ImageAudit(
@@ -427,13 +417,12 @@ def audit_claims(
             certificate=certificate,
             label=labels[i],
         )
-        tests = len(keep) * (
-            len(cfg.searches) + len(attacks_for(smoothed.noise, cfg.attacks) if cfg.attacks != () else [])
-        )
-        images.append(_ImageAuditor(smoothed, x[i : i + 1], claim, cfg, tests).run())
+        tests = len(keep) * (len(cfg.searches) + len(attacks))
+        images.append(_ImageAuditor(smoothed, x[i : i + 1], claim, cfg, tests, attacks).run())
         if on_image is not None:
             on_image(images[-1])
-    return AuditReport(images, statement(smoothed, cfg, len(keep)), cfg, bool(smoothed.noise.exact))
+    text = statement(smoothed, cfg, len(keep), len(attacks))
+    return AuditReport(images, text, cfg, bool(smoothed.noise.exact))
 
 
 def audit(
@@ -538,5 +527,5 @@ def audit_experiment(
             "summary": report.summary(),
         },
     )
-    attacks = attacks_for(run.smoothed.noise, cfg.attacks) if cfg.attacks != () else []
+    attacks = audit_attacks(run.smoothed.noise, cfg)
     return ExperimentAudit(report, attacks, run.tag, run.table, output, run.smoothed.noise.name, certificate)

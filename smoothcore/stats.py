@@ -40,3 +40,22 @@ def clopper_pearson_upper(k, n, alpha: float):
     with np.errstate(invalid="ignore"):
         upper = np.where(k_arr < n_arr, beta.ppf(1 - alpha / 2, k_arr + 1, np.maximum(n_arr - k_arr, 1)), 1.0)
     return float(upper) if upper.ndim == 0 else upper
+
+
+def rival_test(counts, top: int, level: float) -> tuple[bool, int, str]:
+    """Does some class beat ``top`` on these counts (``n`` = their sum)? True when, for the rival with the largest
+    lower bound, the one-sided Clopper-Pearson upper bound on ``p_top`` lies below the one-sided lower bound on
+    ``p_rival``, each at level ``level``. Returns (rejected, rival, evidence). The test of the auditor and of attack
+    verification on fresh draws."""
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+    n = int(counts.sum())
+    upper_a = float(clopper_pearson_upper(int(counts[top]), n, 2 * level))
+    others = [c for c in range(len(counts)) if c != top]
+    lowers = np.asarray(clopper_pearson_lower(counts[others], n, 2 * level), dtype=np.float64).reshape(-1)
+    j = int(lowers.argmax())
+    rival = others[j]
+    evidence = (
+        f"n={n}: k_A={int(counts[top])} (upper {upper_a:.4f}) vs k_{rival}={int(counts[rival])} "
+        f"(lower {lowers[j]:.4f}), level {level:.3g} per bound"
+    )
+    return bool(lowers[j] > upper_a), rival, evidence
