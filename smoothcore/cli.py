@@ -116,9 +116,24 @@ _SIGNALLED: list[int | None] = [None]
 
 def _terminate(signum: int, frame: Any) -> None:
     """Ctrl-C, or SIGTERM (a scheduler preempting the job), ends the run: finished work is kept. The signal is
-    remembered, so that an error it causes (an import cut in half) is reported as the interruption it is."""
+    remembered, so that an error it causes is reported as the interruption it is. Inside an import nothing has
+    been done yet, and an exception raised there can abort the process from C++ (torch's pybind11 callbacks):
+    then the process ends at once, with the same one line."""
     _SIGNALLED[0] = signum
+    if _importing(frame):
+        sys.stderr.write(f"Interrupted ({signal.Signals(signum).name}).\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)
     raise KeyboardInterrupt
+
+
+def _importing(frame: Any) -> bool:
+    """Whether ``frame`` runs inside an import (a frame of importlib's bootstrap is on the stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @click.group(
