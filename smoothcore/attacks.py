@@ -102,10 +102,15 @@ class AttackTarget:
             self.forward += int(n or 256)
         return counts.cpu()[0]
 
-    def seems_to_flip(self, x_adv: torch.Tensor, n: int = 256) -> bool:
+    def seems_to_flip(self, x_adv: torch.Tensor, n: int = 256, level: float | None = None) -> bool:
         """The attack's own check: the top class of the counts at ``x'`` (exact, or ``n`` fresh draws) is not
-        ``A``. Exact noises: this is the verdict itself; Monte-Carlo: a point estimate, verified later."""
-        return int(self.counts(x_adv, n).argmax()) != self.top
+        ``A``. Exact noises: this is the verdict itself. Monte-Carlo: a point estimate, verified later; with
+        ``level``, the rival must also beat ``A`` by the Clopper-Pearson test at that level on these draws (a
+        point that clears it is one the verification on more draws is likely to confirm)."""
+        counts = self.counts(x_adv, n)
+        if level is None or self.exact:
+            return int(counts.argmax()) != self.top
+        return rival_test(counts.numpy(), self.top, level)[0]
 
     def soft_margin(
         self, x_adv: torch.Tensor, draws: int, generator: torch.Generator
