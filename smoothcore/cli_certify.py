@@ -130,7 +130,8 @@ _LOCAL_OPTIONS = {
 @click.option(
     "--tag",
     default=None,
-    help="Name of the result table (certify_<tag>.csv). Default from noise and certificate.",
+    help="Name of the result table (certify_<tag>.csv). Default from noise and certificate, with n and alpha "
+    "for Monte-Carlo certificates (e.g. ssn_sigma1_n100k).",
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted certification.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing result table.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from smoothcore.loading import check_compatible, load_classifier
 from smoothcore.models import stack
 from smoothcore.noises import Noise, make_noise
 from smoothcore.run_record import Certification
+
+DEFAULT_ALPHA = CertifyConfig.alpha  # left out of the default tag
 
 
 @dataclass
@@ -147,7 +150,12 @@ def _plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
         compile=cfg.compile,
     )
     tag = cfg.tag or result_tag(
-        noise.params(), cert.name, default_certificate(noise), cfg.denoiser is not None, noise_params
+        noise.params(),
+        cert.name,
+        default_certificate(noise),
+        cfg.denoiser is not None,
+        noise_params,
+        sampling=None if cert.kind == "exact" else (cfg.n, cfg.alpha),
     )
     if "/" in tag or tag.startswith("."):
         raise ConfigError(f"--tag must be a plain name, got {tag!r}")
@@ -255,15 +263,26 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
+def _count(n: int) -> str:
+    """100000 -> 100k, 2000000 -> 2M, 12345 -> 12345."""
+    for size, suffix in ((1_000_000, "M"), (1000, "k")):
+        if n % size == 0:
+            return f"{n // size}{suffix}"
+    return str(n)
+
+
 def result_tag(
     noise_params: dict[str, Any],
     certificate: str,
     default_cert: str,
     denoised: bool,
     extra: dict[str, Any] | None = None,
+    *,
+    sampling: tuple[int, float] | None = None,
 ) -> str:
-    """The default name of a result table: noise, scale, further parameters, certificate (if not the default),
-    ``denoised``."""
+    """The default name of a result table: noise, scale, further parameters, certificate (if not the default), for
+    a Monte-Carlo certificate its ``sampling`` (``n``, and ``alpha`` when not the default 0.001), ``denoised``:
+    ``ssn_sigma1_n100k``, ``uniform_sigma0.5_box_n10k_alpha0.01``, ``dssn_sigma0.5_denoised``."""
     scale = f"sigma{_fmt(noise_params['sigma'])}" if "sigma" in noise_params else "default"
     tag = f"{noise_params['name']}_{scale}"
     for key, value in sorted((extra or {}).items()):  # a plugin noise's further parameters tell tables apart
@@ -271,6 +290,11 @@ def result_tag(
         tag += "_" + re.sub(r"[^A-Za-z0-9.+-]", "-", f"{key}{shown}")
     if certificate != default_cert:
         tag += f"_{certificate}"
+    if sampling is not None:
+        n, alpha = sampling
+        tag += f"_n{_count(int(n))}"
+        if not math.isclose(float(alpha), DEFAULT_ALPHA):
+            tag += f"_alpha{_fmt(float(alpha))}"
     if denoised:
         tag += "_denoised"
     return tag

@@ -235,7 +235,7 @@ def test_certify_off_the_shelf_checkpoint(fashion_dir, tmp_path, trained_run):
         "--limit",
         "3",
     ).output
-    assert "certify_ssn_sigma0.25.csv" in out.replace("\n", "")
+    assert "certify_ssn_sigma0.25_n40_alpha0.01.csv" in out.replace("\n", "")
     from smoothcore.checkpoints import sha256
 
     manifest = json.loads((tmp_path / "ext" / "manifest.json").read_text())

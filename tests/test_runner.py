@@ -116,7 +116,7 @@ def test_certify_can_use_another_noise_than_training(run_copy, fashion_dir):
     run = plan(
         run_copy, CertifyConfig(noise="uniform", sigma=0.1, limit=2, n0=8, n=50, data_dir=str(fashion_dir))
     )
-    assert run.tag == "uniform_sigma0.1" and run.record.certificate == "standard"
+    assert run.tag == "uniform_sigma0.1_n50" and run.record.certificate == "standard"
 
 
 def test_early_decisions_keep_the_forward_batches_full_and_the_verdicts_of_full_enumeration(
@@ -160,9 +160,9 @@ def test_the_certificate_chosen_is_recorded_per_row_and_report_shows_them_side_b
     assert (tables["box"]["radius"].fillna(-1) >= tables["two-sided"]["radius"].fillna(-1) - 1e-12).all()
     runs = load_runs([run_copy])
     assert sorted(r.name.split("/")[-1] for r in runs) == [
-        "ssn_sigma0.25",
-        "ssn_sigma0.25_box",
-        "ssn_sigma0.25_two-sided",
+        "ssn_sigma0.25_box_n200_alpha0.01",
+        "ssn_sigma0.25_n200_alpha0.01",
+        "ssn_sigma0.25_two-sided_n200_alpha0.01",
     ]
     assert len(certified_accuracy_table(runs, [0.0, 0.1])) == 4  # three runs and the envelope
 
@@ -213,12 +213,12 @@ def test_a_plugin_noise_parameter_goes_from_training_to_certification_and_the_ta
         out = tmp_path / "tailed"
         train_classifier(cfg, out)
         run = plan(out, CertifyConfig(limit=2, n0=8, n=32))
-        assert run.smoothed.noise.tail == 3.0 and run.tag == "tailed_sigma0.5_tail3"
+        assert run.smoothed.noise.tail == 3.0 and run.tag == "tailed_sigma0.5_tail3_n32"
         execute(run)
-        meta = json.loads((out / "certify_tailed_sigma0.5_tail3.json").read_text())
+        meta = json.loads((out / "certify_tailed_sigma0.5_tail3_n32.json").read_text())
         assert meta["noise_params"] == {"tail": 3.0} and meta["noise"]["tail"] == 3.0
         other = plan(out, CertifyConfig(limit=2, n0=8, n=32, noise_params={"tail": 5}))
-        assert other.smoothed.noise.tail == 5 and other.tag == "tailed_sigma0.5_tail5"
+        assert other.smoothed.noise.tail == 5 and other.tag == "tailed_sigma0.5_tail5_n32"
         with pytest.raises(smoothcore.ConfigError, match="noise 'tailed' takes no parameter 'width'"):
             plan(out, CertifyConfig(limit=2, noise_params={"width": 1}))
     finally:
@@ -349,3 +349,20 @@ def test_a_certification_loads_its_test_set_once_and_a_resume_reads_its_table_on
     assert len(loads) == 1 and reads == []
     table = certify_experiment(run_copy, CertifyConfig(limit=3, data_dir=str(fashion_dir)), resume=True)
     assert len(loads) == 2 and len(reads) == 1 and len(table) == 3
+
+
+@pytest.mark.parametrize(
+    ("sampling", "tag"),
+    [
+        (None, "ssn_sigma1"),  # an exact certificate names no sample size
+        ((100_000, 0.001), "ssn_sigma1_n100k"),  # the default alpha is left out
+        ((10_000, 0.01), "ssn_sigma1_n10k_alpha0.01"),
+        ((2_000_000, 0.001), "ssn_sigma1_n2M"),
+        ((12_345, 0.05), "ssn_sigma1_n12345_alpha0.05"),
+    ],
+)
+def test_the_default_tag_of_a_monte_carlo_table_names_its_n_and_alpha(sampling, tag):
+    """Two certifications that differ only in n (or alpha) get two tables without --tag."""
+    from smoothcore.planning import result_tag
+
+    assert result_tag({"name": "ssn", "sigma": 1.0}, "standard", "standard", False, sampling=sampling) == tag
