@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from smoothcore.cli_config import ConfigCommand
-from smoothcore.cli_params import RADII, CommaList, option, reopen_options
+from smoothcore.cli_params import RADII, CommaList, Opt, option, reopen_options
 from smoothcore.cli_render import console, err_console, progress_bar
 from smoothcore.configs import AttackConfig, CertifyConfig
 
@@ -19,7 +19,9 @@ from smoothcore.configs import AttackConfig, CertifyConfig
 @click.option(
     "--tag",
     default=None,
-    help="Result table whose images to attack (certify_<tag>.csv). Default: the only one.",
+    help="Result table whose images to attack (certify_<tag>.csv).",
+    cls=Opt,
+    show_default="the folder's only one",
 )
 @click.option(
     "--limit",
@@ -32,7 +34,9 @@ from smoothcore.configs import AttackConfig, CertifyConfig
     "--attacks",
     type=CommaList(str, "attacks"),
     default=None,
-    help="Comma-separated attacks (smoothcore plugins lists them). Default: every one that applies to the noise.",
+    help="Comma-separated attacks (smoothcore plugins lists them).",
+    cls=Opt,
+    show_default="every one that applies to the noise",
 )
 @option(AttackConfig, "budget", "--budget", type=int, help="Forward passes per image and attack.")
 @option(AttackConfig, "n_test", "--n-test", type=int, help="Monte-Carlo: fresh draws per verification.")

@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from smoothcore.cli_config import ConfigCommand
-from smoothcore.cli_params import CommaList, default, option, reopen_options
+from smoothcore.cli_params import CommaList, Opt, default, option, reopen_options
 from smoothcore.cli_render import console, err_console, progress_bar
 from smoothcore.configs import AuditConfig, CertifyConfig
 
@@ -18,7 +18,11 @@ from smoothcore.configs import AuditConfig, CertifyConfig
 @click.command("audit", cls=ConfigCommand)
 @click.argument("run_dir", type=click.Path())
 @click.option(
-    "--tag", default=None, help="Result table to audit (certify_<tag>.csv). Default: the folder's only one."
+    "--tag",
+    default=None,
+    help="Result table to audit (certify_<tag>.csv).",
+    cls=Opt,
+    show_default="the folder's only one",
 )
 @click.option(
     "--limit", type=int, default=5, show_default=True, help="Audit the first N certified images of the table."
@@ -41,7 +45,9 @@ from smoothcore.configs import AuditConfig, CertifyConfig
     "--attacks",
     type=CommaList(str, "attacks"),
     default=None,
-    help="Attacks that also run (smoothcore plugins lists them); 'none' for none. Default: all that apply.",
+    help="Attacks that also run (smoothcore plugins lists them); 'none' for none.",
+    cls=Opt,
+    show_default="every one that applies to the noise",
 )
 @option(
     AuditConfig, "attack_budget", "--attack-budget", type=int, help="Forward passes per image and attack."

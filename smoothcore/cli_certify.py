@@ -15,6 +15,7 @@ from smoothcore.cli_config import ConfigCommand
 from smoothcore.cli_params import (
     MAX_BATCH,
     RADII,
+    Opt,
     device_option,
     max_batch_option,
     noise_options,
@@ -68,13 +69,19 @@ _LOCAL_OPTIONS = {
 @click.command("certify", cls=ConfigCommand)
 @click.argument("run_dir", type=click.Path())
 @click.option(
-    "--noise", default=None, help="Noise to certify with. Default: the one the classifier was trained with."
+    "--noise",
+    default=None,
+    help="Noise to certify with.",
+    cls=Opt,
+    show_default="the one the classifier was trained with",
 )
-@noise_options
+@noise_options(certify=True)
 @click.option(
     "--certificate",
     default=None,
-    help="Certificate (see `smoothcore plugins`). Default: exact for exact noises, else standard.",
+    help="Certificate (see `smoothcore plugins`).",
+    cls=Opt,
+    show_default="exact for exact noises, else standard",
 )
 @option(CertifyConfig, "n0", "--n0", type=int, help="Monte-Carlo selection draws.")
 @option(
@@ -108,9 +115,14 @@ _LOCAL_OPTIONS = {
     "--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on GPUs)."
 )
 @device_option(CertifyConfig)
-@click.option("--dataset", default=None, help="Dataset (default: the experiment's).")
+@click.option("--dataset", default=None, help="Dataset.", cls=Opt, show_default="the experiment's")
 @click.option(
-    "--data-dir", type=click.Path(), default=None, help="Where the test set lives (default: the training's)."
+    "--data-dir",
+    type=click.Path(),
+    default=None,
+    help="Where the test set lives.",
+    cls=Opt,
+    show_default="where the training read it",
 )
 @click.option("--denoiser", type=click.Path(), default=None, help="Certify classifier(denoiser(x)).")
 @click.option(
@@ -130,8 +142,9 @@ _LOCAL_OPTIONS = {
 @click.option(
     "--tag",
     default=None,
-    help="Name of the result table (certify_<tag>.csv). Default from noise and certificate, with n and alpha "
-    "for Monte-Carlo certificates (e.g. ssn_sigma1_n100k).",
+    help="Name of the result table (certify_<tag>.csv).",
+    cls=Opt,
+    show_default="noise, scale, certificate if not the default, Monte-Carlo n and alpha: ssn_sigma1_n100k",
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted certification.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing result table.")

@@ -55,6 +55,24 @@ class MaxBatch(click.ParamType):
 MAX_BATCH = MaxBatch()
 
 
+class Opt(click.Option):
+    """An option whose default is described in words (``show_default="..."``, shown as ``[default: ...]`` like every
+    other default, without click's parentheses) and, with ``required_when``, one that is required only in some uses:
+    its help shows ``[required ...]``; the command checks it, with a message that says why."""
+
+    def __init__(self, *args: Any, required_when: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.required_when = required_when
+
+    def get_help_extra(self, ctx: click.Context) -> Any:
+        extra = super().get_help_extra(ctx)
+        if isinstance(self.show_default, str):
+            extra["default"] = self.show_default
+        if self.required_when:
+            extra["required"] = f"required {self.required_when}"
+        return extra
+
+
 def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     """``KEY=VALUE`` options as a mapping; values read as booleans (true/false), integers, numbers, else text."""
     out: dict[str, Any] = {}
@@ -93,28 +111,45 @@ def device_option(config: type) -> Callable[[Callable], Callable]:
     return option(config, "device", "--device", help="cpu, cuda, cuda:N, or auto (cuda when available).")
 
 
-def noise_options(f: Callable) -> Callable:
-    """--sigma, --lambda, --noise-seed and --noise-param."""
-    f = click.option(
-        "--noise-param",
-        multiple=True,
-        help="Further parameter of the noise KEY=VALUE (a plugin's, e.g. tail=3). Certify: default the training's.",
-    )(f)
-    f = click.option("--noise-seed", type=int, default=None, help="Noise seed (DSSN template). Default 0.")(f)
-    f = click.option(
-        "--lambda",
-        "lambd",
-        type=float,
-        default=None,
-        help="Half-width lambda of uniform-family noise (instead of --sigma).",
-    )(f)
-    return click.option(
-        "--sigma",
-        type=float,
-        default=None,
-        help="Noise standard deviation (uniform family: lambda = sigma*sqrt(3)). Required for training under noise "
-        "(or --lambda); certify: default the training's.",
-    )(f)
+def noise_options(f: Callable | None = None, *, certify: bool = False) -> Callable:
+    """--sigma, --lambda, --noise-seed and --noise-param: required (sigma or lambda under a noise) and defaulting
+    as in training, or with ``certify`` defaulting to what the classifier was trained with."""
+
+    def add(f: Callable) -> Callable:
+        trained = "the training's"
+        f = click.option(
+            "--noise-param",
+            multiple=True,
+            help="Further parameter of the noise KEY=VALUE (a plugin's, e.g. tail=3).",
+            cls=Opt,
+            show_default=trained if certify else "none",
+        )(f)
+        f = click.option(
+            "--noise-seed",
+            type=int,
+            default=None,
+            help="Noise seed (DSSN template).",
+            cls=Opt,
+            show_default=trained if certify else "0",
+        )(f)
+        f = click.option(
+            "--lambda",
+            "lambd",
+            type=float,
+            default=None,
+            help="Half-width lambda of uniform-family noise (instead of --sigma).",
+        )(f)
+        return click.option(
+            "--sigma",
+            type=float,
+            default=None,
+            help="Noise standard deviation (uniform family: lambda = sigma*sqrt(3)).",
+            cls=Opt,
+            show_default=trained if certify else None,
+            required_when=None if certify else "under a noise, unless --lambda",
+        )(f)
+
+    return add if f is None else add(f)
 
 
 def subset_options(config: type) -> Callable[[Callable], Callable]:
@@ -165,7 +200,9 @@ def reopen_options(config: type) -> Callable[[Callable], Callable]:
             "--data-dir",
             type=click.Path(),
             default=None,
-            help="Where the dataset lives (else its default places).",
+            help="Where the dataset lives.",
+            cls=Opt,
+            show_default="the dataset's usual places",
         )(f)
 
     return add

@@ -8,7 +8,7 @@ import json
 import click
 
 from smoothcore.cli_config import ConfigCommand
-from smoothcore.cli_params import RADII, CommaList, parse_params
+from smoothcore.cli_params import RADII, CommaList, Opt, parse_params
 from smoothcore.cli_render import err_console, print_table, progress_bar
 from smoothcore.configs import PAPER_RADII
 
@@ -21,8 +21,9 @@ PAPER_RADII_TEXT = ",".join(f"{r:g}" for r in PAPER_RADII)
     "--radii",
     type=RADII,
     default=None,
-    help="Comma-separated radii. Default: as certify's summary, 0 to past the largest radius in steps of 0.1, 0.25 "
-    "or 0.5 (by that radius).",
+    help="Comma-separated radii.",
+    cls=Opt,
+    show_default="as certify's summary: 0 to past the largest radius in steps of 0.1, 0.25 or 0.5",
 )
 @click.option(
     "--format",
@@ -124,28 +125,43 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
     default=None,
     help="JSON/TOML recipe file (keys of smoothcore.sweep.Sweep).",
 )
-@click.option("--dataset", default=None, help="Registered dataset (default: the recipe's, else cifar10).")
 @click.option(
-    "--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places)."
+    "--dataset", default=None, help="Registered dataset.", cls=Opt, show_default="the recipe's, else cifar10"
 )
-@click.option("--model", default=None, help="Registered classifier (default: the recipe's, else wrn40).")
+@click.option(
+    "--data-dir",
+    type=click.Path(),
+    default=None,
+    help="Where the dataset lives.",
+    cls=Opt,
+    show_default="the dataset's usual places",
+)
+@click.option(
+    "--model", default=None, help="Registered classifier.", cls=Opt, show_default="the recipe's, else wrn40"
+)
 @click.option(
     "--noises",
     type=CommaList(str, "noises"),
     default=None,
-    help="Comma-separated noises (default uniform,ssn,dssn).",
+    help="Comma-separated noises.",
+    cls=Opt,
+    show_default="the recipe's, else uniform,ssn,dssn",
 )
 @click.option(
     "--sigmas",
     type=CommaList(float, "sigmas"),
     default=None,
-    help="Comma-separated sigmas (default the paper's 0.15,0.25,0.5,...,3.5).",
+    help="Comma-separated sigmas.",
+    cls=Opt,
+    show_default="the recipe's, else the paper's 0.15,0.25,0.5,...,3.5",
 )
 @click.option(
     "--stability",
     type=click.Choice(["plain", "stab", "both"]),
     default=None,
-    help="Plain and/or stability training. Default both.",
+    help="Plain and/or stability training.",
+    cls=Opt,
+    show_default="the recipe's, else both",
 )
 @click.option(
     "--objectives",

@@ -7,6 +7,7 @@ import json
 import click
 from rich.table import Table
 
+from smoothcore.cli_params import Opt
 from smoothcore.cli_render import console
 from smoothcore_plugins.downloads import DOWNLOADABLE, fetch
 
@@ -59,8 +60,9 @@ def plugins_cmd(as_json: bool) -> None:
     "data_dir",
     type=click.Path(),
     default=None,
-    help="Download into this folder (default: ./data/cifar_10, ./data/fashion-mnist or ./data/mnist); --root is "
-    "the old name.",
+    help="Download into this folder (--root is the old name).",
+    cls=Opt,
+    show_default="./data/cifar_10, ./data/fashion-mnist or ./data/mnist",
 )
 def fetch_data_cmd(dataset: str, data_dir: str | None) -> None:
     """Download DATASET with torchvision's downloader (needs a network; never required)."""

@@ -9,7 +9,15 @@ from typing import Any
 import click
 
 from smoothcore.cli_config import ConfigCommand
-from smoothcore.cli_params import default, device_option, noise_options, option, parse_params, subset_options
+from smoothcore.cli_params import (
+    Opt,
+    default,
+    device_option,
+    noise_options,
+    option,
+    parse_params,
+    subset_options,
+)
 from smoothcore.cli_render import count, err_console, progress_bar
 from smoothcore.configs import PRECISION_NAMES as PRECISIONS
 from smoothcore.configs import TrainConfig
@@ -19,7 +27,12 @@ from smoothcore_denoisers.config import OBJECTIVES, DenoiserConfig
 @click.command("train-classifier", cls=ConfigCommand)
 @option(TrainConfig, "dataset", "--dataset", help="Registered dataset name.")
 @click.option(
-    "--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places)."
+    "--data-dir",
+    type=click.Path(),
+    default=None,
+    help="Where the dataset lives.",
+    cls=Opt,
+    show_default="the dataset's usual places",
 )
 @option(
     TrainConfig,
@@ -36,19 +49,25 @@ from smoothcore_denoisers.config import OBJECTIVES, DenoiserConfig
     "--epochs",
     type=int,
     default=None,
-    help=f"Default: the reference recipe for the dataset/model, else {default(TrainConfig, 'epochs')}.",
+    help="Training epochs.",
+    cls=Opt,
+    show_default=f"the reference recipe for the dataset/model, else {default(TrainConfig, 'epochs')}",
 )
 @click.option(
     "--batch-size",
     type=int,
     default=None,
-    help=f"Default {default(TrainConfig, 'batch_size')} (the reference recipe).",
+    help="Batch size.",
+    cls=Opt,
+    show_default=f"{default(TrainConfig, 'batch_size')}, the reference recipe",
 )
 @click.option(
     "--lr",
     type=float,
     default=None,
-    help=f"Initial learning rate (cosine annealed). Default {default(TrainConfig, 'lr')}.",
+    help="Initial learning rate (cosine annealed).",
+    cls=Opt,
+    show_default=str(default(TrainConfig, "lr")),
 )
 @option(TrainConfig, "weight_decay", "--weight-decay", type=float, help="SGD weight decay.")
 @option(TrainConfig, "momentum", "--momentum", type=float, help="SGD momentum (Nesterov).")
@@ -235,7 +254,12 @@ def _given(value: Any, default: Any) -> Any:
 @click.command("train-denoiser", cls=ConfigCommand)
 @option(DenoiserConfig, "dataset", "--dataset", help="Registered dataset name.")
 @click.option(
-    "--data-dir", type=click.Path(), default=None, help="Where the dataset lives (else its default places)."
+    "--data-dir",
+    type=click.Path(),
+    default=None,
+    help="Where the dataset lives.",
+    cls=Opt,
+    show_default="the dataset's usual places",
 )
 @option(DenoiserConfig, "arch", "--arch", help="Registered denoiser (dncnn, dncnn-wide, memnet, ...).")
 @click.option(

@@ -83,3 +83,28 @@ def test_every_option_of_every_command_has_help():
         if isinstance(param, click.Option) and param.name != "help" and not param.help
     ]
     assert not missing, missing
+
+
+def test_every_default_is_shown_the_same_way_and_conditional_requirements_are_marked():
+    """Defaults appear in click's ``[default: ...]`` (a value, or words where it depends on the run), never in the
+    help sentence; --sigma says when it is required."""
+    import re
+
+    import click
+
+    from smoothcore.cli import cli
+
+    ctx = click.Context(cli)
+    in_text, records = [], {}
+    for name, command in sorted(cli.commands.items()):
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.name == "help":
+                continue
+            if re.search(r"\bdefault\b", param.help or "", re.IGNORECASE) and param.name != "checkpoint":
+                in_text.append(f"{name} {param.opts[0]}")
+            records[name, param.opts[0]] = param.get_help_record(click.Context(command, parent=ctx))[1]
+    assert not in_text, in_text
+    assert "[required under a noise, unless --lambda]" in records["train-classifier", "--sigma"]
+    assert "[default: the training's]" in records["certify", "--sigma"]
+    assert "[default: 0.1]" in records["train-classifier", "--lr"]  # a value, without click's parentheses
+    assert "(" not in records["certify", "--dataset"]
