@@ -52,7 +52,7 @@ def attack_experiment(
     config: AttackConfig | None = None,
     data_dir: str | None = None,
     device: str = "auto",
-    max_batch: int = 1024,
+    max_batch: int | str = "auto",
     trust_checkpoint: bool = False,
     on_image: Callable[[ImageAttack], None] | None = None,
 ) -> ExperimentAttack:

@@ -475,7 +475,7 @@ def audit_experiment(
     config: AuditConfig | None = None,
     data_dir: str | None = None,
     device: str = "auto",
-    max_batch: int = 1024,
+    max_batch: int | str = "auto",
     on_image: Callable[[ImageAudit], None] | None = None,
     trust_checkpoint: bool = False,
 ) -> ExperimentAudit:

@@ -40,8 +40,10 @@ class SmoothcoreGroup(click.Group):
         components().manager.hook.register_commands(cli=self)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        from smoothcore.plugins import third_party_plugins
+
         if (
-            _third_party_plugins()
+            third_party_plugins()
         ):  # only they can add commands (loading plugins imports torch: not for --help)
             self._safe_load()
         return super().list_commands(ctx)
@@ -76,17 +78,6 @@ class SmoothcoreGroup(click.Group):
             if _SIGNALLED[0] is not None:
                 interrupted(ctx.invoked_subcommand)
             raise
-
-
-def _third_party_plugins() -> bool:
-    """Whether an installed (and allowed: SMOOTHCORE_LOAD_PLUGINS) plugin package could add commands."""
-    import importlib.metadata
-
-    from smoothcore.plugins import ENTRY_POINT_GROUP, _allowed_entry_points
-
-    allowed = _allowed_entry_points()
-    names = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    return bool(names if allowed is None else names & allowed)
 
 
 RESUME_HINTS = {

@@ -112,7 +112,11 @@ _LOCAL_OPTIONS = {
     help="Autocast precision; the certificate is for the classifier as evaluated.",
 )
 @click.option(
-    "--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on GPUs)."
+    "--channels-last/--no-channels-last",
+    default=None,
+    help="Memory layout of the forward passes (channels-last: often faster convolutions).",
+    cls=Opt,
+    show_default="chosen with --max-batch auto by a timed probe, else the default layout",
 )
 @device_option(CertifyConfig)
 @click.option("--dataset", default=None, help="Dataset.", cls=Opt, show_default="the experiment's")
@@ -211,6 +215,9 @@ def certify_cmd(
         certified_accuracy_table([summary.run], summary.radii),
         f"{run.exp.path.name}: {len(table)} images in {time.time() - t0:.1f} s",
     )
+    tuning = run.smoothed.engine.tuning
+    if tuning is not None and tuning.rates:
+        err_console.print(f"--max-batch auto: {tuning.describe()}", highlight=False)
     if not run.record.radii:
         err_console.print(f"forward passes: {summary.forward_passes:,}", highlight=False)
         return

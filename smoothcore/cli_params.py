@@ -180,7 +180,8 @@ def max_batch_option(config: type) -> Callable:
         "max_batch",
         "--max-batch",
         type=MAX_BATCH,
-        help="Most noisy images per forward pass, or 'auto' (sized to the GPU's free memory).",
+        help="Most noisy images per forward pass, or 'auto': the batch (and layout) that run fastest here, from a "
+        "short timed probe (on a GPU, bounded by its free memory).",
     )
 
 

@@ -16,17 +16,13 @@ from smoothcore_plugins.downloads import DOWNLOADABLE, fetch
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins_cmd(as_json: bool) -> None:
     """List every plugin and what it registers."""
-    from smoothcore.catalog import PROBE_SIGMA, certificate_coverage
-    from smoothcore.plugins import KINDS, components, plugin_summary
+    from smoothcore.plugin_listing import listing
+    from smoothcore.plugins import KINDS
 
-    rows = plugin_summary()
-    comps = components()
+    found, _ = listing()
+    rows = found["plugins"]
     if as_json:
-        details = {
-            kind: {e.name: {"plugin": e.plugin, "description": e.description} for e in comps[kind]}
-            for kind in KINDS
-        }
-        click.echo(json.dumps({"plugins": rows, "components": details}, indent=2))
+        click.echo(json.dumps({"plugins": rows, "components": found["components"]}, indent=2))
         return
     table = Table(title="smoothcore plugins")
     table.add_column(
@@ -42,12 +38,13 @@ def plugins_cmd(as_json: bool) -> None:
     cert_table = Table(title="certificates")
     for col in ("certificate", "kind", "applies to", "plugin"):
         cert_table.add_column(col)
-    coverage, failed = certificate_coverage()
-    for cert in coverage:
-        cert_table.add_row(cert.name, cert.kind, ", ".join(cert.noises), cert.plugin)
+    for cert in found["certificates"]:
+        cert_table.add_row(cert["certificate"], cert["kind"], ", ".join(cert["applies to"]), cert["plugin"])
+    failed = found["not probed"]["noises"]
     if failed:  # a noise that cannot be built at sigma 0.5 cannot be probed: say so rather than leave it out
-        cert_table.caption = f"not probed (failed to build at sigma {PROBE_SIGMA:g}): " + "; ".join(
-            f"{n}: {why}" for n, why in sorted(failed.items())
+        cert_table.caption = (
+            f"not probed (failed to build at sigma {found['not probed']['sigma']:g}): "
+            + "; ".join(f"{n}: {why}" for n, why in sorted(failed.items()))
         )
     console().print(cert_table)
 

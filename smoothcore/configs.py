@@ -147,9 +147,9 @@ class CertifyConfig:
     skip: int = 1
     limit: int | None = None
     offset: int = 0
-    max_batch: int | str = 1024  # or "auto"
+    max_batch: int | str = "auto"  # or a positive integer
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: chosen by max_batch="auto", else the default layout
     compile: bool = False
     device: str = "auto"  # cuda when available, else cpu
     data_dir: str | None = None

@@ -8,6 +8,7 @@ Counts are accumulated on the model's device; nothing is copied to the host unti
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -18,6 +19,7 @@ from smoothcore.devices import resolve_device
 from smoothcore.errors import ConfigError, DataError, PluginError, SmoothcoreError
 from smoothcore.noises import ExactNoise, Noise
 from smoothcore.streams import DRAW_BLOCK, DrawStream
+from smoothcore.tuning import Choice, Tuner, architecture, set_layout
 
 MAX_BATCH = 1 << 20  # a million noisy images per forward pass is beyond any device's memory
 DECISION_POINTS = 16  # early decisions: how often per image an exact enumeration asks whether it is decided
@@ -109,8 +111,10 @@ def plugin_of(component: object) -> str:
 class Engine:
     """Forward passes of ``model`` (``[0, 1]`` images -> logits) over noisy draws, counted per image.
 
-    ``max_batch``: most noisy images in one forward pass, or ``"auto"`` (on CUDA, measured from the model's memory
-    on the first images and the free memory; 1024 on the CPU). ``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N``
+    ``max_batch``: most noisy images in one forward pass, or ``"auto"``: on the first images, the batch and memory
+    layout that run fastest (a timed probe, :mod:`smoothcore.tuning`; on CUDA bounded by the model's memory and the
+    free memory). ``channels_last``: True or False fixes the layout; None (the default) lets ``"auto"`` choose it,
+    else the default layout. ``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N``
     (default: where the model's parameters are); the model is moved there in place. Each evaluation runs the model
     in eval mode and restores its modules' modes afterwards. ``precision``: ``fp32`` or autocast ``bf16``/``fp16``
     (the certificate is then for the classifier as evaluated in that precision). ``forward_passes`` counts the
@@ -125,7 +129,7 @@ class Engine:
         max_batch: int | str = 1024,
         device: str | torch.device | None = None,
         precision: str = "fp32",
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         compile: bool = False,
     ) -> None:
         self._auto_batch = isinstance(max_batch, str) and max_batch == "auto"
@@ -150,14 +154,17 @@ class Engine:
         # moved in place (as nn.Module.to does), but its train/eval mode is the caller's: every evaluation switches
         # to eval mode for its duration only (see `evaluating`)
         self.model = model.to(self.device)
+        self._layout_given = None if channels_last is None else bool(channels_last)
         if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = set_layout(self.model, True)
         self.forward = torch.compile(self.model) if compile else self.model
+        self.compiled = bool(compile)
+        self.tuning: Choice | None = None  # what max_batch="auto" chose (forward batch, layout), once probed
         self.num_classes = int(num_classes)
         self._default_batch = int(max_batch)
         self._override_batch: int | None = None  # a per-call batch_size (see batch_size)
         self.precision = precision
-        self.channels_last = channels_last
+        self.channels_last = bool(channels_last)
         self.forward_passes = 0
         self._nonfinite_logits = torch.zeros((), dtype=torch.bool, device=self.device)
         self._nonfinite_draws = torch.zeros((), dtype=torch.bool, device=self.device)
@@ -242,12 +249,62 @@ class Engine:
             self._override_batch = old
 
     def _fit_batch(self, x: torch.Tensor) -> None:
-        """``max_batch="auto"``: sized by :func:`auto_max_batch` for the first images' shape, once (a per-call
-        ``batch_size`` still bounds the call it is given to)."""
         if self._auto_batch:
-            self._auto_batch = False
-            with self.evaluating():
-                self._default_batch = auto_max_batch(self.model, tuple(x.shape[1:]), self.device)
+            self.fit(tuple(x.shape[1:]))
+
+    def fit(self, image_shape: Sequence[int]) -> int:
+        """``max_batch="auto"``, for images of ``image_shape``, once: the batch bound (measured from the free memory
+        on CUDA, 1024 on the CPU), then the forward batch and, unless given, the layout that a timed probe finds
+        fastest (:mod:`smoothcore.tuning`; a per-call ``batch_size`` still bounds the call it is given to). A
+        compiled model is not probed (each forward shape would compile again). Returns the bound."""
+        if not self._auto_batch:
+            return self.max_batch
+        self._auto_batch = False
+        shape = tuple(int(s) for s in image_shape)
+        with self.evaluating():
+            self._default_batch = auto_max_batch(self.model, shape, self.device)
+            if not self.compiled:
+                key = (
+                    architecture(self.model),
+                    shape,
+                    str(self.device),
+                    self.precision,
+                    self._layout_given,
+                    self._default_batch,
+                )
+                tuner = Tuner(
+                    self._default_batch,
+                    image_dims=len(shape),
+                    channels_last=self._layout_given,
+                    gpu=self.device.type == "cuda",
+                    key=key,
+                )
+                self._probe(tuner, shape)
+                self.tuning = tuner.chosen
+                self.channels_last = self.tuning.channels_last
+                set_layout(self.model, self.channels_last)
+        return self._default_batch
+
+    @torch.inference_mode()
+    def _probe(self, tuner: Tuner, shape: tuple[int, ...]) -> None:
+        """Time forward passes of random images as the tuner asks, until it has chosen."""
+        inputs: dict[int, torch.Tensor] = {}
+        while not tuner.done:
+            layout, size = tuner.current()
+            set_layout(self.model, layout)
+            if size not in inputs:
+                inputs[size] = torch.rand(size, *shape, device=self.device)
+            x = inputs[size]
+            t0 = time.perf_counter()
+            if (
+                layout and x.dim() == 4
+            ):  # converted inside the timing, as classify does for each batch of draws
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                self.forward(x)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            tuner.observe(size, time.perf_counter() - t0)
 
     @contextlib.contextmanager
     def evaluating(self):
@@ -274,8 +331,17 @@ class Engine:
 
     @torch.inference_mode()
     def classify(self, batch: torch.Tensor) -> torch.Tensor:
-        """Top class of each image of ``batch`` ``(N, *image)`` -> ``(N,)`` int64 on the device."""
-        if self.channels_last and batch.dim() == 4:
+        """Top class of each image of ``batch`` ``(N, *image)`` -> ``(N,)`` int64 on the device (in forward passes
+        of the probed forward batch, with ``max_batch="auto"``)."""
+        size = self.tuning.forward_batch if self.tuning is not None else len(batch)
+        if len(batch) <= size:
+            return self._classify(batch, self.channels_last)
+        return torch.cat(
+            [self._classify(batch[i : i + size], self.channels_last) for i in range(0, len(batch), size)]
+        )
+
+    def _classify(self, batch: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        if channels_last and batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         try:
             with self._autocast(), self.evaluating():

@@ -135,10 +135,6 @@ def _plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
     noise, noise_params = _noise(cfg, trained, exp, source, device)
     cert = resolve_certificate(noise, cfg.certificate)
     full_model = stack(denoiser, model)
-    if cfg.max_batch == "auto":
-        from smoothcore.engine import auto_max_batch
-
-        cfg.max_batch = auto_max_batch(full_model, source.image_shape, device)
     smoothed = SmoothedClassifier(
         full_model,
         noise,
@@ -149,6 +145,10 @@ def _plan(exp_dir: str | Path, cfg: CertifyConfig) -> CertifyRun:
         channels_last=cfg.channels_last,
         compile=cfg.compile,
     )
+    if (
+        cfg.max_batch == "auto"
+    ):  # the batch bound for the dataset's images; forward batches are tuned as it runs
+        cfg.max_batch = smoothed.engine.fit(source.image_shape)
     tag = cfg.tag or result_tag(
         noise.params(),
         cert.name,

@@ -68,6 +68,14 @@ def _allowed_entry_points() -> set[str] | None:
     return {name.strip() for name in value.split(",") if name.strip()}
 
 
+def third_party_plugins() -> bool:
+    """Whether an installed (and allowed: SMOOTHCORE_LOAD_PLUGINS) third-party plugin could add components or
+    commands (found from entry-point metadata alone, without importing anything)."""
+    allowed = _allowed_entry_points()
+    names = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return bool(names if allowed is None else names & allowed)
+
+
 def build_manager(extra_plugins: tuple[Any, ...] = ()) -> pluggy.PluginManager:
     """A plugin manager with the built-in plugins, the allowed entry points, and ``extra_plugins`` (objects or
     modules, registered under their ``__name__``)."""

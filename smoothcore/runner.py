@@ -165,7 +165,7 @@ def reopen(
     *,
     data_dir: str | None = None,
     device: str = "auto",
-    max_batch: int = 1024,
+    max_batch: int | str = "auto",
     trust_checkpoint: bool = False,
 ) -> CertifyRun:
     """The certification of ``certify_<tag>.csv`` in ``run_dir`` (``tag`` None: the folder's only table), planned

@@ -87,6 +87,7 @@ def test_train_certify_report_on_real_data(fashion_dir, tmp_path):
     )
     out = invoke("certify", run, "--data-dir", fashion_dir, "--skip", 500, "--limit", 10).output
     assert "certify_dssn_sigma0.25.csv" in out.replace("\n", "")
+    assert "--max-batch auto: forward batches of " in out and "(probed: " in out  # the default
     report = invoke("report", run, "--radii", "0,0.1,0.2", "--format", "csv").stdout.splitlines()
     assert report[0] == "run,norm,images,0,0.1,0.2,ACR"
     assert report[1].startswith("run/dssn_sigma0.25,l1,10,")
@@ -551,7 +552,7 @@ def test_option_defaults_are_those_of_the_configurations_they_fill():
     certify, audit, train, report = (defaults(c) for c in ("certify", "audit", "train-classifier", "report"))
     for name in ("n0", "n", "alpha", "skip", "precision", "device"):
         assert certify[name] == getattr(CertifyConfig(), name)
-    assert int(certify["max_batch"]) == CertifyConfig().max_batch
+    assert certify["max_batch"] == CertifyConfig().max_batch == "auto"
     for name in ("budget", "n_search", "n_test", "alpha", "seed"):
         assert audit[name] == getattr(AuditConfig(), name)
     assert tuple(audit["searches"].split(",")) == AuditConfig().searches

@@ -159,8 +159,13 @@ def test_auto_max_batch_is_measured_once_and_a_per_call_batch_size_still_bounds_
     x = quantised((2, 1, 4, 4))
     with engine.batch_size(8):
         engine.sampled_counts(noise, x, 300, [DrawStream(0, i) for i in range(2)])
-    assert max(spy.sizes) <= 8
+    # the probe's forward passes (random images, at least 128 each) come first; all 600 noisy images of the call
+    # went through passes of at most 8
+    assert min(spy.sizes) == 8 and sum(size for size in spy.sizes if size <= 8) == 600
     assert engine.max_batch == 4096  # the measurement outlives the call that made it
+    spy.sizes.clear()
+    engine.sampled_counts(noise, x, 300, [DrawStream(0, i) for i in range(2)])
+    assert sum(spy.sizes) == 600  # measured once: no second probe
 
 
 class Switchable(nn.Module):

@@ -285,9 +285,9 @@ def test_the_command_line_trains_certifies_and_audits_with_the_plugin_noise(driv
     assert "ParetoNoise(sigma=0.5" in seen["train"]["stderr"] and (out / "checkpoint.pt").is_file()
     assert json.loads((out / "config.json").read_text())["noise"] == "pareto"
     assert seen["certify"]["code"] == 0, seen["certify"]["stderr"]
-    table = pd.read_csv(out / "certify_pareto_sigma0.5.csv")
+    table = pd.read_csv(out / "certify_pareto_sigma0.5_n300_alpha0.01.csv")
     assert len(table) == 4 and set(table["norm"]) == {"l1"} and set(table["certificate"]) == {"standard"}
-    meta = json.loads((out / "certify_pareto_sigma0.5.json").read_text())
+    meta = json.loads((out / "certify_pareto_sigma0.5_n300_alpha0.01.json").read_text())
     assert meta["noise"] == {"name": "pareto", "sigma": 0.5, "tail": 3.0, "scale": 0.5, "seed": 0}
     audit = seen["audit"]
     if (table["prediction"] == -1).all():
@@ -295,7 +295,7 @@ def test_the_command_line_trains_certifies_and_audits_with_the_plugin_noise(driv
     else:
         assert audit["code"] == 0, audit["stdout"] + audit["stderr"]
         assert "Monte-Carlo noise: a violation is" in audit["stdout"]
-        assert (out / "audit_pareto_sigma0.5.csv").is_file()
+        assert (out / "audit_pareto_sigma0.5_n300_alpha0.01.csv").is_file()
 
 
 def test_the_plugin_passes_its_own_kit_based_tests(driven):
