@@ -57,8 +57,11 @@ class Choice:
 
 
 def set_layout(model: nn.Module, channels_last: bool) -> nn.Module:
-    """``model`` in place in channels-last or the default (contiguous) memory format."""
-    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    """``model`` in place in channels-last or the default (contiguous) memory format. Outside inference mode even when
+    called inside it (the engine probes within its counting calls): converted weights made in inference mode could
+    not take part in autograd afterwards (attacks, training)."""
+    with torch.inference_mode(False):
+        return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def architecture(model: nn.Module) -> tuple:

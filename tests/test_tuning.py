@@ -15,6 +15,14 @@ from smoothcore.tuning import FIRST_BATCH, Tuner
 from tests.conftest import quantised
 
 
+@pytest.fixture(autouse=True)
+def fresh_choices(monkeypatch):
+    """Each test probes afresh: choices are remembered per architecture for the whole process otherwise."""
+    import smoothcore.tuning
+
+    monkeypatch.setattr(smoothcore.tuning, "_CHOSEN", {})
+
+
 class Timed(nn.Module):
     """A conv model whose forward takes ``cost(batch size, input is channels-last)`` seconds (a sleep, so that the
     choice follows from the costs, not from this machine's load); it records every forward batch."""
@@ -143,3 +151,19 @@ def test_smoothed_classifier_certifies_with_max_batch_auto():
     )
     result = smoothed.certify(quantised((2, 3, 6, 6)))
     assert len(result.prediction) == 2 and smoothed.engine.max_batch == 1024
+
+
+def test_a_model_probed_inside_inference_mode_still_takes_gradients():
+    """The engine probes within its counting calls (inference mode); a layout switch there must not leave weights
+    that autograd refuses (the attacks differentiate the same model afterwards)."""
+    model = Timed(
+        lambda b, cl: b * (1e-5 if cl else 5e-5)
+    )  # channels-last is chosen: the weights are converted
+    engine = Engine(model, 3, max_batch="auto")
+    engine.sampled_counts(
+        smoothcore.noise("uniform", sigma=0.5, dim=192), quantised((1, 3, 8, 8)), 10, [DrawStream(0, 0)]
+    )
+    assert engine.tuning.channels_last and model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    z = torch.rand(2, 3, 8, 8, requires_grad=True)
+    model(z).sum().backward()
+    assert z.grad is not None and model.conv.weight.grad is not None
