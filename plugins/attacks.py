@@ -281,7 +281,12 @@ class ApgdL1(Attack):
         round_, start = 0, None
         while target.forward < stop and eps > 0:
             found, start = self._apgd(
-                target, eps, stop, round_, start, iterations=self.iterations if max_norm else self.growing
+                target,
+                eps,
+                stop,
+                round_,
+                start,
+                iterations=self.iterations if max_norm is not None else self.growing,
             )
             round_ += 1
             for _ in range(2 if max_norm is not None else 0):  # within a radius: twice more, from scratch

@@ -296,9 +296,8 @@ class Engine:
                 inputs[size] = torch.rand(size, *shape, device=self.device)
             x = inputs[size]
             t0 = time.perf_counter()
-            if (
-                layout and x.dim() == 4
-            ):  # converted inside the timing, as classify does for each batch of draws
+            # converted inside the timing, as classify converts each batch of draws
+            if layout and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
                 self.forward(x)
