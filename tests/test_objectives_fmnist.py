@@ -72,3 +72,42 @@ def test_the_readme_table_is_what_report_gives_for_the_committed_tables():
         expected = [round(row[f"{r:g}"], 1) for r in RADII] + [round(row["ACR"], 3)]
         assert rows[name] == expected, name
     assert re.search(r"MACER", section)
+
+
+ATTACKED = ("dssn_sigma0.5_plain", "dssn_sigma2_plain", "ssn_sigma1_plain")
+ATTACK_RADII = [0.25, 0.5, 1, 2, 4, 8, 16]
+ATTACK_SECTION = "### The Fashion-MNIST models of the paper's experiment"
+
+
+@pytest.mark.parametrize("name", ATTACKED)
+def test_each_attack_table_covers_the_correct_images_of_the_first_hundred_and_every_flip_is_verified(name):
+    import pandas as pd
+
+    folder = RESULTS / name
+    attacked = pd.read_csv(folder / "attack_objectives.csv")
+    certified, _, _ = read_valid(folder / "certify_objectives.csv")
+    first = certified.head(100)
+    correct = first[(first["prediction"] == first["label"]) & (first["prediction"] >= 0)]
+    rows = attacked[attacked["attacked"]] if "attacked" in attacked else attacked
+    assert sorted(rows["index"]) == sorted(correct["index"])
+    assert rows["flip_norm"].notna().all() and (rows["flip_norm"] > 0).all()
+    assert rows["evidence"].str.len().gt(0).all()
+
+
+def test_the_readme_attack_table_is_what_report_gives_for_the_committed_tables():
+    from smoothcore.report import robustness_rows
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(ATTACK_SECTION) :]
+    shown = {}
+    for line in section.splitlines()[1:]:
+        if line.startswith("#"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0].split("/")[0] in ATTACKED:
+            shown[cells[0].split("/")[0], cells[1]] = [float(c) for c in cells[3:]]
+    assert len(shown) == 3 * len(ATTACKED)
+    table = robustness_rows(load_runs([RESULTS / name for name in ATTACKED]), ATTACK_RADII)
+    for _, row in table.iterrows():
+        expected = [round(float(row[f"{r:g}"]), 1) for r in ATTACK_RADII]
+        assert shown[row["run"].split("/")[0], row["bound"]] == expected, (row["run"], row["bound"])
