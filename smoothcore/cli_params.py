@@ -107,6 +107,18 @@ def option(config: type, name: str, *decls: str, **kwargs: Any) -> Callable:
     return click.option(*decls, default=default(config, name), show_default=True, **kwargs)
 
 
+def data_dir_option(f: Callable) -> Callable:
+    """--data-dir of the commands that read a dataset where it lives (certify's defaults to the training's)."""
+    return click.option(
+        "--data-dir",
+        type=click.Path(),
+        default=None,
+        help="Where the dataset lives.",
+        cls=Opt,
+        show_default="the dataset's usual places",
+    )(f)
+
+
 def device_option(config: type) -> Callable[[Callable], Callable]:
     return option(config, "device", "--device", help="cpu, cuda, cuda:N, or auto (cuda when available).")
 
@@ -197,13 +209,6 @@ def reopen_options(config: type) -> Callable[[Callable], Callable]:
         )(f)
         f = max_batch_option(config)(f)
         f = device_option(config)(f)
-        return click.option(
-            "--data-dir",
-            type=click.Path(),
-            default=None,
-            help="Where the dataset lives.",
-            cls=Opt,
-            show_default="the dataset's usual places",
-        )(f)
+        return data_dir_option(f)
 
     return add

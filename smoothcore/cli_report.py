@@ -8,7 +8,7 @@ import json
 import click
 
 from smoothcore.cli_config import ConfigCommand
-from smoothcore.cli_params import RADII, CommaList, Opt, parse_params
+from smoothcore.cli_params import RADII, CommaList, Opt, data_dir_option, parse_params
 from smoothcore.cli_render import err_console, print_table, progress_bar
 from smoothcore.configs import PAPER_RADII
 
@@ -128,14 +128,7 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "--dataset", default=None, help="Registered dataset.", cls=Opt, show_default="the recipe's, else cifar10"
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(),
-    default=None,
-    help="Where the dataset lives.",
-    cls=Opt,
-    show_default="the dataset's usual places",
-)
+@data_dir_option
 @click.option(
     "--model", default=None, help="Registered classifier.", cls=Opt, show_default="the recipe's, else wrn40"
 )

@@ -11,6 +11,7 @@ import click
 from smoothcore.cli_config import ConfigCommand
 from smoothcore.cli_params import (
     Opt,
+    data_dir_option,
     default,
     device_option,
     noise_options,
@@ -26,14 +27,7 @@ from smoothcore_denoisers.config import OBJECTIVES, DenoiserConfig
 
 @click.command("train-classifier", cls=ConfigCommand)
 @option(TrainConfig, "dataset", "--dataset", help="Registered dataset name.")
-@click.option(
-    "--data-dir",
-    type=click.Path(),
-    default=None,
-    help="Where the dataset lives.",
-    cls=Opt,
-    show_default="the dataset's usual places",
-)
+@data_dir_option
 @option(
     TrainConfig,
     "model",
@@ -253,14 +247,7 @@ def _given(value: Any, default: Any) -> Any:
 
 @click.command("train-denoiser", cls=ConfigCommand)
 @option(DenoiserConfig, "dataset", "--dataset", help="Registered dataset name.")
-@click.option(
-    "--data-dir",
-    type=click.Path(),
-    default=None,
-    help="Where the dataset lives.",
-    cls=Opt,
-    show_default="the dataset's usual places",
-)
+@data_dir_option
 @option(DenoiserConfig, "arch", "--arch", help="Registered denoiser (dncnn, dncnn-wide, memnet, ...).")
 @click.option(
     "--arch-param", multiple=True, help="Architecture parameter KEY=VALUE (e.g. depth=8, channels=32)."
