@@ -36,7 +36,8 @@ RADII = CommaList(float, "radii")
 
 
 class MaxBatch(click.ParamType):
-    """``--max-batch``: a positive integer, or ``auto`` (sized to the GPU's free memory; 1024 on the CPU)."""
+    """``--max-batch``: a positive integer, or ``auto`` (the bound from the GPU's free memory, 1024 on the CPU, then the
+    forward batch and layout a timed probe finds fastest: smoothcore.tuning)."""
 
     name = "auto|int"
 
