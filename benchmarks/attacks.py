@@ -53,6 +53,20 @@ def model_for(noise: str, sigma: float, epochs: int, folder: str, data_dir: str 
     return smoothcore.load_classifier(ckpt)
 
 
+def certified_images(name: str, images: int, test, data_dir: str | None):
+    """The model ``name`` (trained on first use) as a smoothed classifier, and its first ``images`` correctly
+    classified test images among every 10th: ``(smoothed, x, y, prediction, radius, indices)``."""
+    noise_name, sigma, epochs, folder = MODELS[name]
+    model = model_for(noise_name, sigma, epochs, folder, data_dir)
+    noise = smoothcore.noise(noise_name, sigma=sigma, dim=784)
+    smoothed = smoothcore.SmoothedClassifier(model, noise, 10, max_batch=2048, device="cpu")
+    idx = list(range(0, 10_000, 10))[: 4 * images]
+    x, y = fetch(test, idx)
+    cert = smoothed.certify(x, n0=64, n=10_000, alpha=0.001)
+    keep = [i for i in range(len(x)) if int(cert.prediction[i]) == int(y[i])][:images]
+    return smoothed, x[keep], y[keep], cert.prediction[keep], cert.radius[keep], [idx[i] for i in keep]
+
+
 def median(values) -> float:
     v = np.asarray([x for x in values if math.isfinite(x)], dtype=float)
     return float(np.median(v)) if len(v) else math.nan
@@ -69,18 +83,8 @@ def main() -> None:
     test = get_dataset("fashion-mnist").load("test", args.data_dir)
     rows, checks = [], []
     for name in args.models.split(","):
-        noise_name, sigma, epochs, folder = MODELS[name]
-        model = model_for(noise_name, sigma, epochs, folder, args.data_dir)
-        noise = smoothcore.noise(noise_name, sigma=sigma, dim=784)
-        smoothed = smoothcore.SmoothedClassifier(model, noise, 10, max_batch=2048, device="cpu")
-        idx = list(range(0, 10_000, 10))[: 4 * args.images]
-        x, y = fetch(test, idx)
-        cert = smoothed.certify(x, n0=64, n=10_000, alpha=0.001)
-        keep = [i for i in range(len(x)) if int(cert.prediction[i]) == int(y[i])][: args.images]
-        x, y = x[keep], y[keep]
-        pred, radius = cert.prediction[keep], cert.radius[keep]
-        indices = [idx[i] for i in keep]
-
+        smoothed, x, y, pred, radius, indices = certified_images(name, args.images, test, args.data_dir)
+        noise = smoothed.noise
         t0 = time.perf_counter()
         searches = audit_claims(
             smoothed,
