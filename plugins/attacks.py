@@ -13,6 +13,26 @@ from smoothcore.audit_search import margin_of
 from smoothcore.hookspecs import hookimpl
 
 
+def shrink_on_counts(target: AttackTarget, delta: torch.Tensor, budget: int) -> torch.Tensor:
+    """A flip of an exact noise no larger than ``delta`` (integer grid steps (d,), which flip the exact counts):
+    bisection on a common scale, dropping pixels, then halving each moved pixel's move, largest first, while the
+    exact counts still flip (a candidate costs only the draws it changes); about ``budget`` forward passes."""
+    from smoothcore.audit_search import AuditConfig, Oracle, shrink
+
+    oracle = Oracle(target.smoothed, target.x, target.top, AuditConfig(), target.index)
+    stop = oracle.spent + budget
+    out = shrink(oracle, delta, budget // 2)
+    for i in sorted(torch.nonzero(out).flatten().tolist(), key=lambda j: -abs(int(out[j]))):
+        while out[i] != 0 and oracle.spent < stop:
+            trial = out.clone()
+            trial[i] = int(trial[i] / 2)
+            if int(oracle.margins(trial.unsqueeze(0))[0]) >= 0:
+                break
+            out = trial
+    target.forward += oracle.forward
+    return out
+
+
 # -- DSSN: pixel moves ranked by the count margin they remove ---------------------------------------------------
 class DssnCounts(Attack):
     """Greedy descent on DSSN's exact counts.
@@ -72,7 +92,7 @@ class DssnCounts(Attack):
         if best is None:
             return None
         return target.from_steps(
-            self._shrink(target, best, max(stop - target.forward, 20 * target.noise.num_draws))
+            shrink_on_counts(target, best, max(stop - target.forward, 20 * target.noise.num_draws))
         )
 
     def _descend(
@@ -182,25 +202,6 @@ class DssnCounts(Attack):
             best_sign = torch.where(better, torch.full_like(best_sign, sign), best_sign)
         return best_score, best_steps, best_sign
 
-    @staticmethod
-    def _shrink(target: AttackTarget, delta: torch.Tensor, budget: int) -> torch.Tensor:
-        from smoothcore.audit_search import AuditConfig, Oracle, shrink
-
-        oracle = Oracle(target.smoothed, target.x, target.top, AuditConfig(), target.index)
-        stop = oracle.spent + budget
-        out = shrink(oracle, delta, budget // 2)
-        # then each moved pixel in turn, largest first: halve its move while the counts still flip (a candidate
-        # costs only the draws it changes)
-        for i in sorted(torch.nonzero(out).flatten().tolist(), key=lambda j: -abs(int(out[j]))):
-            while out[i] != 0 and oracle.spent < stop:
-                trial = out.clone()
-                trial[i] = int(trial[i] / 2)
-                if int(oracle.margins(trial.unsqueeze(0))[0]) >= 0:
-                    break
-                out = trial
-        target.forward += oracle.forward
-        return out
-
 
 # -- L1-APGD on the soft smoothed classifier -----------------------------------------------------------------------
 def project_l1_box(z: torch.Tensor, low: torch.Tensor, high: torch.Tensor, eps: float) -> torch.Tensor:
@@ -231,7 +232,9 @@ class ApgdL1(Attack):
     ``sparsity`` fraction of coordinates with the largest gradients (that can still move in the descent direction)
     by a total of ``eta * eps``, with momentum 0.75, is projected onto the L1 ball of radius ``eps`` intersected
     with the ``[0, 1]`` box, and halves ``eta`` at checkpoints without progress (restarting from the best point).
-    Differences from the paper: a fixed sparsity instead of its adaptive one, and no random restarts.
+    Differences from the paper: a fixed sparsity instead of its adaptive one, and no random restarts. For exact
+    noises the ``polish`` share of the passes is kept back to shrink the flip on exact counts
+    (:func:`shrink_on_counts`).
 
     The smallest flip is searched over ``eps``, every run starting from the previous one's best point: doubling from
     ``eps0`` with ``growing`` iterations per ball (a continuation: each ball resumes the last) until a flip, which is
@@ -253,8 +256,9 @@ class ApgdL1(Attack):
         n_check: int = 256,
         level: float = 0.05,
         growing: int = 10,
+        polish: float = 0.45,
     ) -> None:
-        self.level, self.growing = float(level), int(growing)
+        self.level, self.growing, self.polish = float(level), int(growing), float(polish)
         self.iterations, self.draws, self.sparsity = int(iterations), int(draws), float(sparsity)
         self.eps0, self.bisections, self.n_check = float(eps0), int(bisections), int(n_check)
 
@@ -271,9 +275,22 @@ class ApgdL1(Attack):
             "n_check": self.n_check,
             "level": self.level,
             "growing": self.growing,
+            "polish": self.polish,
         }
 
     def run(self, target: AttackTarget, *, max_norm: float | None, stop: int) -> torch.Tensor | None:
+        polish = self.polish > 0 and target.exact and target.on_grid and max_norm is None
+        if not polish:
+            return self._search(target, max_norm, stop)
+        # exact noises: a share of the passes is kept to shrink the flip on exact counts
+        best = self._search(target, max_norm, stop - int(self.polish * (stop - target.forward)))
+        if best is None:
+            return None
+        steps = (best.detach().cpu().double().reshape(-1) * GRID).round().long() - target.x_steps
+        budget = max(stop - target.forward, 2 * target.noise.num_draws)
+        return target.from_steps(shrink_on_counts(target, steps, budget))
+
+    def _search(self, target: AttackTarget, max_norm: float | None, stop: int) -> torch.Tensor | None:
         x = target.x
         room = float(torch.maximum(x, 1 - x).sum())
         best, lo, hi = None, 0.0, None

@@ -288,8 +288,11 @@ def attack_image(
     target = AttackTarget(smoothed, x, prediction, index=index, seed=cfg.seed)
     tries = len(attacks) * (1 if target.exact else len(SCALES))
     out = ImageAttack(index, label, prediction, radius)
+    pool, spent = cfg.budget * len(attacks), 0  # passes an attack leaves unused go to the ones after it
     for a, attack in enumerate(attacks):
-        x_adv = attack.run(target, max_norm=max_norm, stop=target.forward + cfg.budget)
+        start = target.forward
+        x_adv = attack.run(target, max_norm=max_norm, stop=start + (pool - spent) // (len(attacks) - a))
+        spent += target.forward - start
         norm = math.nan
         if x_adv is not None:
             found = verified_flip(target, x_adv, cfg, key=a, tries=tries)

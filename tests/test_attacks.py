@@ -28,7 +28,7 @@ from smoothcore.audit_search import AuditConfig
 from smoothcore.certify import SmoothedClassifier
 from smoothcore.noises import make_noise
 from smoothcore.testing import FirstPixelThreshold, MeanThreshold
-from smoothcore_plugins.attacks import project_l1_box
+from smoothcore_plugins.attacks import ApgdL1, project_l1_box, shrink_on_counts
 
 SHAPE = (1, 4, 4)
 
@@ -86,6 +86,53 @@ def test_dssn_counts_respects_max_norm():
     assert make_attack("dssn-counts").run(target, max_norm=40 / 255, stop=20_000) is None
     found = make_attack("dssn-counts").run(AttackTarget(smoothed, x, 0), max_norm=41 / 255, stop=20_000)
     assert found is not None and float((found - x).abs().sum()) == pytest.approx(41 / 255)
+
+
+def loose_flip(first: int, truth_steps: int) -> torch.Tensor:
+    """A flip of the one-pixel toy from a grey level it predicts class 0 at (class 1 needs a brighter first pixel)
+    that overshoots: the first pixel moved 20 steps further than needed, and 30 steps spent on a pixel the toy never
+    reads."""
+    loose = image(first)
+    loose.view(-1)[0] = (first + truth_steps + 20) / 255.0
+    loose.view(-1)[5] = (128 + 30) / 255.0
+    return loose
+
+
+@pytest.mark.parametrize("first", [180, 20])
+def test_shrinking_on_exact_counts_reaches_the_true_smallest_flip(first):
+    smoothed = dssn_first_pixel()
+    truth = round(true_smallest_flip(smoothed, first) * 255)
+    x = image(first)
+    top = int(smoothed.predict(x).prediction[0])
+    target = AttackTarget(smoothed, x, top)
+    steps = (loose_flip(first, truth).reshape(-1) * 255).round().long() - target.x_steps
+    out = shrink_on_counts(target, steps, 20_000)
+    assert int(out.abs().sum()) == truth and int(out[5]) == 0
+    assert target.forward > 0  # the oracle's passes are counted
+
+
+def test_apgd_on_an_exact_noise_shrinks_its_flip_on_the_exact_counts(monkeypatch):
+    """With ``polish`` > 0, APGD's flip (here a loose one, planted) is shrunk on exact counts with the passes it kept
+    back; with ``polish=0`` it is returned as found."""
+    smoothed = dssn_first_pixel()
+    truth = round(true_smallest_flip(smoothed, 180) * 255)
+    monkeypatch.setattr(ApgdL1, "_search", lambda self, target, max_norm, stop: loose_flip(180, truth))
+    for polish, expected in ((0.45, truth), (0.0, truth + 50)):
+        found = ApgdL1(polish=polish).run(AttackTarget(smoothed, image(180), 0), max_norm=None, stop=20_000)
+        assert round(float((found - image(180)).abs().sum()) * 255) == expected
+
+
+def test_passes_an_attack_leaves_unused_go_to_the_next():
+    smoothed = dssn_first_pixel()
+    given = []
+
+    class Idle(Attack):
+        def run(self, target, *, max_norm, stop):
+            given.append(stop - target.forward)
+            return None
+
+    attack_image(smoothed, image(180), 0, attacks=[Idle(), Idle()], cfg=AttackConfig(budget=1_000))
+    assert given == [1_000, 2_000]
 
 
 # -- Monte-Carlo noise: L1-APGD -----------------------------------------------------------------------------------
