@@ -38,7 +38,13 @@ from smoothcore.configs import AttackConfig, CertifyConfig
     cls=Opt,
     show_default="every one that applies to the noise",
 )
-@option(AttackConfig, "budget", "--budget", type=int, help="Forward passes per image and attack.")
+@option(
+    AttackConfig,
+    "budget",
+    "--budget",
+    type=int,
+    help="Forward passes per image and attack (what one leaves unused goes to the next).",
+)
 @option(AttackConfig, "n_test", "--n-test", type=int, help="Monte-Carlo: fresh draws per verification.")
 @option(
     AttackConfig,
