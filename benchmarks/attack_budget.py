@@ -16,11 +16,8 @@ import time
 
 import numpy as np
 
-from benchmarks.attacks import MODELS, certified_images, median
+from benchmarks.attacks import MODELS, attack, certified_images, median, search_images
 from benchmarks.common import record
-from smoothcore.attacks import AttackConfig, attack_images, attacks_for
-from smoothcore.audit import audit_claims
-from smoothcore.audit_search import AuditConfig
 from smoothcore.data import get_dataset
 
 
@@ -38,29 +35,12 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         smoothed, x, y, pred, radius, indices = certified_images(name, args.images, test, args.data_dir)
-        searches = audit_claims(
-            smoothed,
-            x,
-            pred,
-            radius,
-            indices=indices,
-            config=AuditConfig(budget=args.audit_budget, attacks=()),
-        )
+        searches, base = search_images(smoothed, x, pred, radius, indices, args.audit_budget)
         old = median([im.smallest_flip for im in searches.images])
-        passes = int(np.mean([im.forward_passes for im in searches.images]))
-        base = max(1000, passes // len(attacks_for(smoothed.noise)))
         first = None
         for factor in factors:
             t0 = time.perf_counter()
-            attacked = attack_images(
-                smoothed,
-                x,
-                pred.tolist(),
-                labels=y.tolist(),
-                radius=radius.tolist(),
-                indices=indices,
-                config=AttackConfig(budget=int(factor * base)),
-            )
+            attacked = attack(smoothed, x, y, pred, radius, indices, int(factor * base))
             norms = np.asarray([im.flip_norm for im in attacked], dtype=float)
             first = norms if first is None else first
             both = np.isfinite(norms) & np.isfinite(first)

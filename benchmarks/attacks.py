@@ -67,6 +67,29 @@ def certified_images(name: str, images: int, test, data_dir: str | None):
     return smoothed, x[keep], y[keep], cert.prediction[keep], cert.radius[keep], [idx[i] for i in keep]
 
 
+def search_images(smoothed, x, pred, radius, indices, audit_budget: int):
+    """Today's searches (the audit's smallest-flip search, attacks off) on the images, and the forward-pass budget per
+    image and attack that matches them: ``(report, budget)``."""
+    report = audit_claims(
+        smoothed, x, pred, radius, indices=indices, config=AuditConfig(budget=audit_budget, attacks=())
+    )
+    passes = int(np.mean([im.forward_passes for im in report.images]))
+    return report, max(1000, passes // len(attacks_for(smoothed.noise)))
+
+
+def attack(smoothed, x, y, pred, radius, indices, budget: int):
+    """Every attack that applies, at ``budget`` forward passes per image and attack."""
+    return attack_images(
+        smoothed,
+        x,
+        pred.tolist(),
+        labels=y.tolist(),
+        radius=radius.tolist(),
+        indices=indices,
+        config=AttackConfig(budget=budget),
+    )
+
+
 def median(values) -> float:
     v = np.asarray([x for x in values if math.isfinite(x)], dtype=float)
     return float(np.median(v)) if len(v) else math.nan
@@ -86,27 +109,11 @@ def main() -> None:
         smoothed, x, y, pred, radius, indices = certified_images(name, args.images, test, args.data_dir)
         noise = smoothed.noise
         t0 = time.perf_counter()
-        searches = audit_claims(
-            smoothed,
-            x,
-            pred,
-            radius,
-            indices=indices,
-            config=AuditConfig(budget=args.audit_budget, attacks=()),
-        )
+        searches, budget = search_images(smoothed, x, pred, radius, indices, args.audit_budget)
         t_search = time.perf_counter() - t0
         passes = int(np.mean([im.forward_passes for im in searches.images]))
-        attacks = attacks_for(noise)
         t0 = time.perf_counter()
-        attacked = attack_images(
-            smoothed,
-            x,
-            pred.tolist(),
-            labels=y.tolist(),
-            radius=radius.tolist(),
-            indices=indices,
-            config=AttackConfig(budget=max(1000, passes // len(attacks))),
-        )
+        attacked = attack(smoothed, x, y, pred, radius, indices, budget)
         t_attack = time.perf_counter() - t0
         old = median([im.smallest_flip for im in searches.images])
         new = median([im.flip_norm for im in attacked])
