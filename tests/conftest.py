@@ -142,3 +142,19 @@ def find_uv() -> str:
     if found is None:
         pytest.fail("uv is missing: `make env` installs it into .tools/")
     return found
+
+
+def attacked_rows_cover_the_correct_images(attack_csv: Path, certify_csv: Path, limit: int = 100):
+    """The rows of a committed attack table: asserted to be exactly the correctly classified images among the
+    certified table's first ``limit``."""
+    import pandas as pd
+
+    from smoothcore.results import read_valid
+
+    attacked = pd.read_csv(attack_csv)
+    certified, _, _ = read_valid(certify_csv)
+    first = certified.head(limit)
+    correct = first[(first["prediction"] == first["label"]) & (first["prediction"] >= 0)]
+    rows = attacked[attacked["attacked"]] if "attacked" in attacked else attacked
+    assert sorted(rows["index"]) == sorted(correct["index"])
+    return rows

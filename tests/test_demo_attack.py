@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from smoothcore.report import load_runs, robustness_rows
-from smoothcore.results import read_valid
+from tests.conftest import attacked_rows_cover_the_correct_images
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "demo-attack"
@@ -45,12 +43,9 @@ def test_the_readme_demo_attack_table_is_what_the_committed_tables_give():
 
 
 def test_the_demo_attack_table_covers_the_correct_images_of_the_first_hundred_and_every_flip_is_verified():
-    attacked = pd.read_csv(RESULTS / "attack_dssn_sigma0.5.csv")
-    certified, _, _ = read_valid(RESULTS / "certify_dssn_sigma0.5.csv")
-    first = certified.head(100)
-    correct = first[(first["prediction"] == first["label"]) & (first["prediction"] >= 0)]
-    rows = attacked[attacked["attacked"]] if "attacked" in attacked else attacked
-    assert sorted(rows["index"]) == sorted(correct["index"])
+    rows = attacked_rows_cover_the_correct_images(
+        RESULTS / "attack_dssn_sigma0.5.csv", RESULTS / "certify_dssn_sigma0.5.csv"
+    )
     flipped = rows[rows["flip_norm"].notna()]
     assert (flipped["flip_norm"] > 0).all()
     assert flipped["evidence"].str.startswith("exact counts over all 441 draws predict").all()

@@ -13,6 +13,7 @@ from smoothcore.fileio import read_json
 from smoothcore.report import certified_accuracy_table, load_runs
 from smoothcore.results import read_valid
 from smoothcore.sweep import Sweep, expand
+from tests.conftest import attacked_rows_cover_the_correct_images
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "objectives-fmnist.toml"
@@ -81,15 +82,10 @@ ATTACK_SECTION = "### The Fashion-MNIST models of the paper's experiment"
 
 @pytest.mark.parametrize("name", ATTACKED)
 def test_each_attack_table_covers_the_correct_images_of_the_first_hundred_and_every_flip_is_verified(name):
-    import pandas as pd
-
     folder = RESULTS / name
-    attacked = pd.read_csv(folder / "attack_objectives.csv")
-    certified, _, _ = read_valid(folder / "certify_objectives.csv")
-    first = certified.head(100)
-    correct = first[(first["prediction"] == first["label"]) & (first["prediction"] >= 0)]
-    rows = attacked[attacked["attacked"]] if "attacked" in attacked else attacked
-    assert sorted(rows["index"]) == sorted(correct["index"])
+    rows = attacked_rows_cover_the_correct_images(
+        folder / "attack_objectives.csv", folder / "certify_objectives.csv"
+    )
     assert rows["flip_norm"].notna().all() and (rows["flip_norm"] > 0).all()
     assert rows["evidence"].str.len().gt(0).all()
 
