@@ -35,7 +35,7 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         smoothed, x, y, pred, radius, indices = certified_images(name, args.images, test, args.data_dir)
-        searches, base = search_images(smoothed, x, pred, radius, indices, args.audit_budget)
+        searches, _, base = search_images(smoothed, x, pred, radius, indices, args.audit_budget)
         old = median([im.smallest_flip for im in searches.images])
         first = None
         for factor in factors:

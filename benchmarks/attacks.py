@@ -69,12 +69,12 @@ def certified_images(name: str, images: int, test, data_dir: str | None):
 
 def search_images(smoothed, x, pred, radius, indices, audit_budget: int):
     """Today's searches (the audit's smallest-flip search, attacks off) on the images, and the forward-pass budget per
-    image and attack that matches them: ``(report, budget)``."""
+    image and attack that matches them: ``(report, passes per image, budget)``."""
     report = audit_claims(
         smoothed, x, pred, radius, indices=indices, config=AuditConfig(budget=audit_budget, attacks=())
     )
     passes = int(np.mean([im.forward_passes for im in report.images]))
-    return report, max(1000, passes // len(attacks_for(smoothed.noise)))
+    return report, passes, max(1000, passes // len(attacks_for(smoothed.noise)))
 
 
 def attack(smoothed, x, y, pred, radius, indices, budget: int):
@@ -109,9 +109,8 @@ def main() -> None:
         smoothed, x, y, pred, radius, indices = certified_images(name, args.images, test, args.data_dir)
         noise = smoothed.noise
         t0 = time.perf_counter()
-        searches, budget = search_images(smoothed, x, pred, radius, indices, args.audit_budget)
+        searches, passes, budget = search_images(smoothed, x, pred, radius, indices, args.audit_budget)
         t_search = time.perf_counter() - t0
-        passes = int(np.mean([im.forward_passes for im in searches.images]))
         t0 = time.perf_counter()
         attacked = attack(smoothed, x, y, pred, radius, indices, budget)
         t_attack = time.perf_counter() - t0

@@ -286,9 +286,8 @@ class ApgdL1(Attack):
         best = self._search(target, max_norm, stop - int(self.polish * (stop - target.forward)))
         if best is None:
             return None
-        steps = (best.detach().cpu().double().reshape(-1) * GRID).round().long() - target.x_steps
         budget = max(stop - target.forward, 2 * target.noise.num_draws)
-        return target.from_steps(shrink_on_counts(target, steps, budget))
+        return target.from_steps(shrink_on_counts(target, target.to_steps(best), budget))
 
     def _search(self, target: AttackTarget, max_norm: float | None, stop: int) -> torch.Tensor | None:
         x = target.x

@@ -67,6 +67,11 @@ class AttackTarget:
         steps = (self.x_steps + delta.cpu()).clamp(0, GRID)
         return (steps.to(self.device).float() / GRID).reshape(1, *self.shape).to(self.x.dtype)
 
+    def to_steps(self, x_adv: torch.Tensor) -> torch.Tensor:
+        """The integer grid steps (d,) from ``x`` to ``x'``, both on the 1/255 grid (the inverse of ``from_steps``)."""
+        assert self.x_steps is not None
+        return (x_adv.detach().cpu().double().reshape(-1) * GRID).round().long() - self.x_steps
+
     def project_box(self, x_adv: torch.Tensor) -> torch.Tensor:
         """``x'`` clipped to ``[0, 1]`` and, for exact noises, rounded to the 1/255 grid they certify."""
         x_adv = x_adv.clamp(0.0, 1.0)
@@ -76,9 +81,9 @@ class AttackTarget:
 
     def l1(self, x_adv: torch.Tensor) -> float:
         """``||x' - x||_1``; between two images on the 1/255 grid, counted in whole grid steps."""
-        moved = x_adv.detach().cpu().double().reshape(-1)
         if self.x_steps is not None and is_quantised(x_adv, GRID):
-            return float(((moved * GRID).round().long() - self.x_steps).abs().sum()) / GRID
+            return float(self.to_steps(x_adv).abs().sum()) / GRID
+        moved = x_adv.detach().cpu().double().reshape(-1)
         return float((moved - self.x.detach().cpu().double().reshape(-1)).abs().sum())
 
     # the base classifier, counted

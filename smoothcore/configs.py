@@ -233,8 +233,8 @@ class AuditConfig:
 @dataclass
 class AttackConfig:
     """``attacks``: names (default: every registered attack that applies to the noise). ``budget``: forward passes
-    per image and attack (what an attack leaves unused goes to the ones after it). Monte-Carlo verification: ``n_test`` fresh draws per candidate, family-wise ``alpha`` per
-    image. ``seed`` keys every stream."""
+    per image and attack (what an attack leaves unused goes to the ones after it). Monte-Carlo verification:
+    ``n_test`` fresh draws per candidate, family-wise ``alpha`` per image. ``seed`` keys every stream."""
 
     attacks: tuple[str, ...] | None = None
     budget: int = 20_000
