@@ -11,10 +11,13 @@ auditor does:
 
 - **exact noises** (DSSN): the counts over every draw, recomputed from scratch for ``x'`` (which must be on the
   1/255 grid, in ``[0, 1]``), predict another class: a deterministic fact;
-- **Monte-Carlo noises**: on ``n_test`` fresh draws, independent of the attack's, the one-sided Clopper-Pearson
-  upper bound on ``p_A(x')`` lies below the lower bound on ``p_c(x')`` for some ``c != A``, each bound at level
-  ``alpha / (C * tries)`` (``C`` classes, ``tries`` the candidates tested for this image), so the chance that an
-  image gets a flip reported although ``A`` is still the prediction at every candidate is at most ``alpha``.
+- **Monte-Carlo noises**: a rival class ``B`` is chosen on ``PILOT`` fresh draws at ``x'`` (the most frequent class
+  other than ``A``); then on ``n_test`` other fresh draws, independent of the attack's and of the pilot's, the
+  one-sided Clopper-Pearson lower bound on ``p_B / (p_A + p_B)`` (from the ``k_B`` of the ``k_A + k_B`` draws voting
+  for either) at level ``alpha / tries`` exceeds 1/2, i.e. ``p_B(x') > p_A(x')`` (``tries``: the tests made for
+  this image), so the chance that an image gets a flip reported although ``A`` is still the prediction at every
+  candidate is at most ``alpha``. Without a rival named in advance (``verify(..., rival=None)``) the test is the
+  auditor's: the upper bound on ``p_A`` below the lower bound on some ``p_c``, each at ``alpha / (C * tries)``.
 
 A verified flip of norm ``e`` shows the image is not robust at any radius ``>= e``: the empirical robust accuracy
 at radius ``r`` (correct, and no verified flip of norm ``<= r``) is an upper bound on the true robust accuracy, as
@@ -35,7 +38,7 @@ import torch
 from smoothcore.configs import AttackConfig
 from smoothcore.errors import ConfigError
 from smoothcore.noises import is_quantised
-from smoothcore.stats import rival_test
+from smoothcore.stats import pair_test, rival_test
 from smoothcore.streams import DrawStream
 
 GRID = 255
@@ -207,8 +210,10 @@ def verify(
     alpha: float = 0.01,
     tries: int = 1,
     key: int = 0,
+    rival: int | None = None,
 ) -> Verdict:
-    """Does ``x'`` change the smoothed prediction? (The module docstring says how each noise decides.)"""
+    """Does ``x'`` change the smoothed prediction? (The module docstring says how each noise decides; ``rival``: the
+    class ``B`` of the Monte-Carlo test, chosen without these draws, e.g. by :func:`choose_rival`.)"""
     smoothed, top = target.smoothed, target.top
     x_adv = x_adv.to(target.device)
     if float(x_adv.min()) < 0.0 or float(x_adv.max()) > 1.0:
@@ -223,17 +228,33 @@ def verify(
     stream = DrawStream(target.seed, target.index, 5, key)
     counts = smoothed.engine.sampled_counts(smoothed.noise, x_adv, n_test, [stream]).cpu()[0]
     target.forward += n_test
-    level = alpha / (len(counts) * max(1, tries))  # one-sided level of each bound
-    return Verdict(*rival_test(counts.numpy(), top, level))
+    if rival is None:
+        level = alpha / (len(counts) * max(1, tries))  # one-sided level of each bound
+        return Verdict(*rival_test(counts.numpy(), top, level))
+    level = alpha / max(1, tries)
+    k_a, k_b = int(counts[top]), int(counts[rival])
+    flips, lower = pair_test(k_a, k_b, level)
+    evidence = (
+        f"n={n_test}: k_A={k_a} vs k_{rival}={k_b} (rival chosen on other draws); one-sided Clopper-Pearson lower "
+        f"bound on p_{rival} / (p_A + p_{rival}): {lower:.4f}, level {level:.3g}"
+    )
+    return Verdict(flips, rival, evidence)
+
+
+def choose_rival(target: AttackTarget, x_adv: torch.Tensor, *, n: int, key: int) -> int:
+    """The class other than ``A`` with the most votes on ``n`` fresh draws at ``x'`` (a stream of its own, so the
+    test that follows stays independent of the choice)."""
+    stream = DrawStream(target.seed, target.index, 6, key)
+    counts = target.engine.sampled_counts(target.noise, x_adv.to(target.device), n, [stream]).cpu()[0].clone()
+    target.forward += n
+    counts[target.top] = -1
+    return int(counts.argmax())
 
 
 # -- one image, every attack ---------------------------------------------------------------------------------------
-SCALES = (
-    1.0,
-    1.1,
-    1.25,
-    1.5,
-)  # a Monte-Carlo candidate found at the edge is tried scaled up before it is given up
+# a Monte-Carlo candidate found at the edge is tried scaled up (smallest first) before it is given up
+SCALES = (1.0, 1.05, 1.1, 1.2, 1.35, 1.5)
+PILOT = 256  # fresh draws that choose the rival class of the Monte-Carlo test
 
 
 @dataclass
@@ -265,11 +286,15 @@ class ImageAttack:
 def verified_flip(
     target: AttackTarget, x_adv: torch.Tensor, cfg: AttackConfig, *, key: int, tries: int
 ) -> tuple[torch.Tensor, Verdict] | None:
-    """``x'`` itself if verified, else (Monte-Carlo) the same perturbation scaled up by 10% to 50%."""
+    """``x'`` itself if verified, else (Monte-Carlo) the same perturbation scaled up by 5% to 50%, each tested
+    against the rival that ``PILOT`` draws at ``x'`` choose."""
     delta = x_adv - target.x
     candidates = [target.project_box(target.x + s * delta) for s in (SCALES if not target.exact else (1.0,))]
+    rival = None if target.exact else choose_rival(target, x_adv, n=PILOT, key=key)
     for j, candidate in enumerate(candidates):
-        verdict = verify(target, candidate, n_test=cfg.n_test, alpha=cfg.alpha, tries=tries, key=key * 16 + j)
+        verdict = verify(
+            target, candidate, n_test=cfg.n_test, alpha=cfg.alpha, tries=tries, key=key * 16 + j, rival=rival
+        )
         if verdict.flips:
             return candidate, verdict
     return None

@@ -28,18 +28,20 @@ ball).
 
 Tightness: the auditor also searches beyond the radius and shrinks what it finds (scaling ``delta`` down by
 bisection, then dropping pixels). ``smallest_flip`` is the smallest norm (in the certificate's norm) of a
-perturbation found to change the prediction (exact: recomputed over all draws; Monte-Carlo: the test above on
-``n_test`` fresh draws, its bounds at level ``alpha / C`` for this one confirmation), and
+perturbation found to change the prediction (exact: recomputed over all draws; Monte-Carlo: the paired test of
+attack verification, :func:`smoothcore.stats.pair_test`: a rival ``B`` chosen on ``PILOT`` fresh draws, then on
+``n_test`` other fresh draws the lower bound on ``p_B / (p_A + p_B)`` above 1/2 at level
+``alpha / CONFIRMATIONS``, at most ``CONFIRMATIONS`` confirmations per image), and
 ``tightness = radius / smallest_flip``. Since the true smallest flip can only be smaller, ``tightness`` is a
-lower bound on the true ratio (Monte-Carlo: unless a confirmation errs, which each does with probability at
-most ``alpha``). For exact noises it exceeds 1 only with a violation, and for DSSN it is at most
+lower bound on the true ratio (Monte-Carlo: unless a confirmation errs, which happens for an image with
+probability at most ``alpha``, Bonferroni over its confirmations). For exact noises it exceeds 1 only with a violation, and for DSSN it is at most
 ``radius / (radius + 1/255)`` when the certificate is sound.
 
 Cost per image, in base-classifier evaluations: the base draws (all ``num_draws``, or ``n_search``); at most
 ``budget`` per search inside the radius, ``1.5 budget`` beyond it and ``max(budget, 6 n_search)`` to shrink
 (exact: ``budget``), each plus at most one round of candidates; and confirmations of ``num_draws`` or
-``n_test`` draws (one per search for violations; for the smallest flip one if exact, at most six if
-Monte-Carlo). A gradient over ``n`` draws counts ``3 n``; a candidate all of whose noisy draws were already
+``n_test`` draws (one per search for violations; for the smallest flip one if exact, at most ``CONFIRMATIONS``
+of ``PILOT + n_test`` if Monte-Carlo). A gradient over ``n`` draws counts ``3 n``; a candidate all of whose noisy draws were already
 classified counts 1. Each attack (:mod:`smoothcore.attacks`; ``attacks``) runs twice, inside the radius and
 beyond it, with ``attack_budget`` forward passes each (plus the round it stops in and its own shrinking); its
 flips are confirmed as the searches' are.
@@ -58,7 +60,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from smoothcore.attacks import AttackTarget, attacks_for
+from smoothcore.attacks import PILOT, AttackTarget, attacks_for
 from smoothcore.audit_search import (
     NORMS,
     SEARCH_FUNCTIONS,
@@ -74,8 +76,10 @@ from smoothcore.audit_search import (
 from smoothcore.certificates import ABSTAIN
 from smoothcore.certify import SmoothedClassifier
 from smoothcore.errors import ConfigError, DataError, ExperimentError
-from smoothcore.stats import rival_test
+from smoothcore.stats import pair_test, rival_test
 from smoothcore.streams import DrawStream
+
+CONFIRMATIONS = 16  # Monte-Carlo confirmations of the smallest flip per image at most (each at alpha / 16)
 
 EXACT_STATEMENT = (
     "exact noise: a violation is a perturbation on the 1/{grid} grid, kept in [0, 1]^d, with "
@@ -201,12 +205,13 @@ class _ImageAuditor:
         self.oracle.forward += self.oracle.num
         return int(counts.cpu().argmax(dim=1)[0])
 
-    def fresh_counts(self, delta: torch.Tensor, key: int) -> torch.Tensor:
-        stream = DrawStream(self.cfg.seed, self.claim.index, 2, key)
+    def fresh_counts(self, delta: torch.Tensor, key: int, *, n: int | None = None, role: int = 2) -> torch.Tensor:
+        n = self.cfg.n_test if n is None else n
+        stream = DrawStream(self.cfg.seed, self.claim.index, role, key)
         moved = self.oracle.images(delta.unsqueeze(0))
-        counts = self.smoothed.engine.sampled_counts(self.smoothed.noise, moved, self.cfg.n_test, [stream])
-        self.oracle.spent += self.cfg.n_test
-        self.oracle.forward += self.cfg.n_test
+        counts = self.smoothed.engine.sampled_counts(self.smoothed.noise, moved, n, [stream])
+        self.oracle.spent += n
+        self.oracle.forward += n
         return counts.cpu()[0]
 
     def test_mc(
@@ -223,12 +228,19 @@ class _ImageAuditor:
         return rival_test(counts.numpy(), self.claim.prediction, level)
 
     def flips(self, delta: torch.Tensor, key: int) -> bool:
-        """Exact: the prediction recomputed over all draws is not ``A``. Monte-Carlo: the test of the module
-        docstring rejects "still ``A``" on fresh draws, its bounds at level ``alpha / C`` (one
-        confirmation)."""
+        """Exact: the prediction recomputed over all draws is not ``A``. Monte-Carlo (the ``key``-th confirmation of
+        the image, at most ``CONFIRMATIONS``): the rival that ``PILOT`` fresh draws choose beats ``A`` by the paired
+        test on ``n_test`` other fresh draws, at level ``alpha / CONFIRMATIONS``."""
         if self.exact:
             return self.confirm_exact(delta) != self.claim.prediction
-        return self.test_mc(delta, tests=1, key=1000 + key)[0]
+        if key > CONFIRMATIONS:
+            return False
+        top = self.claim.prediction
+        pilot = self.fresh_counts(delta, key, n=PILOT, role=7).clone()
+        pilot[top] = -1
+        rival = int(pilot.argmax())
+        counts = self.fresh_counts(delta, 1000 + key)
+        return pair_test(int(counts[top]), int(counts[rival]), self.cfg.alpha / CONFIRMATIONS)[0]
 
     # the phases
     def run(self) -> ImageAudit:
@@ -329,6 +341,8 @@ class _ImageAuditor:
             return
         tried = 0
         for delta, name in sorted(candidates, key=lambda c: int(c[0].abs().sum())):  # smallest first
+            if not self.exact and tried >= CONFIRMATIONS:
+                return
             shrunk = shrink(oracle, delta, max(cfg.budget, 6 * oracle.cost(1)))
             # the bisection stops at the edge on the search's draws, where a test on fresh draws cannot reject
             # (Monte-Carlo), so the shrunk perturbation scaled up by 5% to 50% is tried before the original flip

@@ -59,3 +59,16 @@ def rival_test(counts, top: int, level: float) -> tuple[bool, int, str]:
         f"(lower {lowers[j]:.4f}), level {level:.3g} per bound"
     )
     return bool(lowers[j] > upper_a), rival, evidence
+
+
+def pair_test(k_top: int, k_rival: int, level: float) -> tuple[bool, float]:
+    """Does class ``rival`` (chosen in advance, independently of these draws) beat ``top``? Of the ``m = k_top +
+    k_rival`` draws voting for either, ``k_rival ~ Binomial(m, q)`` with ``q = p_rival / (p_top + p_rival)``; reject
+    ``q <= 1/2`` (i.e. ``p_rival <= p_top``) when the one-sided Clopper-Pearson lower bound on ``q`` at ``level``
+    exceeds 1/2. Valid conditionally on ``m``, hence unconditionally; one bound instead of ``rival_test``'s one per
+    class. Returns (rejected, lower bound)."""
+    m = int(k_top) + int(k_rival)
+    if m == 0:
+        return False, 0.0
+    lower = float(clopper_pearson_lower(int(k_rival), m, 2 * level))
+    return lower > 0.5, lower

@@ -17,10 +17,13 @@ from smoothcore.attack_run import robustness_table
 from smoothcore.attacks import (
     Attack,
     AttackConfig,
+    SCALES,
     AttackTarget,
     attack_image,
     attack_images,
+    choose_rival,
     make_attack,
+    verified_flip,
     verify,
 )
 from smoothcore.audit import audit_claims
@@ -194,6 +197,28 @@ def test_a_monte_carlo_liar_is_refused_by_the_test_on_fresh_draws():
     smoothed = SmoothedClassifier(MeanThreshold(), make_noise("uniform", sigma=0.5, dim=16), 2)
     result = attack_image(smoothed, image(60, 60), 0, attacks=[Liar()], cfg=AttackConfig())
     assert math.isnan(result.flip_norm)
+
+
+def test_monte_carlo_verification_holds_its_level_when_the_rival_ties():
+    """At the image of mean 1/2 the smoothed mean-threshold classifier has p_0 = p_1 = 1/2 exactly: A = 0 is still a
+    top class, so every verified flip there is an error. The paired test at alpha = 0.2 must err at most a fifth of
+    the time (a point estimate would err about half the time): 60 or more of 200 errors has probability < 1e-3."""
+    smoothed = SmoothedClassifier(MeanThreshold(), make_noise("uniform", sigma=0.5, dim=16), 2)
+    target = AttackTarget(smoothed, torch.full((1, *SHAPE), 0.5), 0)
+    verdicts = [verify(target, target.x, n_test=200, alpha=0.2, key=k, rival=1) for k in range(200)]
+    assert sum(v.flips for v in verdicts) < 60
+    assert all(v.rival == 1 and "rival chosen on other draws" in v.evidence for v in verdicts)
+
+
+def test_monte_carlo_verification_confirms_a_clear_flip_against_the_rival_the_pilot_chooses():
+    smoothed = SmoothedClassifier(MeanThreshold(), make_noise("uniform", sigma=0.5, dim=16), 2)
+    target = AttackTarget(smoothed, image(60, 60), 0)
+    beyond = torch.full((1, *SHAPE), 0.6)  # mean 0.6: p_1 is about 0.9
+    assert choose_rival(target, beyond, n=64, key=0) == 1
+    found = verified_flip(target, beyond, AttackConfig(), key=0, tries=len(SCALES))
+    assert found is not None and torch.equal(found[0], beyond)  # the unscaled candidate, first on the ladder
+    assert found[1].flips and found[1].rival == 1
+    assert verified_flip(target, image(60, 60), AttackConfig(), key=1, tries=len(SCALES)) is None
 
 
 def test_attacks_are_plugins():

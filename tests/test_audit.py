@@ -175,6 +175,29 @@ def test_sound_monte_carlo_certificates_are_not_flagged(certificate):
         assert 0 < im.tightness < 1
 
 
+def test_the_smallest_flip_of_a_monte_carlo_audit_is_confirmed_at_a_family_wise_level(monkeypatch):
+    """Each Monte-Carlo confirmation of the smallest flip tests the pilot's rival at alpha / CONFIRMATIONS, and an
+    image gets at most CONFIRMATIONS of them, so a reported smallest flip errs with probability at most alpha."""
+    import smoothcore.audit as audit_module
+
+    levels = []
+
+    def recording(k_top, k_rival, level):
+        levels.append(level)
+        return audit_module.pair_test.__wrapped__(k_top, k_rival, level)
+
+    recording.__wrapped__ = audit_module.pair_test
+    monkeypatch.setattr(audit_module, "pair_test", recording)
+    smoothed, x, _ = uniform_toy()
+    report = audit(smoothed, x, n=2000, config=CONFIG)
+    assert levels and set(levels) == {CONFIG.alpha / audit_module.CONFIRMATIONS}
+    assert all(math.isfinite(im.smallest_flip) for im in report.images)
+    levels.clear()
+    monkeypatch.setattr(audit_module, "CONFIRMATIONS", 2)  # fewer allowed: fewer made, each at a stricter level
+    report = audit(smoothed, x, n=2000, config=CONFIG)
+    assert 0 < len(levels) <= 2 * len(report.images) and set(levels) == {CONFIG.alpha / 2}
+
+
 def test_claims_that_are_exactly_tight_are_not_flagged_though_the_searches_reach_the_edge():
     """Claims with the true radius: the searches get to points where p_A is a hair above 1/2, where the
     search's own estimate often flips, but the test on fresh draws at level alpha / (C M) does not reject."""

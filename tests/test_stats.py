@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from statsmodels.stats.proportion import proportion_confint
 
 from smoothcore import ConfigError, clopper_pearson_lower, clopper_pearson_upper
+from smoothcore.stats import pair_test
 
 
 @settings(max_examples=200, deadline=None)
@@ -46,3 +47,34 @@ def test_two_sided_interval_uses_half_of_alpha():
 def test_invalid_arguments_are_clear_errors(k, n, alpha):
     with pytest.raises(ConfigError):
         clopper_pearson_lower(k, n, alpha)
+
+
+# -- the paired test of attack verification ------------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(m=st.integers(1, 5000), frac=st.floats(0, 1), level=st.sampled_from([0.0005, 0.002, 0.01, 0.05]))
+def test_pair_test_rejects_exactly_when_the_binomial_tail_at_one_half_is_below_the_level(m, frac, level):
+    from scipy.stats import binomtest
+
+    k = round(frac * m)
+    rejected, lower = pair_test(m - k, k, level)
+    p_value = binomtest(k, m, 0.5, alternative="greater").pvalue
+    assert rejected == (lower > 0.5)
+    if abs(p_value - level) > 1e-9 * level:  # away from the boundary itself
+        assert rejected == (p_value < level)
+
+
+@pytest.mark.parametrize("m", [1, 10, 101, 1000, 4000])
+@pytest.mark.parametrize("level", [0.001, 0.01, 0.05])
+def test_pair_test_has_size_at_most_its_level_when_the_rival_ties(m, level):
+    from scipy.stats import binom
+
+    rejected = [k for k in range(m + 1) if pair_test(m - k, k, level)[0]]
+    size = float(binom.pmf(rejected, m, 0.5).sum()) if rejected else 0.0
+    assert size <= level
+    if m >= 1000:  # and it is not needlessly conservative
+        assert size > level / 3
+
+
+def test_pair_test_needs_votes():
+    assert pair_test(0, 0, 0.01) == (False, 0.0)
+    assert pair_test(400, 600, 0.001)[0] and not pair_test(480, 520, 0.001)[0]
