@@ -205,7 +205,9 @@ class _ImageAuditor:
         self.oracle.forward += self.oracle.num
         return int(counts.cpu().argmax(dim=1)[0])
 
-    def fresh_counts(self, delta: torch.Tensor, key: int, *, n: int | None = None, role: int = 2) -> torch.Tensor:
+    def fresh_counts(
+        self, delta: torch.Tensor, key: int, *, n: int | None = None, role: int = 2
+    ) -> torch.Tensor:
         n = self.cfg.n_test if n is None else n
         stream = DrawStream(self.cfg.seed, self.claim.index, role, key)
         moved = self.oracle.images(delta.unsqueeze(0))

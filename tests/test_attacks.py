@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from smoothcore import hookimpl, plugins
 from smoothcore.attack_run import robustness_table
 from smoothcore.attacks import (
+    SCALES,
     Attack,
     AttackConfig,
-    SCALES,
     AttackTarget,
     attack_image,
     attack_images,

@@ -193,7 +193,9 @@ def test_the_smallest_flip_of_a_monte_carlo_audit_is_confirmed_at_a_family_wise_
     assert levels and set(levels) == {CONFIG.alpha / audit_module.CONFIRMATIONS}
     assert all(math.isfinite(im.smallest_flip) for im in report.images)
     levels.clear()
-    monkeypatch.setattr(audit_module, "CONFIRMATIONS", 2)  # fewer allowed: fewer made, each at a stricter level
+    monkeypatch.setattr(
+        audit_module, "CONFIRMATIONS", 2
+    )  # fewer allowed: fewer made, each at a stricter level
     report = audit(smoothed, x, n=2000, config=CONFIG)
     assert 0 < len(levels) <= 2 * len(report.images) and set(levels) == {CONFIG.alpha / 2}
 
