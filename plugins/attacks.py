@@ -279,50 +279,65 @@ class ApgdL1(Attack):
         }
 
     def run(self, target: AttackTarget, *, max_norm: float | None, stop: int) -> torch.Tensor | None:
-        polish = self.polish > 0 and target.exact and target.on_grid and max_norm is None
-        if not polish:
-            return self._search(target, max_norm, stop)
+        if (
+            max_norm is not None
+        ):  # within a given ball (the audit): the strongest flip found, not the smallest
+            return self._within(target, max_norm, stop)
+        if not (self.polish > 0 and target.exact and target.on_grid):
+            return self._search(target, stop)
         # exact noises: a share of the passes is kept to shrink the flip on exact counts
-        best = self._search(target, max_norm, stop - int(self.polish * (stop - target.forward)))
+        best = self._search(target, stop - int(self.polish * (stop - target.forward)))
         if best is None:
             return None
         budget = max(stop - target.forward, 2 * target.noise.num_draws)
         return target.from_steps(shrink_on_counts(target, target.to_steps(best), budget))
 
-    def _search(self, target: AttackTarget, max_norm: float | None, stop: int) -> torch.Tensor | None:
+    def _within(self, target: AttackTarget, max_norm: float, stop: int) -> torch.Tensor | None:
+        """The strongest flip in the ball of radius ``max_norm``: a continuation (balls doubling from ``eps0``,
+        ``growing`` iterations each, every one resuming the last) up to the full ball, which gets ``iterations``;
+        twice more from scratch if nothing flipped. A flip found in a smaller ball is kept if the larger ones lose
+        it."""
+        room = float(torch.maximum(target.x, 1 - target.x).sum())
+        full = min(max_norm, room)
+        if full <= 0:
+            return None
+        eps, start, best, round_ = min(self.eps0, full), None, None, 0
+        while target.forward < stop:
+            last = eps >= full - 1e-12
+            found, start = self._apgd(
+                target, eps, stop, round_, start, iterations=self.iterations if last else self.growing
+            )
+            round_ += 1
+            best = found if found is not None else best
+            if last:
+                break
+            eps = min(2 * eps, full)
+        for _ in range(2):
+            if best is not None or target.forward >= stop:
+                break
+            best, _ = self._apgd(target, full, stop, round_)
+            round_ += 1
+        return best
+
+    def _search(self, target: AttackTarget, stop: int) -> torch.Tensor | None:
+        """The smallest flip: doubling the ball until a flip, then bisection (the class docstring)."""
         x = target.x
         room = float(torch.maximum(x, 1 - x).sum())
         best, lo, hi = None, 0.0, None
-        eps = min(self.eps0, room) if max_norm is None else min(max_norm, room)
+        eps = min(self.eps0, room)
         round_, start = 0, None
         while target.forward < stop and eps > 0:
-            found, start = self._apgd(
-                target,
-                eps,
-                stop,
-                round_,
-                start,
-                iterations=self.iterations if max_norm is not None else self.growing,
-            )
+            found, start = self._apgd(target, eps, stop, round_, start, iterations=self.growing)
             round_ += 1
-            for _ in range(2 if max_norm is not None else 0):  # within a radius: twice more, from scratch
-                if found is not None or target.forward >= stop:
-                    break
-                found, _ = self._apgd(target, eps, stop, round_)
-                round_ += 1
             if found is not None:
                 best = found
                 break
             lo = eps
-            if max_norm is not None or eps >= room:
+            if eps >= room:
                 return None
             eps = min(2 * eps, room)  # the next ball starts from this one's best point
         if best is None:
             return None
-        if (
-            max_norm is not None
-        ):  # within a given ball (the audit): the strongest flip found, not the smallest
-            return best
         best = self._along_ray(target, best, stop)
         hi = target.l1(best)
         for _ in range(self.bisections):

@@ -119,7 +119,7 @@ def test_apgd_on_an_exact_noise_shrinks_its_flip_on_the_exact_counts(monkeypatch
     back; with ``polish=0`` it is returned as found."""
     smoothed = dssn_first_pixel()
     truth = round(true_smallest_flip(smoothed, 180) * 255)
-    monkeypatch.setattr(ApgdL1, "_search", lambda self, target, max_norm, stop: loose_flip(180, truth))
+    monkeypatch.setattr(ApgdL1, "_search", lambda self, target, stop: loose_flip(180, truth))
     for polish, expected in ((0.45, truth), (0.0, truth + 50)):
         found = ApgdL1(polish=polish).run(AttackTarget(smoothed, image(180), 0), max_norm=None, stop=20_000)
         assert round(float((found - image(180)).abs().sum()) * 255) == expected
@@ -150,6 +150,20 @@ def test_apgd_finds_the_smallest_flip_of_a_mean_threshold_under_uniform_noise():
     assert math.isfinite(result.flip_norm)
     assert truth - 1e-6 <= result.flip_norm <= 1.25 * truth
     assert result.evidence.startswith("n=1000")
+
+
+def test_apgd_within_a_ball_returns_a_strong_flip_inside_it_and_nothing_when_the_ball_is_too_small():
+    """Inside a ball of 1.5 times the true smallest flip of the mean-threshold classifier, APGD's flip stays in the
+    ball and is far enough past the edge for the auditor's strict test; inside 0.8 times it, nothing verifies."""
+    smoothed = SmoothedClassifier(MeanThreshold(), make_noise("uniform", sigma=0.5, dim=16), 2)
+    x = image(60, 60)
+    truth = abs(float(x.sum()) - 8.0)
+    target = AttackTarget(smoothed, x, 0)
+    found = make_attack("apgd-l1").run(target, max_norm=1.5 * truth, stop=20_000)
+    assert found is not None and target.l1(found) <= 1.5 * truth + 1e-6
+    assert verify(target, found, alpha=0.01, tries=100).flips  # the audit-strength test: 100 tests' Bonferroni
+    small = make_attack("apgd-l1").run(AttackTarget(smoothed, x, 0), max_norm=0.8 * truth, stop=20_000)
+    assert small is None or not verify(target, small, key=1).flips
 
 
 def test_project_l1_box_is_the_projection():
