@@ -154,6 +154,10 @@ class Attack(ABC):
         """Whether the attack can run under ``noise`` (default: every noise)."""
         return True
 
+    def default_for(self, noise: Any) -> bool:
+        """Whether it runs under ``noise`` when no attacks are named (default: wherever it applies)."""
+        return self.applies_to(noise)
+
     @abstractmethod
     def run(self, target: AttackTarget, *, max_norm: float | None, stop: int) -> torch.Tensor | None:
         """The perturbed image ``x'`` (shaped like ``target.x``, in ``[0, 1]``; for exact noises on the 1/255
@@ -179,12 +183,12 @@ def make_attack(name: str, **params: Any) -> Attack:
 
 
 def attacks_for(noise: Any, names: Sequence[str] | None = None) -> list[Attack]:
-    """The attacks ``names`` (default: every registered attack that applies to ``noise``); a named attack that
-    does not apply is a ConfigError."""
+    """The attacks ``names`` (default: every registered attack that applies to ``noise`` and is a default there,
+    ``default_for``); a named attack that does not apply is a ConfigError."""
     from smoothcore.plugins import registry
 
     if names is None:
-        return [a for a in (make_attack(n) for n in registry("attack").names()) if a.applies_to(noise)]
+        return [a for a in (make_attack(n) for n in registry("attack").names()) if a.default_for(noise)]
     out = []
     for name in names:
         attack = make_attack(name)

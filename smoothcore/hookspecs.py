@@ -86,7 +86,8 @@ def register_training_objectives(register: Any) -> None:
 def register_attacks(register: Any) -> None:
     """Register attacks on the smoothed classifier.
 
-    ``factory(**params)`` returns a :class:`smoothcore.attacks.Attack`: ``applies_to(noise)`` and
+    ``factory(**params)`` returns a :class:`smoothcore.attacks.Attack`: ``applies_to(noise)``, optionally
+    ``default_for(noise)`` (whether it runs when no attacks are named; default: where it applies), and
     ``run(target, max_norm=..., stop=...)``, the smallest perturbed image it found to change the smoothed
     prediction of ``target`` (an :class:`smoothcore.attacks.AttackTarget`, through which every forward pass is
     counted), or None. The framework verifies every flip itself before reporting it (see :mod:`smoothcore.attacks`).

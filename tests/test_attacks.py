@@ -12,15 +12,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from smoothcore import hookimpl, plugins
+from smoothcore import ConfigError, hookimpl, plugins
 from smoothcore.attack_run import robustness_table
 from smoothcore.attacks import (
+    PILOT,
     SCALES,
     Attack,
     AttackConfig,
     AttackTarget,
     attack_image,
     attack_images,
+    attacks_for,
     choose_rival,
     make_attack,
     verified_flip,
@@ -161,9 +163,36 @@ def test_apgd_within_a_ball_returns_a_strong_flip_inside_it_and_nothing_when_the
     target = AttackTarget(smoothed, x, 0)
     found = make_attack("apgd-l1").run(target, max_norm=1.5 * truth, stop=20_000)
     assert found is not None and target.l1(found) <= 1.5 * truth + 1e-6
-    assert verify(target, found, alpha=0.01, tries=100).flips  # the audit-strength test: 100 tests' Bonferroni
+    assert verify(
+        target, found, alpha=0.01, tries=100
+    ).flips  # the audit-strength test: 100 tests' Bonferroni
     small = make_attack("apgd-l1").run(AttackTarget(smoothed, x, 0), max_norm=0.8 * truth, stop=20_000)
     assert small is None or not verify(target, small, key=1).flips
+
+
+@pytest.mark.parametrize("first", [60, 200])
+def test_fmn_finds_the_smallest_flip_of_a_mean_threshold_under_uniform_noise(first):
+    """As for APGD above: the verified flip lies between the true smallest flip |sum(x) - 8| and 1.25 times it, from
+    below the threshold (every pixel at 60) and from above it (every pixel at 200: the flip moves pixels down)."""
+    smoothed = SmoothedClassifier(MeanThreshold(), make_noise("uniform", sigma=0.5, dim=16), 2)
+    x = image(first, first)
+    top = int(smoothed.predict(x).prediction[0])
+    truth = abs(float(x.sum()) - 8.0)
+    result = attack_image(smoothed, x, top, attacks=[make_attack("fmn-l1")], cfg=AttackConfig(budget=20_000))
+    assert result.attack == "fmn-l1" and truth - 1e-6 <= result.flip_norm <= 1.25 * truth
+    assert 0.0 <= float(result.x_adv.min()) and float(result.x_adv.max()) <= 1.0
+    assert (
+        result.forward_passes <= 20_000 + 6 * 1000 + PILOT
+    )  # the budget, then at most the verification ladder
+
+
+def test_monte_carlo_noises_get_fmn_by_default_and_apgd_when_named():
+    uniform, dssn = make_noise("uniform", sigma=0.5, dim=16), make_noise("dssn", sigma=0.5, dim=16)
+    assert [a.name for a in attacks_for(uniform)] == ["fmn-l1"]
+    assert {a.name for a in attacks_for(dssn)} == {"apgd-l1", "dssn-counts"}
+    assert [a.name for a in attacks_for(uniform, ["apgd-l1"])] == ["apgd-l1"]
+    with pytest.raises(ConfigError, match="does not apply"):
+        attacks_for(dssn, ["fmn-l1"])
 
 
 def test_project_l1_box_is_the_projection():
