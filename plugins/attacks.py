@@ -447,7 +447,7 @@ class FmnL1(ApgdL1):
     their first values (``gamma`` to 0, ``step`` to ``step_min``). The number of steps is what the budget allows,
     after ``10 n_check`` passes kept for the end: the last point, scaled up (1, 1.1, 1.25, 1.5) until the check of
     :class:`ApgdL1` (Clopper-Pearson at ``level`` on ``n_check`` fresh draws) passes, then scaled down along its own
-    direction while it does. Within a given ball (the audit) it runs :class:`ApgdL1`'s search for the strongest flip.
+    direction while it does. Within a given ball (the audit) see ``_within``.
 
     Why (measured on the uniform and SSN sigma 1.0 CNNs of ``benchmarks/attacks.py``, same budget): APGD spends its
     passes on balls that turn out too large or too small, each run restarting its step size; here every step works
@@ -488,6 +488,20 @@ class FmnL1(ApgdL1):
             "step_min": self.step_min,
             "margin": self.margin,
         }
+
+    def _within(self, target: AttackTarget, max_norm: float, stop: int) -> torch.Tensor | None:
+        """The strongest flip in the ball of radius ``max_norm``: half the passes find the smallest flip; one inside
+        the ball is pushed along its own direction to the ball's edge (and the box), and APGD continues from there
+        in the whole ball. If there is none, :class:`ApgdL1`'s search in the ball."""
+        found = self._search(target, target.forward + (stop - target.forward) // 2)
+        if found is None or target.l1(found) > max_norm:
+            return super()._within(target, max_norm, stop)
+        delta = found - target.x
+        pushed = target.project_box(target.x + delta * (max_norm / max(target.l1(found), 1e-12)))
+        stronger, _ = self._apgd(target, max_norm, stop, 50, pushed - target.x, iterations=self.iterations)
+        if stronger is not None:
+            return stronger
+        return pushed if target.seems_to_flip(pushed, self.n_check, self.level) else found
 
     def _search(self, target: AttackTarget, stop: int) -> torch.Tensor | None:
         x = target.x

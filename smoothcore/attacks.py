@@ -322,11 +322,12 @@ def attack_image(
     target = AttackTarget(smoothed, x, prediction, index=index, seed=cfg.seed)
     tries = len(attacks) * (1 if target.exact else len(SCALES))
     out = ImageAttack(index, label, prediction, radius)
-    pool, spent = cfg.budget * len(attacks), 0  # passes an attack leaves unused go to the ones after it
+    pool = cfg.budget * len(attacks)  # passes an attack leaves unused go to the ones after it
+    # the first Monte-Carlo verification (the pilot and one test) is paid from the attack's share
+    verification = 0 if target.exact else PILOT + cfg.n_test
     for a, attack in enumerate(attacks):
-        start = target.forward
-        x_adv = attack.run(target, max_norm=max_norm, stop=start + (pool - spent) // (len(attacks) - a))
-        spent += target.forward - start
+        share = (pool - target.forward) // (len(attacks) - a)
+        x_adv = attack.run(target, max_norm=max_norm, stop=target.forward + max(share - verification, 0))
         norm = math.nan
         if x_adv is not None:
             found = verified_flip(target, x_adv, cfg, key=a, tries=tries)

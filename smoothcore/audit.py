@@ -292,10 +292,13 @@ class _ImageAuditor:
         moved = (x_adv.detach().cpu().double() - self.oracle.x.detach().cpu().double()).reshape(
             -1
         ) * self.cfg.grid
-        # on the grid: whole steps; off it (Monte-Carlo noises on continuous images): towards the image
-        delta = (
-            torch.round(moved) if self.oracle.on_grid else torch.trunc(moved + torch.sign(moved) * 1e-4)
-        ).long()
+        # on the grid: whole steps, rounded, or towards the image where rounding would leave the ball (a
+        # Monte-Carlo attack's flip sits on the ball's edge, off the grid); off it (continuous images): towards
+        # the image
+        towards = torch.trunc(moved + torch.sign(moved) * 1e-4).long()
+        delta = torch.round(moved).long() if self.oracle.on_grid else towards
+        if max_norm is not None and int(delta.abs().sum()) > round(max_norm * self.cfg.grid):
+            delta = towards
         return torch.minimum(torch.maximum(delta, -self.oracle.down), self.oracle.up)
 
     def record_violation(self, delta: torch.Tensor, search: str, flips: list) -> None:

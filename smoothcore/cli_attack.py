@@ -36,7 +36,7 @@ from smoothcore.configs import AttackConfig, CertifyConfig
     default=None,
     help="Comma-separated attacks (smoothcore plugins lists them).",
     cls=Opt,
-    show_default="every one that applies to the noise",
+    show_default="the defaults for the noise",
 )
 @option(
     AttackConfig,

@@ -47,7 +47,7 @@ from smoothcore.configs import AuditConfig, CertifyConfig
     default=None,
     help="Attacks that also run (smoothcore plugins lists them); 'none' for none.",
     cls=Opt,
-    show_default="every one that applies to the noise",
+    show_default="the defaults for the noise",
 )
 @option(
     AuditConfig, "attack_budget", "--attack-budget", type=int, help="Forward passes per image and attack."

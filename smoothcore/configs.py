@@ -189,7 +189,7 @@ class AuditConfig:
     pixel. ``pool``: pixels the greedy search tries per step. ``grad_draws``: draws behind each gradient.
     Monte-Carlo: ``n_search`` draws for the search's estimates, ``n_test`` fresh draws per test, ``alpha`` the
     family-wise level of the tests. ``attacks``: the registered attacks (:mod:`smoothcore.attacks`) that also run,
-    inside the radius and beyond it, with ``attack_budget`` forward passes each (None: every one that applies to
+    inside the radius and beyond it, with ``attack_budget`` forward passes each (None: the defaults for
     the noise; an empty tuple: none).
     """
 
@@ -204,7 +204,7 @@ class AuditConfig:
     n_test: int = 1000
     alpha: float = 0.01
     attacks: tuple[str, ...] | None = (
-        None  # None: every registered attack that applies to the noise; (): none
+        None  # None: the attacks that are defaults for the noise (default_for); (): none
     )
     attack_budget: int = 20_000  # forward passes per image and attack, inside the radius and beyond it
 
@@ -232,8 +232,9 @@ class AuditConfig:
 
 @dataclass
 class AttackConfig:
-    """``attacks``: names (default: every registered attack that applies to the noise). ``budget``: forward passes
-    per image and attack (what an attack leaves unused goes to the ones after it). Monte-Carlo verification:
+    """``attacks``: names (default: the registered attacks that are defaults for the noise, ``default_for``).
+    ``budget``: forward passes per image and attack, a Monte-Carlo flip's pilot and first test included (what an
+    attack leaves unused goes to the ones after it). Monte-Carlo verification:
     ``n_test`` fresh draws per candidate, family-wise ``alpha`` per image. ``seed`` keys every stream."""
 
     attacks: tuple[str, ...] | None = None

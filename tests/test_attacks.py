@@ -29,7 +29,7 @@ from smoothcore.attacks import (
     verify,
 )
 from smoothcore.audit import audit_claims
-from smoothcore.audit_search import AuditConfig
+from smoothcore.audit_search import AuditConfig, steps_within
 from smoothcore.certify import SmoothedClassifier
 from smoothcore.noises import make_noise
 from smoothcore.testing import FirstPixelThreshold, MeanThreshold
@@ -307,6 +307,40 @@ def test_the_audit_catches_radii_inflated_to_one_and_a_half_times_the_smallest_f
 
 
 # -- experiment folders and tables ----------------------------------------------------------------------------
+class EdgeOfTheBall(Attack):
+    """Moves every pixel up by the same amount, using the whole ball: off the 1/255 grid, on the ball's edge."""
+
+    def run(self, target, *, max_norm, stop):
+        if max_norm is None:
+            return None
+        return (target.x + max_norm / target.d).clamp(0, 1)
+
+
+def test_the_audit_keeps_an_attack_flip_on_the_balls_edge_that_rounding_to_the_grid_would_push_out():
+    """A Monte-Carlo attack's flip inside a radius is usually on the ball's edge and off the grid; rounding each pixel
+    to the nearest grid step can leave the ball (here 16 pixels moved 19.75 steps each: 320 rounded, 4 more than the
+    316 allowed), so the audit moves it towards the image instead (19 steps each) and still reports it."""
+    smoothed = SmoothedClassifier(MeanThreshold(), make_noise("uniform", sigma=0.1, dim=16), 2)
+    x = torch.full((1, *SHAPE), 125 / 255)
+    radius = 316.5 / 255  # strictly inside: 316 steps
+    assert steps_within(radius, 255, inclusive=False) == 316
+    cfg = AuditConfig(searches=("random",), budget=1, tightness=False, attacks=("edge",))
+    saved = plugins.snapshot()
+    try:
+
+        @hookimpl
+        def register_attacks(register):
+            register("edge", EdgeOfTheBall)
+
+        plugins.use_plugins(types.SimpleNamespace(__name__="edge_plugin", register_attacks=register_attacks))
+        report = audit_claims(smoothed, x, [0], [radius], config=cfg)
+    finally:
+        plugins.restore(saved)
+    im = report.images[0]
+    assert im.violation and im.violation_search == "edge"
+    assert im.violation_norm == pytest.approx(304 / 255)
+
+
 def test_robustness_table_counts_by_hand():
     certified = pd.DataFrame(
         {
