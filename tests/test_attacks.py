@@ -154,19 +154,20 @@ def test_apgd_finds_the_smallest_flip_of_a_mean_threshold_under_uniform_noise():
     assert result.evidence.startswith("n=1000")
 
 
-def test_apgd_within_a_ball_returns_a_strong_flip_inside_it_and_nothing_when_the_ball_is_too_small():
-    """Inside a ball of 1.5 times the true smallest flip of the mean-threshold classifier, APGD's flip stays in the
-    ball and is far enough past the edge for the auditor's strict test; inside 0.8 times it, nothing verifies."""
+@pytest.mark.parametrize("name", ["apgd-l1", "fmn-l1"])
+def test_within_a_ball_a_strong_flip_inside_it_and_nothing_when_the_ball_is_too_small(name):
+    """Inside a ball of 1.5 times the true smallest flip of the mean-threshold classifier, the attack's flip stays in
+    the ball and is far enough past the edge for the auditor's strict test; inside 0.8 times it, nothing verifies."""
     smoothed = SmoothedClassifier(MeanThreshold(), make_noise("uniform", sigma=0.5, dim=16), 2)
     x = image(60, 60)
     truth = abs(float(x.sum()) - 8.0)
     target = AttackTarget(smoothed, x, 0)
-    found = make_attack("apgd-l1").run(target, max_norm=1.5 * truth, stop=20_000)
+    found = make_attack(name).run(target, max_norm=1.5 * truth, stop=20_000)
     assert found is not None and target.l1(found) <= 1.5 * truth + 1e-6
     assert verify(
         target, found, alpha=0.01, tries=100
     ).flips  # the audit-strength test: 100 tests' Bonferroni
-    small = make_attack("apgd-l1").run(AttackTarget(smoothed, x, 0), max_norm=0.8 * truth, stop=20_000)
+    small = make_attack(name).run(AttackTarget(smoothed, x, 0), max_norm=0.8 * truth, stop=20_000)
     assert small is None or not verify(target, small, key=1).flips
 
 
