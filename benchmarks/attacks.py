@@ -4,9 +4,10 @@
 For each model: certify the first correctly classified test images (every 10th image), then on the same images
 (1) today's searches (random, greedy, gradient; the audit's search for the smallest flip, attacks off) and
 (2) the default attacks (dssn-counts and L1-APGD for DSSN, fmn-l1 for uniform/SSN) with the same forward-pass budget
-per image, with several seeds, and report the median smallest verified flip of each. Then the audit with the attacks on (3) radii inflated
-to 1.5x the smallest flip the attacks found (it must flag them) and (4) the sound radii of every certificate that
-applies (it must flag none).
+per image, with several seeds, and report the median smallest verified flip of each (for Monte-Carlo noises also
+apgd-l1 alone, image by image against fmn-l1). Then the audit with the attacks on (3) radii inflated to 1.5x
+the smallest flip the attacks found (it must flag them) and (4) the sound radii of every certificate that applies
+(it must flag none).
 
     uv run python -m benchmarks.attacks [--images 10] [--audit-budget 4000] [--seeds 3] [--no-write]
 """

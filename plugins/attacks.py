@@ -44,11 +44,12 @@ class DssnCounts(Attack):
     ``m`` draws along that path. Each round evaluates every draw at the current point (exact counts, and each
     draw's logit margin ``f_A - max_{c != A} f_c`` with its gradient with respect to the noisy image), picks the
     target draws (those predicting ``A`` with the smallest margins, ``targets`` times as many as must change for
-    the counts to flip, at most ``max_targets``), and scores every pixel move (pixel, direction, number of steps) by the first-order drop
-    of the target draws' margins it causes per unit of L1, summed along its path of draws. The best moves are taken,
-    in order, until the round's quota of grid steps (``moves`` at first, then half the L1 used so far: a
-    geometric schedule) is spent; repeat until the exact counts flip. The flip is then shrunk (bisection on its
-    scale, then dropping pixels, then halving each pixel's move while it still flips) on exact counts. ``restarts`` runs again with twice the targets and first quota.
+    the counts to flip, at most ``max_targets``), and scores every pixel move (pixel, direction, number of steps)
+    by the first-order drop of the target draws' margins it causes per unit of L1, summed along its path of draws.
+    The best moves are taken, in order, until the round's quota of grid steps (``moves`` at first, then half the
+    L1 used so far: a geometric schedule) is spent; repeat until the exact counts flip. The flip is then shrunk
+    (bisection on its scale, then dropping pixels, then halving each pixel's move while it still flips) on exact
+    counts. ``restarts`` runs again with twice the targets and first quota.
     """
 
     def __init__(

@@ -34,17 +34,17 @@ attack verification, :func:`smoothcore.stats.pair_test`: a rival ``B`` chosen on
 ``alpha / CONFIRMATIONS``, at most ``CONFIRMATIONS`` confirmations per image), and
 ``tightness = radius / smallest_flip``. Since the true smallest flip can only be smaller, ``tightness`` is a
 lower bound on the true ratio (Monte-Carlo: unless a confirmation errs, which happens for an image with
-probability at most ``alpha``, Bonferroni over its confirmations). For exact noises it exceeds 1 only with a violation, and for DSSN it is at most
-``radius / (radius + 1/255)`` when the certificate is sound.
+probability at most ``alpha``, Bonferroni over its confirmations). For exact noises it exceeds 1 only with a
+violation, and for DSSN it is at most ``radius / (radius + 1/255)`` when the certificate is sound.
 
 Cost per image, in base-classifier evaluations: the base draws (all ``num_draws``, or ``n_search``); at most
 ``budget`` per search inside the radius, ``1.5 budget`` beyond it and ``max(budget, 6 n_search)`` to shrink
 (exact: ``budget``), each plus at most one round of candidates; and confirmations of ``num_draws`` or
 ``n_test`` draws (one per search for violations; for the smallest flip one if exact, at most ``CONFIRMATIONS``
-of ``PILOT + n_test`` if Monte-Carlo). A gradient over ``n`` draws counts ``3 n``; a candidate all of whose noisy draws were already
-classified counts 1. Each attack (:mod:`smoothcore.attacks`; ``attacks``) runs twice, inside the radius and
-beyond it, with ``attack_budget`` forward passes each (plus the round it stops in and its own shrinking); its
-flips are confirmed as the searches' are.
+of ``PILOT + n_test`` if Monte-Carlo). A gradient over ``n`` draws counts ``3 n``; a candidate all of whose
+noisy draws were already classified counts 1. Each attack (:mod:`smoothcore.attacks`; ``attacks``) runs twice,
+inside the radius and beyond it, with ``attack_budget`` forward passes each (plus the round it stops in and its
+own shrinking); its flips are confirmed as the searches' are.
 """
 
 from __future__ import annotations
@@ -216,17 +216,12 @@ class _ImageAuditor:
         self.oracle.forward += n
         return counts.cpu()[0]
 
-    def test_mc(
-        self, delta: torch.Tensor, *, tests: int | None = None, key: int | None = None
-    ) -> tuple[bool, int, str]:
+    def test_mc(self, delta: torch.Tensor) -> tuple[bool, int, str]:
         """The Monte-Carlo violation test of the module docstring on fresh draws: does some class beat ``A``
-        at ``x + delta``, each one-sided bound at level ``alpha / (C * tests)`` (default: the audit's
-        ``M``)?"""
-        if key is None:
-            self.tests_done += 1
-            key = self.tests_done
-        counts = self.fresh_counts(delta, key)
-        level = self.cfg.alpha / (len(counts) * (tests or self.tests_total))  # one-sided level of each bound
+        at ``x + delta``, each one-sided bound at level ``alpha / (C * M)``?"""
+        self.tests_done += 1
+        counts = self.fresh_counts(delta, self.tests_done)
+        level = self.cfg.alpha / (len(counts) * self.tests_total)  # one-sided level of each bound
         return rival_test(counts.numpy(), self.claim.prediction, level)
 
     def flips(self, delta: torch.Tensor, key: int) -> bool:
@@ -281,7 +276,8 @@ class _ImageAuditor:
         return claim
 
     def run_attack(self, attack: Any, max_norm: float | None) -> torch.Tensor | None:
-        """The attack's flip within ``max_norm`` (L1) as grid steps, or None. Its forward passes count in the audit's."""
+        """The attack's flip within ``max_norm`` (L1) as grid steps, or None. Its forward passes count in the
+        audit's."""
         target = AttackTarget(
             self.smoothed, self.oracle.x, self.claim.prediction, index=self.claim.index, seed=self.cfg.seed
         )
