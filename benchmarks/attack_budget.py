@@ -65,8 +65,9 @@ def main() -> None:
         rows,
         "`python -m benchmarks.attack_budget`: the models and images of `benchmarks/attacks.py`; 1x is that "
         "benchmark's budget (the forward passes per image of the audit's searches at --audit-budget, split between "
-        "the attacks that apply). Flips are verified as there (exact recount for DSSN; Clopper-Pearson on 1,000 fresh "
-        "draws for Monte-Carlo noises); the searches' column is the same at every budget.",
+        "the noise's default attacks), seed 0. Flips are verified as there (exact recount for DSSN; Monte-Carlo: a "
+        "paired Clopper-Pearson test on 1,000 fresh draws against a rival chosen on 256 others); the searches' "
+        "column is the same at every budget.",
         write=not args.no_write,
     )
 
