@@ -226,6 +226,33 @@ def project_l1_box(z: torch.Tensor, low: torch.Tensor, high: torch.Tensor, eps: 
     return torch.sign(z) * (mag - hi).clamp(min=0).minimum(cap)
 
 
+def sparse_step(
+    delta: torch.Tensor,
+    previous: torch.Tensor,
+    grad: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    eps: float,
+    size: float,
+    k: int,
+) -> torch.Tensor | None:
+    """APGD's L1 step from ``delta`` (``previous``: the point before it) down the gradient ``grad``: the ``k``
+    coordinates with the largest ``|grad|`` that can still move in the descent direction move by ``size * eps`` in
+    total, then momentum 0.75, each point projected onto ``{||d||_1 <= eps, low <= d <= high}``; None if no
+    coordinate can move."""
+    direction = -torch.sign(grad)
+    can_move = torch.where(direction > 0, high - delta, delta - low) > 1e-9
+    score = torch.where(can_move, grad.abs(), torch.full_like(grad, -1.0)).reshape(-1)
+    idx = torch.topk(score, k).indices
+    idx = idx[score[idx] > 0]
+    if not len(idx):
+        return None
+    step = torch.zeros(score.numel(), dtype=delta.dtype, device=delta.device)
+    step[idx] = direction.reshape(-1)[idx] / len(idx)
+    z = project_l1_box(delta + size * eps * step.reshape(delta.shape), low, high, eps)
+    return project_l1_box(delta + 0.75 * (z - delta) + 0.25 * (delta - previous), low, high, eps)
+
+
 class ApgdL1(Attack):
     """L1-APGD (Croce & Hein, ICML 2021) on the soft smoothed classifier with expectation over noise draws (as
     SmoothAdv does for L2): the loss is ``log p_A - max_{c != A} log p_c`` of the softmax averaged over ``draws``
@@ -408,17 +435,9 @@ class ApgdL1(Attack):
                     eta /= 2
                     delta, previous = best_delta, best_delta
                 last_best = best_loss
-            direction = -torch.sign(grad)
-            can_move = torch.where(direction > 0, high - delta, delta - low) > 1e-9
-            score = torch.where(can_move, grad.abs(), torch.full_like(grad, -1.0)).reshape(-1)
-            idx = torch.topk(score, k).indices
-            idx = idx[score[idx] > 0]
-            if not len(idx):
+            moved = sparse_step(delta, previous, grad, low, high, eps, eta, k)
+            if moved is None:
                 break
-            step = torch.zeros(target.d, dtype=x.dtype, device=x.device)
-            step[idx] = direction.reshape(-1)[idx] / len(idx)
-            z = project_l1_box(delta + eta * eps * step.reshape(x.shape), low, high, eps)
-            moved = project_l1_box(delta + 0.75 * (z - delta) + 0.25 * (delta - previous), low, high, eps)
             previous, delta = delta, moved
             since += 1
         if target.forward < stop:
@@ -528,28 +547,12 @@ class FmnL1(ApgdL1):
                 eps *= 1 + gamma
             else:  # the linear estimate of the distance to the edge
                 eps = norm + max((loss + self.margin) / (float(grad.abs().max()) + 1e-12), 0.25)
-            direction = -torch.sign(grad)
-            can_move = torch.where(direction > 0, high - delta, delta - low) > 1e-9
-            score = torch.where(can_move, grad.abs(), torch.full_like(grad, -1.0)).reshape(-1)
-            idx = torch.topk(score, k).indices
-            idx = idx[score[idx] > 0]
-            if not len(idx):
+            moved = sparse_step(delta, previous, grad, low, high, eps, size, k)
+            if moved is None:
                 break
-            move = torch.zeros(target.d, dtype=x.dtype, device=x.device)
-            move[idx] = direction.reshape(-1)[idx] / len(idx)
-            z = project_l1_box(delta + size * eps * move.reshape(x.shape), low, high, eps)
-            previous, delta = (
-                delta,
-                project_l1_box(delta + 0.75 * (z - delta) + 0.25 * (delta - previous), low, high, eps),
-            )
-        for scale in (
-            1.0,
-            1.1,
-            1.25,
-            1.5,
-            2.0,
-            3.0,
-        ):  # the last two rarely: where the soft and hard edges part
+            previous, delta = delta, moved
+        # scaled up until the check passes (2 and 3 rarely help: where the soft and the hard edges part)
+        for scale in (1.0, 1.1, 1.25, 1.5, 2.0, 3.0):
             candidate = target.project_box(x + scale * delta)
             if target.seems_to_flip(candidate, self.n_check, self.level):
                 return self._along_ray(target, candidate, stop + reserve)
