@@ -180,22 +180,20 @@ def test_the_smallest_flip_of_a_monte_carlo_audit_is_confirmed_at_a_family_wise_
     image gets at most CONFIRMATIONS of them, so a reported smallest flip errs with probability at most alpha."""
     import smoothcore.audit as audit_module
 
-    levels = []
+    levels, original = [], audit_module.pair_test
 
     def recording(k_top, k_rival, level):
         levels.append(level)
-        return audit_module.pair_test.__wrapped__(k_top, k_rival, level)
+        return original(k_top, k_rival, level)
 
-    recording.__wrapped__ = audit_module.pair_test
     monkeypatch.setattr(audit_module, "pair_test", recording)
     smoothed, x, _ = uniform_toy()
     report = audit(smoothed, x, n=2000, config=CONFIG)
     assert levels and set(levels) == {CONFIG.alpha / audit_module.CONFIRMATIONS}
     assert all(math.isfinite(im.smallest_flip) for im in report.images)
     levels.clear()
-    monkeypatch.setattr(
-        audit_module, "CONFIRMATIONS", 2
-    )  # fewer allowed: fewer made, each at a stricter level
+    # fewer allowed: fewer made, each at a stricter level
+    monkeypatch.setattr(audit_module, "CONFIRMATIONS", 2)
     report = audit(smoothed, x, n=2000, config=CONFIG)
     assert 0 < len(levels) <= 2 * len(report.images) and set(levels) == {CONFIG.alpha / 2}
 
