@@ -189,9 +189,11 @@ def main() -> None:
             )
         if not noise.exact:  # the default (fmn-l1) against apgd-l1 alone, same budget and images, seed 0
             apgd = attack(smoothed, x, y, pred, radius, indices, budget, 0, ("apgd-l1",))
-            pairs = [(f.flip_norm, g.flip_norm) for f, g in zip(attacked, apgd)]
-            inf = math.inf
-            pairs = [(f if math.isfinite(f) else inf, g if math.isfinite(g) else inf) for f, g in pairs]
+            # a missing flip (NaN) counts as larger than any
+            pairs = [
+                (np.nan_to_num(f.flip_norm, nan=math.inf), np.nan_to_num(g.flip_norm, nan=math.inf))
+                for f, g in zip(attacked, apgd)
+            ]
             versus.append(
                 {
                     "model": name,

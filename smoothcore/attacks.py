@@ -38,7 +38,7 @@ import torch
 from smoothcore.configs import AttackConfig
 from smoothcore.errors import ConfigError
 from smoothcore.noises import is_quantised
-from smoothcore.stats import pair_test, rival_test
+from smoothcore.stats import pair_test, rival_test, strongest_rival
 from smoothcore.streams import DrawStream
 
 GRID = 255
@@ -249,10 +249,9 @@ def choose_rival(target: AttackTarget, x_adv: torch.Tensor, *, n: int, key: int)
     """The class other than ``A`` with the most votes on ``n`` fresh draws at ``x'`` (a stream of its own, so the
     test that follows stays independent of the choice)."""
     stream = DrawStream(target.seed, target.index, 6, key)
-    counts = target.engine.sampled_counts(target.noise, x_adv.to(target.device), n, [stream]).cpu()[0].clone()
+    counts = target.engine.sampled_counts(target.noise, x_adv.to(target.device), n, [stream]).cpu()[0]
     target.forward += n
-    counts[target.top] = -1
-    return int(counts.argmax())
+    return strongest_rival(counts.numpy(), target.top)
 
 
 # -- one image, every attack ---------------------------------------------------------------------------------------

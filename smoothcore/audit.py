@@ -76,7 +76,7 @@ from smoothcore.audit_search import (
 from smoothcore.certificates import ABSTAIN
 from smoothcore.certify import SmoothedClassifier
 from smoothcore.errors import ConfigError, DataError, ExperimentError
-from smoothcore.stats import pair_test, rival_test
+from smoothcore.stats import pair_test, rival_test, strongest_rival
 from smoothcore.streams import DrawStream
 
 CONFIRMATIONS = 16  # Monte-Carlo confirmations of the smallest flip per image at most (each at alpha / 16)
@@ -233,9 +233,7 @@ class _ImageAuditor:
         if key > CONFIRMATIONS:
             return False
         top = self.claim.prediction
-        pilot = self.fresh_counts(delta, key, n=PILOT, role=7).clone()
-        pilot[top] = -1
-        rival = int(pilot.argmax())
+        rival = strongest_rival(self.fresh_counts(delta, key, n=PILOT, role=7).numpy(), top)
         counts = self.fresh_counts(delta, 1000 + key)
         return pair_test(int(counts[top]), int(counts[rival]), self.cfg.alpha / CONFIRMATIONS)[0]
 

@@ -61,6 +61,13 @@ def rival_test(counts, top: int, level: float) -> tuple[bool, int, str]:
     return bool(lowers[j] > upper_a), rival, evidence
 
 
+def strongest_rival(counts, top: int) -> int:
+    """The class other than ``top`` with the most votes in ``counts`` (the lowest index on ties)."""
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1).copy()
+    counts[top] = -1
+    return int(counts.argmax())
+
+
 def pair_test(k_top: int, k_rival: int, level: float) -> tuple[bool, float]:
     """Does class ``rival`` (chosen in advance, independently of these draws) beat ``top``? Of the ``m = k_top +
     k_rival`` draws voting for either, ``k_rival ~ Binomial(m, q)`` with ``q = p_rival / (p_top + p_rival)``; reject
