@@ -5,11 +5,12 @@ For each model: certify the first correctly classified test images (every 10th i
 (1) today's searches (random, greedy, gradient; the audit's search for the smallest flip, attacks off) and
 (2) the default attacks (dssn-counts and L1-APGD for DSSN, fmn-l1 for uniform/SSN) with the same forward-pass budget
 per image, with several seeds, and report the median smallest verified flip of each (for Monte-Carlo noises also
-apgd-l1 alone, image by image against fmn-l1). Then the audit with the attacks on (3) radii inflated to 1.5x
+the attacks with the searches' verification draws, and apgd-l1 alone, image by image against fmn-l1). Then the audit with the attacks on (3) radii inflated to 1.5x
 the smallest flip the attacks found (it must flag them) and (4) the sound radii of every certificate that applies
 (it must flag none).
 
-    uv run python -m benchmarks.attacks [--images 10] [--audit-budget 4000] [--seeds 3] [--no-write]
+    uv run python -m benchmarks.attacks [--images 10] [--audit-budget 4000] [--seeds 3] [--search-n-test N]
+                                        [--no-write]
 """
 
 from __future__ import annotations
@@ -68,19 +69,22 @@ def certified_images(name: str, images: int, test, data_dir: str | None):
     return smoothed, x[keep], y[keep], cert.prediction[keep], cert.radius[keep], [idx[i] for i in keep]
 
 
-def search_images(smoothed, x, pred, radius, indices, audit_budget: int):
-    """Today's searches (the audit's smallest-flip search, attacks off) on the images, and the forward-pass budget per
-    image and attack that matches them: ``(report, passes per image, budget)``."""
-    report = audit_claims(
-        smoothed, x, pred, radius, indices=indices, config=AuditConfig(budget=audit_budget, attacks=())
-    )
+def search_images(smoothed, x, pred, radius, indices, audit_budget: int, n_test: int):
+    """Today's searches (the audit's smallest-flip search, attacks off; ``n_test`` draws per confirmation) on the
+    images, and the forward-pass budget per image and attack that matches them: ``(report, passes per image,
+    budget)``."""
+    config = AuditConfig(budget=audit_budget, attacks=(), n_test=n_test)
+    report = audit_claims(smoothed, x, pred, radius, indices=indices, config=config)
     passes = int(np.mean([im.forward_passes for im in report.images]))
     return report, passes, max(1000, passes // len(attacks_for(smoothed.noise)))
 
 
-def attack(smoothed, x, y, pred, radius, indices, budget: int, seed: int = 0, names=None):
+def attack(smoothed, x, y, pred, radius, indices, budget: int, seed: int = 0, names=None, n_test=None):
     """The attacks ``names`` (default: the defaults for the noise), at ``budget`` forward passes per image and
-    attack."""
+    attack (``n_test``: verification draws; default, the attacks' own)."""
+    config = AttackConfig(budget=budget, seed=seed, attacks=names)
+    if n_test is not None:
+        config.n_test = n_test
     return attack_images(
         smoothed,
         x,
@@ -88,7 +92,7 @@ def attack(smoothed, x, y, pred, radius, indices, budget: int, seed: int = 0, na
         labels=y.tolist(),
         radius=radius.tolist(),
         indices=indices,
-        config=AttackConfig(budget=budget, seed=seed, attacks=names),
+        config=config,
     )
 
 
@@ -106,6 +110,12 @@ def main() -> None:
     parser.add_argument(
         "--seeds", type=int, default=3, help="attack seeds (the attacks' medians are averaged)"
     )
+    parser.add_argument(
+        "--search-n-test",
+        type=int,
+        default=AuditConfig().n_test,
+        help="the searches' draws per Monte-Carlo confirmation (default: the audit's)",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     test = get_dataset("fashion-mnist").load("test", args.data_dir)
@@ -114,7 +124,9 @@ def main() -> None:
         smoothed, x, y, pred, radius, indices = certified_images(name, args.images, test, args.data_dir)
         noise = smoothed.noise
         t0 = time.perf_counter()
-        searches, passes, budget = search_images(smoothed, x, pred, radius, indices, args.audit_budget)
+        searches, passes, budget = search_images(
+            smoothed, x, pred, radius, indices, args.audit_budget, args.search_n_test
+        )
         t_search = time.perf_counter() - t0
         t0 = time.perf_counter()
         runs = [attack(smoothed, x, y, pred, radius, indices, budget, seed) for seed in range(args.seeds)]
@@ -123,6 +135,13 @@ def main() -> None:
         old = median([im.smallest_flip for im in searches.images])
         medians = [median([im.flip_norm for im in run]) for run in runs]
         new = float(np.mean(medians))
+        same = new  # exact noises: no draws to verify on
+        if not noise.exact:  # the attacks verifying on as many draws as the searches' confirmations
+            equal = [
+                attack(smoothed, x, y, pred, radius, indices, budget, seed, n_test=args.search_n_test)
+                for seed in range(args.seeds)
+            ]
+            same = float(np.mean([median([im.flip_norm for im in run]) for run in equal]))
         rows.append(
             {
                 "model": name,
@@ -141,6 +160,8 @@ def main() -> None:
                 "attacks: passes/image": int(np.mean([im.forward_passes for r in runs for im in r])),
                 "attacks s": t_attack,
                 "ratio (searches / attacks)": old / new if new > 0 else math.nan,
+                f"attacks at n_test {args.search_n_test}: median smallest flip": same,
+                f"ratio at n_test {args.search_n_test}": old / same if same > 0 else math.nan,
             }
         )
 
@@ -215,8 +236,10 @@ def main() -> None:
         "off) versus the default attacks for the noise with that many passes split between them, run with "
         f"{args.seeds} seeds: the attacks' median smallest flip is the mean of the seeds' medians (each listed), "
         "the ratio is the searches' median over it, and the audit below uses seed 0's flips. Flips are L1 norms of "
-        "verified perturbations (exact recount for DSSN; Monte-Carlo: a paired Clopper-Pearson test on 1,000 fresh "
-        "draws against a rival chosen on 256 others).",
+        "verified perturbations (exact recount for DSSN; Monte-Carlo: a paired Clopper-Pearson test against a rival "
+        f"chosen on 256 other draws, on {AttackConfig().n_test:,} fresh draws for the attacks and "
+        f"{args.search_n_test:,} for the searches' confirmations; the last two columns: the attacks verifying on "
+        f"{args.search_n_test:,} draws too, same seeds).",
         write=not args.no_write,
     )
     if versus:

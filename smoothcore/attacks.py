@@ -14,9 +14,11 @@ auditor does:
 - **Monte-Carlo noises**: a rival class ``B`` is chosen on ``PILOT`` fresh draws at ``x'`` (the most frequent class
   other than ``A``); then on ``n_test`` other fresh draws, independent of the attack's and of the pilot's, the
   one-sided Clopper-Pearson lower bound on ``p_B / (p_A + p_B)`` (from the ``k_B`` of the ``k_A + k_B`` draws voting
-  for either) at level ``alpha / tries`` exceeds 1/2, i.e. ``p_B(x') > p_A(x')`` (``tries``: the tests made for
-  this image), so the chance that an image gets a flip reported although ``A`` is still the prediction at every
-  candidate is at most ``alpha``. Without a rival named in advance (``verify(..., rival=None)``) the test is the
+  for either) at level ``alpha / tries`` exceeds 1/2, i.e. ``p_B(x') > p_A(x')`` (``tries``: the most tests that
+  can be made for this image), so the chance that an image gets a flip reported although ``A`` is still the
+  prediction at the reported point is at most ``alpha``, however the tests were chosen (each on draws of its own).
+  :func:`verified_flip` tests the attack's point, then the same perturbation scaled down while it verifies and the
+  budget allows (or, if it did not verify, scaled up). Without a rival named in advance (``verify(..., rival=None)``) the test is the
   auditor's: the upper bound on ``p_A`` below the lower bound on some ``p_c``, each at ``alpha / (C * tries)``.
 
 A verified flip of norm ``e`` shows the image is not robust at any radius ``>= e``: the empirical robust accuracy
@@ -255,8 +257,11 @@ def choose_rival(target: AttackTarget, x_adv: torch.Tensor, *, n: int, key: int)
 
 
 # -- one image, every attack ---------------------------------------------------------------------------------------
-# a Monte-Carlo candidate found at the edge is tried scaled up (smallest first) before it is given up
+# a Monte-Carlo candidate found at the edge is tried scaled up (smallest first) before it is given up ...
 SCALES = (1.0, 1.05, 1.1, 1.2, 1.35, 1.5)
+# ... and one that verifies, scaled down (largest first) while it still does and the budget allows
+SHRINK = (0.96, 0.92, 0.88, 0.84, 0.8)
+TESTS = max(len(SCALES), 1 + len(SHRINK))  # the most Monte-Carlo tests per attack and image
 PILOT = 256  # fresh draws that choose the rival class of the Monte-Carlo test
 
 
@@ -287,20 +292,56 @@ class ImageAttack:
 
 
 def verified_flip(
-    target: AttackTarget, x_adv: torch.Tensor, cfg: AttackConfig, *, key: int, tries: int
+    target: AttackTarget,
+    x_adv: torch.Tensor,
+    cfg: AttackConfig,
+    *,
+    key: int,
+    tries: int,
+    stop: int | None = None,
 ) -> tuple[torch.Tensor, Verdict] | None:
-    """``x'`` itself if verified, else (Monte-Carlo) the same perturbation scaled up by 5% to 50%, each tested
-    against the rival that ``PILOT`` draws at ``x'`` choose."""
+    """``x'`` itself if verified, else (Monte-Carlo) the same perturbation scaled up by 5% to 50% (``SCALES``), each
+    tested against the rival that ``PILOT`` draws at ``x'`` choose. Once one verifies, it is tried scaled down by 4%
+    at a time (``SHRINK``) while that verifies too and a test still fits before ``stop`` (None: not tried); the
+    smallest verified one is returned. At most ``TESTS`` tests, each at ``alpha / tries``."""
     delta = x_adv - target.x
-    candidates = [target.project_box(target.x + s * delta) for s in (SCALES if not target.exact else (1.0,))]
-    rival = None if target.exact else choose_rival(target, x_adv, n=PILOT, key=key)
-    for j, candidate in enumerate(candidates):
+    if target.exact:
+        verdict = verify(target, x_adv, key=key, tries=tries)
+        return (x_adv, verdict) if verdict.flips else None
+    rival = choose_rival(target, x_adv, n=PILOT, key=key)
+    made = 0
+
+    def test(scale: float) -> tuple[torch.Tensor, Verdict]:
+        nonlocal made
+        candidate = target.project_box(target.x + scale * delta)
         verdict = verify(
-            target, candidate, n_test=cfg.n_test, alpha=cfg.alpha, tries=tries, key=key * 16 + j, rival=rival
+            target,
+            candidate,
+            n_test=cfg.n_test,
+            alpha=cfg.alpha,
+            tries=tries,
+            key=key * 16 + made,
+            rival=rival,
         )
-        if verdict.flips:
-            return candidate, verdict
-    return None
+        made += 1
+        return candidate, verdict
+
+    for scale in SCALES:
+        found = test(scale)
+        if found[1].flips:
+            break
+    else:
+        return None
+    if scale != SCALES[0]:
+        return found  # scaled up: the scale below it did not verify
+    for scale in SHRINK:
+        if stop is None or target.forward + cfg.n_test > stop:
+            break
+        smaller = test(scale)
+        if not smaller[1].flips:
+            break
+        found = smaller
+    return found
 
 
 def attack_image(
@@ -319,17 +360,18 @@ def attack_image(
     smallest verified flip (within ``max_norm`` when given)."""
     t0 = time.perf_counter()
     target = AttackTarget(smoothed, x, prediction, index=index, seed=cfg.seed)
-    tries = len(attacks) * (1 if target.exact else len(SCALES))
+    tries = len(attacks) * (1 if target.exact else TESTS)
     out = ImageAttack(index, label, prediction, radius)
     pool = cfg.budget * len(attacks)  # passes an attack leaves unused go to the ones after it
-    # the first Monte-Carlo verification (the pilot and one test) is paid from the attack's share
-    verification = 0 if target.exact else PILOT + cfg.n_test
+    # a Monte-Carlo verification's pilot, first test and first smaller one are paid from the attack's share
+    verification = 0 if target.exact else PILOT + 2 * cfg.n_test
     for a, attack in enumerate(attacks):
         share = (pool - target.forward) // (len(attacks) - a)
+        end = target.forward + share
         x_adv = attack.run(target, max_norm=max_norm, stop=target.forward + max(share - verification, 0))
         norm = math.nan
         if x_adv is not None:
-            found = verified_flip(target, x_adv, cfg, key=a, tries=tries)
+            found = verified_flip(target, x_adv, cfg, key=a, tries=tries, stop=end)
             if found is not None:
                 candidate, verdict = found
                 norm = target.l1(candidate)

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from smoothcore import ConfigError, hookimpl, plugins
 from smoothcore.attack_run import robustness_table
 from smoothcore.attacks import (
-    SCALES,
+    SHRINK,
+    TESTS,
     Attack,
     AttackConfig,
     AttackTarget,
@@ -150,7 +151,7 @@ def test_apgd_finds_the_smallest_flip_of_a_mean_threshold_under_uniform_noise():
     result = attack_image(smoothed, x, 0, attacks=[make_attack("apgd-l1")], cfg=AttackConfig(budget=30_000))
     assert math.isfinite(result.flip_norm)
     assert truth - 1e-6 <= result.flip_norm <= 1.25 * truth
-    assert result.evidence.startswith("n=1000")
+    assert result.evidence.startswith(f"n={AttackConfig().n_test}")
 
 
 @pytest.mark.parametrize("name", ["apgd-l1", "fmn-l1"])
@@ -180,8 +181,8 @@ def test_fmn_finds_the_smallest_flip_of_a_mean_threshold_under_uniform_noise(fir
     result = attack_image(smoothed, x, top, attacks=[make_attack("fmn-l1")], cfg=AttackConfig(budget=20_000))
     assert result.attack == "fmn-l1" and truth - 1e-6 <= result.flip_norm <= 1.25 * truth
     assert 0.0 <= float(result.x_adv.min()) and float(result.x_adv.max()) <= 1.0
-    # the budget (the first verification included), then at most the rest of the verification ladder
-    assert result.forward_passes <= 20_000 + 6 * 1000
+    # the budget (the pilot and two tests included), then at most the rest of the verification's tests
+    assert result.forward_passes <= 20_000 + (TESTS - 2) * AttackConfig().n_test
 
 
 def test_monte_carlo_noises_get_fmn_by_default_and_apgd_when_named():
@@ -256,10 +257,54 @@ def test_monte_carlo_verification_confirms_a_clear_flip_against_the_rival_the_pi
     target = AttackTarget(smoothed, image(60, 60), 0)
     beyond = torch.full((1, *SHAPE), 0.6)  # mean 0.6: p_1 is about 0.9
     assert choose_rival(target, beyond, n=64, key=0) == 1
-    found = verified_flip(target, beyond, AttackConfig(), key=0, tries=len(SCALES))
+    found = verified_flip(target, beyond, AttackConfig(), key=0, tries=TESTS)
     assert found is not None and torch.equal(found[0], beyond)  # the unscaled candidate, first on the ladder
     assert found[1].flips and found[1].rival == 1
-    assert verified_flip(target, image(60, 60), AttackConfig(), key=1, tries=len(SCALES)) is None
+    assert verified_flip(target, image(60, 60), AttackConfig(), key=1, tries=TESTS) is None
+
+
+def counting_verify(monkeypatch) -> list[float]:
+    """Patch the verification to record the level of every test it makes."""
+    import smoothcore.attacks as attacks
+
+    levels, real = [], attacks.verify
+
+    def counted(target, x_adv, **kw):
+        levels.append(kw["alpha"] / kw["tries"])
+        return real(target, x_adv, **kw)
+
+    monkeypatch.setattr(attacks, "verify", counted)
+    return levels
+
+
+def test_a_verified_flip_is_scaled_down_while_it_verifies_and_the_budget_allows(monkeypatch):
+    """Far past the edge (mean 0.75, the edge is at mean 1/2) every smaller try verifies: with the passes for them
+    the flip comes back at the smallest scale, after at most TESTS tests, each at alpha / tries; without them it
+    comes back unscaled."""
+    levels = counting_verify(monkeypatch)
+    smoothed = SmoothedClassifier(MeanThreshold(), make_noise("uniform", sigma=0.5, dim=16), 2)
+    target = AttackTarget(smoothed, image(60, 60), 0)
+    beyond = torch.full((1, *SHAPE), 0.75)
+    cfg = AttackConfig()
+    found = verified_flip(target, beyond, cfg, key=0, tries=TESTS, stop=target.forward + 100_000)
+    smallest = target.x + min(SHRINK) * (beyond - target.x)
+    assert found is not None and found[1].flips and torch.allclose(found[0], smallest)
+    assert len(levels) == TESTS and set(levels) == {cfg.alpha / TESTS}
+    levels.clear()
+    found = verified_flip(target, beyond, cfg, key=1, tries=TESTS, stop=target.forward + cfg.n_test - 1)
+    assert found is not None and torch.equal(found[0], beyond) and len(levels) == 1
+
+
+def test_scaling_down_stops_before_the_edge():
+    """Just past the edge (mean 0.56; scaled by 0.8 the mean is below 1/2, where A = 0 wins): the flip returned
+    is smaller than the candidate but still a real one."""
+    smoothed = SmoothedClassifier(MeanThreshold(), make_noise("uniform", sigma=0.5, dim=16), 2)
+    target = AttackTarget(smoothed, image(60, 60), 0)
+    beyond = torch.full((1, *SHAPE), 0.56)
+    found = verified_flip(target, beyond, AttackConfig(), key=0, tries=TESTS, stop=target.forward + 100_000)
+    assert found is not None
+    mean = float(found[0].mean())
+    assert 0.5 < mean < 0.56 - 1e-6
 
 
 def test_attacks_are_plugins():
