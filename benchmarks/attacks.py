@@ -5,9 +5,9 @@ For each model: certify the first correctly classified test images (every 10th i
 (1) today's searches (random, greedy, gradient; the audit's search for the smallest flip, attacks off) and
 (2) the default attacks (dssn-counts and L1-APGD for DSSN, fmn-l1 for uniform/SSN) with the same forward-pass budget
 per image, with several seeds, and report the median smallest verified flip of each (for Monte-Carlo noises also
-the attacks with the searches' verification draws, and apgd-l1 alone, image by image against fmn-l1). Then the audit with the attacks on (3) radii inflated to 1.5x
-the smallest flip the attacks found (it must flag them) and (4) the sound radii of every certificate that applies
-(it must flag none).
+the attacks verifying on as many draws as the searches' confirmations, and apgd-l1 alone, image by image against
+fmn-l1). Then the audit with the attacks on (3) radii inflated to 1.5x the smallest flip the attacks found (it must
+flag them) and (4) the sound radii of every certificate that applies (it must flag none).
 
     uv run python -m benchmarks.attacks [--images 10] [--audit-budget 4000] [--seeds 3] [--search-n-test N]
                                         [--no-write]

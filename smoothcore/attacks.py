@@ -18,8 +18,9 @@ auditor does:
   can be made for this image), so the chance that an image gets a flip reported although ``A`` is still the
   prediction at the reported point is at most ``alpha``, however the tests were chosen (each on draws of its own).
   :func:`verified_flip` tests the attack's point, then the same perturbation scaled down while it verifies and the
-  budget allows (or, if it did not verify, scaled up). Without a rival named in advance (``verify(..., rival=None)``) the test is the
-  auditor's: the upper bound on ``p_A`` below the lower bound on some ``p_c``, each at ``alpha / (C * tries)``.
+  budget allows (or, if it did not verify, scaled up). Without a rival named in advance (``verify(..., rival=None)``)
+  the test is the auditor's: the upper bound on ``p_A`` below the lower bound on some ``p_c``, each at
+  ``alpha / (C * tries)``.
 
 A verified flip of norm ``e`` shows the image is not robust at any radius ``>= e``: the empirical robust accuracy
 at radius ``r`` (correct, and no verified flip of norm ``<= r``) is an upper bound on the true robust accuracy, as
