@@ -82,9 +82,7 @@ def search_images(smoothed, x, pred, radius, indices, audit_budget: int, n_test:
 def attack(smoothed, x, y, pred, radius, indices, budget: int, seed: int = 0, names=None, n_test=None):
     """The attacks ``names`` (default: the defaults for the noise), at ``budget`` forward passes per image and
     attack (``n_test``: verification draws; default, the attacks' own)."""
-    config = AttackConfig(budget=budget, seed=seed, attacks=names)
-    if n_test is not None:
-        config.n_test = n_test
+    config = AttackConfig(budget=budget, seed=seed, attacks=names, n_test=n_test or AttackConfig.n_test)
     return attack_images(
         smoothed,
         x,
